@@ -1,0 +1,8 @@
+//! # chatd
+//!
+//! A thread-per-core WebSocket chat server. (Layout map is filled in as modules land.)
+
+pub mod auth;
+pub mod http;
+pub mod protocol;
+pub mod ws;

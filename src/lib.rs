@@ -1,8 +1,48 @@
 //! # chatd
 //!
-//! A thread-per-core WebSocket chat server. (Layout map is filled in as modules land.)
+//! A thread-per-core WebSocket chat server: one glommio executor per core,
+//! every piece of state owned by exactly one core, cross-core work as
+//! messages on bounded lock-free channels.
+//!
+//! # Layout
+//!
+//! ```text
+//!  accept (SO_REUSEPORT, every core)                      server.rs
+//!    read HTTP head (http.rs), plain routes answered here routes.rs
+//!    /ws: verify JWT (auth.rs), roomId, 401/400 first
+//!    home core = shard_for(initial roomId)                shard.rs
+//!      `-- not local: dup the socket, ShardMsg::Adopt --> home core
+//!  home core: handshake + connection driver               connection.rs, ws.rs
+//!    bytes -> frames -> session (client.rs) -> protocol.rs (simd-json)
+//!    message: length/room checks on the connection's core
+//!      -> user's owner core: dedupe (dedupe.rs), rate limit (ratelimit.rs)
+//!      -> room's owner core: moderation (moderation.rs), id + timestamp,
+//!         encode once, history (history.rs), fan-out (hub.rs):
+//!           local members' outbound queues (outbound.rs)
+//!           + one copy per other core with members (ShardMsg::Deliver)
+//!    outbound queue -> one gathered sendmsg per wake-up   connection.rs
+//!  presence: user's owner core counts connections; first/last one
+//!    -> presence frame relayed through each room's owner  hub.rs
+//!  metrics: per-core counters, merged on scrape           metrics.rs
+//!  shutdown: SIGTERM -> core 0 -> every core drains       shutdown.rs
+//! ```
 
 pub mod auth;
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod dedupe;
+pub mod history;
 pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod moderation;
+pub mod openapi;
+pub mod outbound;
 pub mod protocol;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod shard;
+pub mod shutdown;
 pub mod ws;

@@ -1,0 +1,293 @@
+//! One client connection's session: who it is, which rooms it is in, its
+//! outbound queue, and what each of its frames asks of the hub.
+//!
+//! The connection driver (`connection.rs`) moves bytes; this module decides.
+//! Everything here is synchronous: a frame is checked, turned into hub work
+//! (local, or a message to the owner core) and answered within one call.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::auth::Identity;
+use crate::hub::Hub;
+use crate::metrics::{CloseReason, Outcome};
+use crate::outbound::{Outbound, Push, SLOW_CONSUMER_CLOSE};
+use crate::protocol::{self, ClientFrame, ErrorCode};
+use crate::ratelimit::TypingThrottle;
+use crate::shard::{ConnId, FrameKind, Publish};
+use crate::ws;
+
+/// Typing events a connection may send in a burst before throttling.
+pub const TYPING_BURST: u32 = 10;
+/// Sustained typing rate after the burst: one event per this interval.
+pub const TYPING_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Where a connection stands with a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The owner core registered the join; messages are delivered.
+    Joined,
+    /// Asked the owner core; `room_joined` not sent yet.
+    Pending,
+}
+
+/// Shared state of one connection, owned by the core it runs on.
+#[derive(Debug)]
+pub struct Client {
+    /// Unique across cores and never reused.
+    pub id: ConnId,
+    /// From the verified token.
+    pub identity: Identity,
+    /// The room named at connect time; the default for frames without `roomId`.
+    pub home_room: Arc<str>,
+    /// Rooms joined or being joined; a few per connection, so a Vec beats a map.
+    rooms: RefCell<Vec<(Arc<str>, Membership)>>,
+    /// Frames waiting for the socket.
+    out: RefCell<Outbound>,
+    /// The driver task, woken when the queue becomes non-empty or a close is requested.
+    waker: Cell<Option<Waker>>,
+    /// A close the driver must perform: code and why.
+    close: Cell<Option<(u16, CloseReason)>>,
+    /// Last time any frame arrived from the client (idle timeout).
+    last_seen: Cell<Instant>,
+    /// Last time the server sent a WebSocket ping.
+    last_ping: Cell<Instant>,
+    /// Typing flood bound.
+    typing: Cell<TypingThrottle>,
+}
+
+impl Client {
+    /// A new session with an empty queue.
+    pub fn new(
+        id: ConnId,
+        identity: Identity,
+        home_room: Arc<str>,
+        outbound: Outbound,
+        now: Instant,
+    ) -> Client {
+        Client {
+            id,
+            identity,
+            home_room,
+            rooms: RefCell::new(Vec::new()),
+            out: RefCell::new(outbound),
+            waker: Cell::new(None),
+            close: Cell::new(None),
+            last_seen: Cell::new(now),
+            last_ping: Cell::new(now),
+            typing: Cell::new(TypingThrottle::new(TYPING_BURST, TYPING_INTERVAL, now)),
+        }
+    }
+
+    /// Queues a frame, applying the slow-consumer policy, and wakes the driver.
+    pub fn push(&self, frame: Bytes, kind: FrameKind, now: Instant) -> Push {
+        let result = self.out.borrow_mut().push(frame, kind, now);
+        match result {
+            Push::Queued { was_empty: true } => self.wake(),
+            Push::Overflow => self.request_close(SLOW_CONSUMER_CLOSE, CloseReason::SlowConsumer),
+            _ => {}
+        }
+        result
+    }
+
+    /// Queues a frame of this connection's own (answers, errors).
+    pub fn push_own(&self, payload: &[u8], now: Instant) {
+        self.push(Bytes::from(ws::encode_text(payload)), FrameKind::Message, now);
+    }
+
+    /// Asks the driver to close the connection with `code`. The first request wins.
+    pub fn request_close(&self, code: u16, reason: CloseReason) {
+        if self.close.get().is_none() {
+            self.close.set(Some((code, reason)));
+            self.wake();
+        }
+    }
+
+    /// The pending close request, if any.
+    pub fn close_request(&self) -> Option<(u16, CloseReason)> {
+        self.close.get()
+    }
+
+    /// Registers the driver's waker.
+    pub fn set_waker(&self, waker: &Waker) {
+        self.waker.set(Some(waker.clone()));
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The outbound queue, for the driver.
+    pub fn outbound(&self) -> &RefCell<Outbound> {
+        &self.out
+    }
+
+    /// Notes client activity (any frame).
+    pub fn touch(&self, now: Instant) {
+        self.last_seen.set(now);
+    }
+
+    /// When the client was last heard from.
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen.get()
+    }
+
+    /// When the server last pinged.
+    pub fn last_ping(&self) -> Instant {
+        self.last_ping.get()
+    }
+
+    /// Records a ping sent now.
+    pub fn pinged(&self, now: Instant) {
+        self.last_ping.set(now);
+    }
+
+    /// This connection's standing in `room`.
+    pub fn membership(&self, room: &str) -> Option<Membership> {
+        self.rooms
+            .borrow()
+            .iter()
+            .find(|(r, _)| &**r == room)
+            .map(|(_, m)| *m)
+    }
+
+    /// Sets the standing in `room` (adding it if new).
+    pub fn set_membership(&self, room: &Arc<str>, m: Membership) {
+        let mut rooms = self.rooms.borrow_mut();
+        match rooms.iter_mut().find(|(r, _)| r == room) {
+            Some(entry) => entry.1 = m,
+            None => rooms.push((room.clone(), m)),
+        }
+    }
+
+    /// Forgets `room`; returns the standing it had.
+    pub fn remove_membership(&self, room: &str) -> Option<Membership> {
+        let mut rooms = self.rooms.borrow_mut();
+        let pos = rooms.iter().position(|(r, _)| &**r == room)?;
+        Some(rooms.swap_remove(pos).1)
+    }
+
+    /// Every room with its standing (for cleanup on close).
+    pub fn take_rooms(&self) -> Vec<(Arc<str>, Membership)> {
+        std::mem::take(&mut *self.rooms.borrow_mut())
+    }
+
+    /// Number of rooms joined or pending.
+    pub fn room_count(&self) -> usize {
+        self.rooms.borrow().len()
+    }
+
+    /// Applies the typing throttle.
+    fn allow_typing(&self, now: Instant) -> bool {
+        let mut t = self.typing.get();
+        let ok = t.allow(now);
+        self.typing.set(t);
+        ok
+    }
+}
+
+/// Handles one complete text frame from `client`.
+pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Instant) {
+    client.touch(now);
+    let frame = match protocol::parse_client_frame(payload) {
+        Ok(frame) => frame,
+        Err(e) => return hub.send_error(client, ErrorCode::InvalidMessage, &e.0, None, now),
+    };
+    match frame {
+        ClientFrame::Message {
+            room_id,
+            content,
+            client_msg_id,
+        } => {
+            let room = resolve_room(client, room_id.as_deref());
+            if client.membership(&room) != Some(Membership::Joined) {
+                hub.metrics.message(Outcome::Invalid);
+                let text = format!("not in room {room}");
+                return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
+            }
+            let max = hub.max_message_chars();
+            if content.chars().count() > max {
+                hub.metrics.message(Outcome::Invalid);
+                let text = format!("message longer than {max} characters");
+                return hub.send_error(client, ErrorCode::MessageTooLong, &text, None, now);
+            }
+            hub.publish(
+                Box::new(Publish {
+                    room,
+                    user: client.identity.clone(),
+                    content: content.into_owned(),
+                    client_msg_id: client_msg_id.map(|c| c.into()),
+                    conn: client.id,
+                    received_at: now,
+                }),
+                now,
+            );
+        }
+        ClientFrame::JoinRoom { room_id, since } => {
+            let room: Arc<str> = Arc::from(&*room_id);
+            if client.membership(&room).is_none() && client.room_count() >= hub.max_rooms() {
+                let text = format!("a connection may be in at most {} rooms", hub.max_rooms());
+                return hub.send_error(client, ErrorCode::RoomLimit, &text, None, now);
+            }
+            hub.join(client, room, since, now);
+        }
+        ClientFrame::LeaveRoom { room_id } => {
+            if client.membership(&room_id).is_none() {
+                let text = format!("not in room {room_id}");
+                return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
+            }
+            let room: Arc<str> = Arc::from(&*room_id);
+            hub.leave(client, &room, now);
+            client.push_own(&protocol::encode_room_left(&room), now);
+        }
+        ClientFrame::Typing { room_id, is_typing } => {
+            let room = resolve_room(client, room_id.as_deref());
+            if client.membership(&room) != Some(Membership::Joined) {
+                let text = format!("not in room {room}");
+                return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
+            }
+            if client.allow_typing(now) {
+                let id = &client.identity;
+                let json = protocol::encode_typing(&id.user_id, &id.username, &room, is_typing);
+                let frame = Bytes::from(ws::encode_text(&json));
+                hub.relay(room, frame, FrameKind::Typing, Some(client.id), now);
+            }
+        }
+        ClientFrame::History {
+            room_id,
+            before,
+            after,
+            limit,
+        } => {
+            hub.history_for_client(client, Arc::from(&*room_id), before, after, limit, now);
+        }
+        ClientFrame::Ping => client.push_own(&protocol::encode_pong(), now),
+    }
+}
+
+/// Handles a binary frame: refused, connection kept.
+pub fn on_binary(hub: &mut Hub, client: &Rc<Client>, now: Instant) {
+    client.touch(now);
+    hub.send_error(
+        client,
+        ErrorCode::InvalidMessage,
+        "binary frames are not supported; send JSON text frames",
+        None,
+        now,
+    );
+}
+
+/// The frame's room, or the connection's initial room when absent.
+fn resolve_room(client: &Client, room_id: Option<&str>) -> Arc<str> {
+    match room_id {
+        Some(r) if *r != *client.home_room => Arc::from(r),
+        _ => client.home_room.clone(),
+    }
+}

@@ -1,0 +1,279 @@
+//! Settings: every environment variable of the contract (section 5) plus the
+//! server's own, each also a command-line flag. `chatd --help` lists them with
+//! their defaults. A bad value stops start-up with a message that names the
+//! variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Command line of the `chatd` binary.
+#[derive(Debug, Parser)]
+#[command(name = "chatd", version, about = "Thread-per-core WebSocket chat server")]
+pub struct Cli {
+    /// What to do; with no subcommand the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server settings.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Subcommands besides running the server.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an HS256 token signed with JWT_SECRET, for trying the server.
+    Token {
+        /// User id (the `sub` claim).
+        #[arg(long, default_value = "dev-user")]
+        user: String,
+        /// Display name (the `username` claim); defaults to the user id.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+/// Parses a strictly positive integer.
+fn positive(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
+}
+
+/// Parses a boolean the way operators write them.
+fn boolish(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// All server settings. Field docs are the `--help` text.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Listen port.
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Listen address.
+    #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// HS256 secret for JWTs. Required unless NODE_ENV/APP_ENV is development.
+    #[arg(long, env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file (or PEM text) of an RS256/ES256 public key; when set, tokens must be signed with its private key.
+    #[arg(long, env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// Deployment environment (`development` relaxes JWT_SECRET).
+    #[arg(long, env = "NODE_ENV", value_name = "NODE_ENV")]
+    pub node_env: Option<String>,
+    /// Same as NODE_ENV; either one set to `development` counts.
+    #[arg(long, env = "APP_ENV", value_name = "APP_ENV")]
+    pub app_env: Option<String>,
+    /// Redis URL for presence and cross-instance fan-out (unset: in memory, single node).
+    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Postgres URL for history and the audit log (unset: in memory, bounded).
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Window of the per-user message limit, in milliseconds.
+    #[arg(long, env = "RATE_LIMIT_WINDOW_MS", value_name = "RATE_LIMIT_WINDOW_MS", default_value_t = 60_000, value_parser = positive)]
+    pub rate_limit_window_ms: u64,
+    /// Messages per user per window.
+    #[arg(long, env = "RATE_LIMIT_MAX_MESSAGES", value_name = "RATE_LIMIT_MAX_MESSAGES", default_value_t = 30, value_parser = positive)]
+    pub rate_limit_max_messages: u64,
+    /// Content filtering and audit.
+    #[arg(long, env = "ENABLE_MODERATION", value_name = "ENABLE_MODERATION", default_value = "true", value_parser = boolish, action = clap::ArgAction::Set)]
+    pub enable_moderation: bool,
+    /// Longest message content, in characters (Unicode scalar values).
+    #[arg(long, env = "MAX_MESSAGE_LENGTH", value_name = "MAX_MESSAGE_LENGTH", default_value_t = 1000, value_parser = positive)]
+    pub max_message_length: u64,
+    /// Comma-separated words to mask; replaces the built-in list.
+    #[arg(long, env = "MODERATION_BLOCKLIST", value_name = "MODERATION_BLOCKLIST")]
+    pub moderation_blocklist: Option<String>,
+    /// File of words to mask, one per line (`#` comments); added to MODERATION_BLOCKLIST or the built-in list.
+    #[arg(long, env = "MODERATION_BLOCKLIST_FILE", value_name = "MODERATION_BLOCKLIST_FILE")]
+    pub moderation_blocklist_file: Option<PathBuf>,
+    /// Regular expressions (separated by `;;`) that refuse a message outright, matched case-insensitively.
+    #[arg(long, env = "MODERATION_PATTERNS", value_name = "MODERATION_PATTERNS")]
+    pub moderation_patterns: Option<String>,
+    /// Executor cores (default: the machine's available cores).
+    #[arg(long, env = "CORES", value_name = "CORES", value_parser = positive)]
+    pub cores: Option<u64>,
+    /// Most rooms one connection may be in.
+    #[arg(long, env = "MAX_ROOMS_PER_CONNECTION", value_name = "MAX_ROOMS_PER_CONNECTION", default_value_t = 100, value_parser = positive)]
+    pub max_rooms_per_connection: u64,
+    /// Interval of WebSocket pings to quiet connections, in milliseconds.
+    #[arg(long, env = "PING_INTERVAL_MS", value_name = "PING_INTERVAL_MS", default_value_t = 30_000, value_parser = positive)]
+    pub ping_interval_ms: u64,
+    /// A connection with no traffic (not even a pong) for this long is closed, in milliseconds.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", value_name = "IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = positive)]
+    pub idle_timeout_ms: u64,
+    /// Time allowed for the HTTP request head of a new connection, in milliseconds (slowloris bound).
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", value_name = "HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000, value_parser = positive)]
+    pub handshake_timeout_ms: u64,
+    /// Outbound queue budget per connection, in bytes; a client that falls further behind is closed with 1013.
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", value_name = "OUTBOUND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = positive)]
+    pub outbound_queue_bytes: u64,
+    /// A connection whose outbound queue makes no progress for this long is closed with 1013, in milliseconds.
+    #[arg(long, env = "WRITE_STALL_TIMEOUT_MS", value_name = "WRITE_STALL_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive)]
+    pub write_stall_timeout_ms: u64,
+    /// In-memory history kept per room (messages).
+    #[arg(long, env = "HISTORY_PER_ROOM", value_name = "HISTORY_PER_ROOM", default_value_t = 1000, value_parser = positive)]
+    pub history_per_room: u64,
+    /// In-memory history kept in total (messages), split evenly across cores.
+    #[arg(long, env = "HISTORY_TOTAL", value_name = "HISTORY_TOTAL", default_value_t = 1_000_000, value_parser = positive)]
+    pub history_total: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chatd=debug`.
+    #[arg(long, env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Settings {
+    /// True when NODE_ENV or APP_ENV says development.
+    pub fn is_development(&self) -> bool {
+        [&self.node_env, &self.app_env]
+            .iter()
+            .any(|v| v.as_deref().map(str::trim) == Some("development"))
+    }
+
+    /// Executor count: the setting, else the machine's parallelism.
+    pub fn core_count(&self) -> usize {
+        match self.cores {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// Rate limit window.
+    pub fn rate_limit_window(&self) -> Duration {
+        Duration::from_millis(self.rate_limit_window_ms)
+    }
+
+    /// Ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// Write stall timeout.
+    pub fn write_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_stall_timeout_ms)
+    }
+
+    /// Moderation regex sources.
+    pub fn patterns(&self) -> Vec<String> {
+        self.moderation_patterns
+            .as_deref()
+            .map(|s| {
+                s.split(";;")
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks relations between settings that clap cannot express. Errors
+    /// name the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cores.is_some_and(|c| c > 64) {
+            return Err("CORES: at most 64 executor cores are supported".into());
+        }
+        if self.idle_timeout_ms <= self.ping_interval_ms {
+            return Err(format!(
+                "IDLE_TIMEOUT_MS ({}) must be longer than PING_INTERVAL_MS ({}), or every quiet connection would be dropped before its ping is answered",
+                self.idle_timeout_ms, self.ping_interval_ms
+            ));
+        }
+        if self.outbound_queue_bytes < 64 * 1024 + 16 {
+            return Err("OUTBOUND_QUEUE_BYTES: must hold at least one maximum-size frame (65552 bytes)".into());
+        }
+        if self.max_message_length > 16 * 1024 {
+            return Err("MAX_MESSAGE_LENGTH: at most 16384 characters fit in a 64 KiB frame".into());
+        }
+        if self.history_per_room > self.history_total {
+            return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.is_empty() {
+                return Err("JWT_SECRET: must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut all = vec!["chatd"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = parse(&[]).unwrap();
+        let s = cli.settings;
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.rate_limit_window_ms, 60_000);
+        assert_eq!(s.rate_limit_max_messages, 30);
+        assert!(s.enable_moderation);
+        assert_eq!(s.max_message_length, 1000);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = parse(&["--port", "eighty"]).unwrap_err().to_string();
+        assert!(err.contains("PORT"), "{err}");
+        let err = parse(&["--rate-limit-max-messages", "0"]).unwrap_err().to_string();
+        assert!(err.contains("RATE_LIMIT_MAX_MESSAGES") && err.contains("greater than 0"), "{err}");
+        let err = parse(&["--enable-moderation", "maybe"]).unwrap_err().to_string();
+        assert!(err.contains("ENABLE_MODERATION"), "{err}");
+        let s = parse(&["--idle-timeout-ms", "1000", "--ping-interval-ms", "2000"]).unwrap().settings;
+        assert!(s.validate().unwrap_err().starts_with("IDLE_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn development_and_patterns() {
+        let s = parse(&["--app-env", "development", "--moderation-patterns", "a+b;; ;;c"]).unwrap().settings;
+        assert!(s.is_development());
+        assert_eq!(s.patterns(), vec!["a+b".to_string(), "c".to_string()]);
+        let s = parse(&["--enable-moderation", "false"]).unwrap().settings;
+        assert!(!s.enable_moderation);
+        assert!(!s.is_development());
+    }
+}

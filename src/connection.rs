@@ -1,0 +1,252 @@
+//! The connection driver: moves bytes between one WebSocket and its session.
+//!
+//! One task per connection, no buffers of its own while idle:
+//! - **Reads** go into the core's shared scratch buffer (a socket read and
+//!   the decoding of what it returned happen within one poll, so one buffer
+//!   serves every connection of the core); only an incomplete frame tail is
+//!   copied into the connection's decoder.
+//! - **Writes** gather every queued frame into one `sendmsg` per wake-up.
+//!   When the socket is full, the driver waits for writability through
+//!   glommio (io_uring poll) and keeps reading meanwhile.
+//! - **Backpressure**: while the cross-core staging queues are over their
+//!   soft limit, the driver stops reading its socket.
+//!
+//! Closing: the driver sends a close frame (1000 echo, 1001 shutdown/idle,
+//! 1009 oversized, 1013 slow consumer, ...), half-closes, and lingers briefly
+//! for the client's own close so the close frame is not lost to a reset.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::auth::Identity;
+use crate::client::{self, Client};
+use crate::metrics::CloseReason;
+use crate::protocol::MessageId;
+use crate::server::CoreCtx;
+use crate::shard::FrameKind;
+use crate::ws::{self, Decoder, WsEvent, MAX_MESSAGE_SIZE};
+
+/// Frames gathered into one `sendmsg`.
+const MAX_IOVECS: usize = 64;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What woke the driver.
+enum Wake {
+    /// `n` bytes are in the core's scratch buffer.
+    Read(usize),
+    /// The client closed the TCP connection, or it failed.
+    Eof,
+    /// The socket took some bytes, or the queue has frames, or a close was
+    /// requested: run the loop again.
+    Work,
+}
+
+/// Completes the WebSocket handshake of an adopted socket and runs the
+/// connection until it closes.
+pub async fn serve(
+    ctx: Rc<CoreCtx>,
+    mut stream: TcpStream,
+    identity: Identity,
+    room: Arc<str>,
+    since: Option<MessageId>,
+    ws_key: &str,
+    early: Vec<u8>,
+) {
+    if stream.write_all(&ws::accept_response(ws_key)).await.is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let now = Instant::now();
+    let client = ctx.hub.borrow_mut().open(identity, room, since, now);
+    let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
+    let mut early = early;
+    let ended = match early.is_empty() {
+        true => None,
+        false => feed(&ctx, &client, &mut decoder, &mut early).err(),
+    };
+    let reason = match ended {
+        Some(reason) => reason,
+        None => drive(&ctx, &client, &mut stream, &mut decoder).await,
+    };
+    finish(&ctx, &client, &mut stream).await;
+    ctx.hub.borrow_mut().closed(&client, reason);
+}
+
+/// The read/write loop. Returns why the connection ended.
+async fn drive(ctx: &Rc<CoreCtx>, client: &Rc<Client>, stream: &mut TcpStream, decoder: &mut Decoder) -> CloseReason {
+    let fd = stream.as_raw_fd();
+    loop {
+        if let Some((_, reason)) = client.close_request() {
+            return reason;
+        }
+        let blocked = match flush(fd, client) {
+            Ok(blocked) => blocked,
+            Err(_) => return CloseReason::Client,
+        };
+        let wake = poll_fn(|cx| {
+            client.set_waker(cx.waker());
+            if client.close_request().is_some() || (!blocked && !client.outbound().borrow().is_empty()) {
+                return Poll::Ready(Wake::Work);
+            }
+            if blocked {
+                let out = client.outbound().borrow();
+                if let Some(front) = out.frames().front() {
+                    // glommio tries the send, else waits for writability.
+                    match Pin::new(&mut *stream).poll_write(cx, front) {
+                        Poll::Ready(Ok(n)) => {
+                            drop(out);
+                            client.outbound().borrow_mut().consume(n, Instant::now());
+                            return Poll::Ready(Wake::Work);
+                        }
+                        Poll::Ready(Err(_)) => return Poll::Ready(Wake::Eof),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if ctx.router.congested() {
+                ctx.router.pause_reader(cx.waker());
+                return Poll::Pending;
+            }
+            let mut scratch = ctx.scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::Eof),
+                Poll::Ready(Ok(n)) => Poll::Ready(Wake::Read(n)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match wake {
+            Wake::Work => {}
+            Wake::Eof => return CloseReason::Client,
+            Wake::Read(n) => {
+                let mut scratch = ctx.scratch.borrow_mut();
+                if let Err(reason) = feed(ctx, client, decoder, &mut scratch[..n]) {
+                    return reason;
+                }
+            }
+        }
+    }
+}
+
+/// Decodes bytes from the client and hands each frame to the session.
+/// Protocol errors request a close and return its reason.
+fn feed(ctx: &CoreCtx, client: &Rc<Client>, decoder: &mut Decoder, bytes: &mut [u8]) -> Result<(), CloseReason> {
+    let now = Instant::now();
+    let mut hub = ctx.hub.borrow_mut();
+    let mut peer_closed = None;
+    let result = decoder.feed(bytes, |event| {
+        if peer_closed.is_some() {
+            return;
+        }
+        match event {
+            WsEvent::Text(payload) => client::on_text(&mut hub, client, payload, now),
+            WsEvent::Binary => client::on_binary(&mut hub, client, now),
+            WsEvent::Ping(payload) => {
+                client.touch(now);
+                client.push(ws::encode_pong(payload).into(), FrameKind::Message, now);
+            }
+            WsEvent::Pong => client.touch(now),
+            WsEvent::Close(code) => peer_closed = Some(code),
+        }
+    });
+    if let Err(e) = result {
+        client.request_close(e.close_code(), CloseReason::Protocol);
+        return Err(CloseReason::Protocol);
+    }
+    if let Some(code) = peer_closed {
+        // Echo the client's code (1000 when it gave none), as RFC 6455 asks.
+        client.request_close(code.unwrap_or(1000), CloseReason::Client);
+        return Err(CloseReason::Client);
+    }
+    Ok(())
+}
+
+/// Writes as much of the queue as the socket takes, in one gathered
+/// `sendmsg`. Returns true when the socket is full and frames remain.
+fn flush(fd: i32, client: &Client) -> io::Result<bool> {
+    let mut out = client.outbound().borrow_mut();
+    loop {
+        if out.is_empty() {
+            return Ok(false);
+        }
+        let iov: Vec<libc::iovec> = out
+            .frames()
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: the iovecs point into frames kept alive by `out` for the call.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock => Ok(true),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(err),
+            };
+        }
+        let wanted: usize = iov.iter().map(|v| v.iov_len).sum();
+        out.consume(n as usize, Instant::now());
+        if (n as usize) < wanted {
+            return Ok(true);
+        }
+    }
+}
+
+/// Sends what is queued and the close frame, half-closes, and waits briefly
+/// for the client's close.
+async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
+    let (code, reason) = client.close_request().unwrap_or((1000, CloseReason::Client));
+    if reason != CloseReason::SlowConsumer && !client.outbound().borrow().is_closed() {
+        let fd = stream.as_raw_fd();
+        let _ = flush(fd, client);
+    }
+    let text = match reason {
+        CloseReason::SlowConsumer => "slow consumer",
+        CloseReason::Idle => "idle timeout",
+        CloseReason::Shutdown => "server shutting down",
+        CloseReason::Protocol => "protocol error",
+        CloseReason::Client => "",
+    };
+    let frame = ws::encode_close(code, text);
+    let sent = glommio::timer::timeout(CLOSE_LINGER, async {
+        stream.write_all(&frame).await.map_err(|e| glommio::GlommioError::IoError(e))
+    })
+    .await;
+    if sent.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    // Linger: read and discard until the client closes or time runs out.
+    let _ = glommio::timer::timeout(CLOSE_LINGER, async {
+        loop {
+            let n = poll_fn(|cx| {
+                let mut scratch = ctx.scratch.borrow_mut();
+                Pin::new(&mut *stream).poll_read(cx, &mut scratch[..])
+            })
+            .await;
+            match n {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,910 @@
+//! The room fan-out: one core's rooms, members and users, and what the core
+//! does with every piece of cross-core work.
+//!
+//! A core plays three roles, each for the keys it owns (see `shard.rs`):
+//!
+//! - **Room owner** (`shard_for(room)`): orders the room's messages, stamps
+//!   ids (monotonic per core, so per room), moderates, stores history,
+//!   encodes each message once as a complete WebSocket frame, delivers it to
+//!   local members and sends one copy to each other core with members.
+//!   Counts the room's users across cores for `memberCount` and presence.
+//! - **User owner** (`shard_for(user)`): the user's rate limit, dedupe
+//!   window and live connection count (online on the first, offline after
+//!   the last).
+//! - **Member core**: where a connection runs. Keeps the local member list of
+//!   every room it has members in and hands frames to their outbound queues.
+//!
+//! When an owner is the local core the work is a function call; otherwise
+//! it is a [`ShardMsg`] through the [`Router`]. The hub lives in a `RefCell`
+//! on its core and is never borrowed across an await.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use crate::auth::Identity;
+use crate::client::{Client, Membership};
+use crate::config::Settings;
+use crate::dedupe::{Begin, Dedupe, DEDUPE_WINDOW};
+use crate::history::{MemoryHistory, StoredMessage};
+use crate::metrics::{CloseReason, CoreSnapshot, Outcome};
+use crate::moderation::{AuditAction, AuditRecord, AuditSink, MemoryAudit, Moderator, Verdict};
+use crate::outbound::{Outbound, Push};
+use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
+use crate::ratelimit::{Decision, RateLimiter};
+use crate::shard::{Answer, ConnId, FrameKind, Publish, Query, Router, ShardMsg};
+use crate::ws;
+
+/// Most messages replayed by `join_room` with `since` (contract section 3).
+pub const MAX_REPLAY: usize = 1000;
+/// Dedupe entries a core keeps; beyond it the oldest are forgotten early.
+pub const DEDUPE_CAPACITY: usize = 1_000_000;
+/// Audit records kept in memory per core (they are also logged).
+pub const AUDIT_MEMORY: usize = 10_000;
+/// Close code for a connection idle past the timeout.
+pub const IDLE_CLOSE: u16 = 1001;
+
+/// Per-connection limits, from the settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// MAX_MESSAGE_LENGTH, in characters.
+    pub max_message_chars: usize,
+    /// MAX_ROOMS_PER_CONNECTION.
+    pub max_rooms: usize,
+    /// OUTBOUND_QUEUE_BYTES.
+    pub outbound_bytes: usize,
+    /// WRITE_STALL_TIMEOUT_MS.
+    pub stall_timeout: Duration,
+    /// PING_INTERVAL_MS.
+    pub ping_interval: Duration,
+    /// IDLE_TIMEOUT_MS.
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// Limits from the settings.
+    pub fn from_settings(s: &Settings) -> Limits {
+        Limits {
+            max_message_chars: s.max_message_length as usize,
+            max_rooms: s.max_rooms_per_connection as usize,
+            outbound_bytes: s.outbound_queue_bytes as usize,
+            stall_timeout: s.write_stall_timeout(),
+            ping_interval: s.ping_interval(),
+            idle_timeout: s.idle_timeout(),
+        }
+    }
+}
+
+/// A room owned by this core.
+#[derive(Debug, Default)]
+struct OwnedRoom {
+    /// Connections per user in the room, across all cores; its size is `memberCount`.
+    users: HashMap<Arc<str>, u32>,
+    /// Member connections per core: which cores get a copy of each message.
+    member_cores: Vec<u32>,
+}
+
+/// Who is waiting for the answer to a query this core asked.
+enum Waiter {
+    /// An HTTP request task.
+    Http(LocalSender<Answer>),
+    /// A client's `history` frame.
+    ClientHistory { conn: ConnId, room: Arc<str> },
+}
+
+/// A query's answer: right away (local owner) or later (remote owner).
+pub enum Asked {
+    /// The owner is this core.
+    Ready(Answer),
+    /// Await the receiver.
+    Later(LocalReceiver<Answer>),
+}
+
+/// One core's state.
+pub struct Hub {
+    /// Cross-core sending.
+    router: Rc<Router>,
+    /// This core's index (cached from the router).
+    core: usize,
+    /// Number of cores.
+    cores: usize,
+    /// Per-connection limits.
+    limits: Limits,
+    /// Rooms this core owns.
+    owned: HashMap<Arc<str>, OwnedRoom>,
+    /// Local members of every room with members here, owned here or not.
+    local: HashMap<Arc<str>, Vec<Rc<Client>>>,
+    /// Connections running on this core.
+    clients: HashMap<ConnId, Rc<Client>>,
+    /// Live connections per user this core owns (presence).
+    users: HashMap<Arc<str>, u32>,
+    /// Per-user message limit for users this core owns.
+    limiter: RateLimiter,
+    /// `clientMsgId` window for users this core owns; waiters are connections
+    /// that sent a duplicate while the first send was in flight.
+    dedupe: Dedupe<ConnId>,
+    /// Message ids: monotonic on this core, hence per room.
+    ids: ulid::Generator,
+    /// Messages of the rooms this core owns.
+    history: MemoryHistory,
+    /// Content rules; None when moderation is off.
+    moderator: Option<Moderator>,
+    /// Where masked/blocked messages are recorded.
+    audit: MemoryAudit,
+    /// Queries asked by this core, by request id.
+    pending: HashMap<u64, Waiter>,
+    /// Next query id.
+    next_req: u64,
+    /// Next connection counter.
+    next_conn: u64,
+    /// This core's metrics (plain integers; merged on scrape).
+    pub metrics: CoreSnapshot,
+}
+
+impl Hub {
+    /// An empty hub for the router's core.
+    pub fn new(router: Rc<Router>, settings: &Settings, moderator: Option<Moderator>) -> Hub {
+        let cores = router.cores();
+        Hub {
+            core: router.core(),
+            cores,
+            router,
+            limits: Limits::from_settings(settings),
+            owned: HashMap::new(),
+            local: HashMap::new(),
+            clients: HashMap::new(),
+            users: HashMap::new(),
+            limiter: RateLimiter::new(
+                settings.rate_limit_max_messages as u32,
+                settings.rate_limit_window(),
+            ),
+            dedupe: Dedupe::new(DEDUPE_WINDOW, DEDUPE_CAPACITY / cores),
+            ids: ulid::Generator::new(),
+            history: MemoryHistory::new(
+                settings.history_per_room as usize,
+                (settings.history_total as usize / cores).max(settings.history_per_room as usize),
+            ),
+            moderator,
+            audit: MemoryAudit::new(AUDIT_MEMORY),
+            pending: HashMap::new(),
+            next_req: 0,
+            next_conn: 0,
+            metrics: CoreSnapshot::default(),
+        }
+    }
+
+    /// MAX_MESSAGE_LENGTH.
+    pub fn max_message_chars(&self) -> usize {
+        self.limits.max_message_chars
+    }
+
+    /// MAX_ROOMS_PER_CONNECTION.
+    pub fn max_rooms(&self) -> usize {
+        self.limits.max_rooms
+    }
+
+    /// Connections on this core.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The in-memory audit trail of this core.
+    pub fn audit(&self) -> &MemoryAudit {
+        &self.audit
+    }
+
+    fn owner(&self, key: &str) -> usize {
+        self.router.owner(key)
+    }
+
+    // ---- connections --------------------------------------------------
+
+    /// Creates the session of a new connection whose initial room this core
+    /// owns, sends `room_joined` (its first frame) and any recovered
+    /// messages, and announces the user online.
+    pub fn open(
+        &mut self,
+        identity: Identity,
+        room: Arc<str>,
+        since: Option<MessageId>,
+        now: Instant,
+    ) -> Rc<Client> {
+        self.next_conn += 1;
+        let id = ConnId::new(self.core, self.next_conn);
+        let outbound = Outbound::new(self.limits.outbound_bytes, self.limits.stall_timeout);
+        let client = Rc::new(Client::new(id, identity, room.clone(), outbound, now));
+        self.clients.insert(id, client.clone());
+        self.metrics.connections_opened += 1;
+        self.join(&client, room.clone(), since, now);
+        self.user_online(client.identity.user_id.clone(), room);
+        client
+    }
+
+    /// Removes a closed connection: leaves its rooms and, if it was the
+    /// user's last, announces the user offline there.
+    pub fn closed(&mut self, client: &Rc<Client>, reason: CloseReason) {
+        if self.clients.remove(&client.id).is_none() {
+            return;
+        }
+        self.metrics.closed(reason);
+        let user = client.identity.user_id.clone();
+        let mut joined = Vec::new();
+        for (room, membership) in client.take_rooms() {
+            // A pending join is undone when its answer finds the client gone.
+            if membership == Membership::Joined {
+                self.remove_local_member(&room, client.id);
+                self.leave_owner(room.clone(), user.clone(), self.core);
+                joined.push(room);
+            }
+        }
+        self.user_offline(user, joined);
+    }
+
+    /// Joins `client` to `room`, or answers a repeated join again.
+    pub fn join(&mut self, client: &Rc<Client>, room: Arc<str>, since: Option<MessageId>, now: Instant) {
+        let membership = client.membership(&room);
+        if membership == Some(Membership::Pending) {
+            return; // the owner's answer is on its way
+        }
+        let count = membership.is_none();
+        let owner = self.owner(&room);
+        if owner == self.core {
+            let user = client.identity.user_id.clone();
+            let (member_count, replay) = self.join_owner(&room, user, self.core, since, count);
+            if count {
+                client.set_membership(&room, Membership::Joined);
+                self.local.entry(room.clone()).or_default().push(client.clone());
+            }
+            self.answer_join(client, &room, member_count, replay, now);
+        } else {
+            if count {
+                client.set_membership(&room, Membership::Pending);
+            }
+            let msg = ShardMsg::Join {
+                room,
+                user: client.identity.user_id.clone(),
+                conn: client.id,
+                since,
+                count,
+            };
+            self.router.send(owner, msg);
+        }
+    }
+
+    /// Leaves `room` (the caller answers `room_left`).
+    pub fn leave(&mut self, client: &Rc<Client>, room: &Arc<str>) {
+        if client.remove_membership(room) == Some(Membership::Joined) {
+            self.remove_local_member(room, client.id);
+            self.leave_owner(room.clone(), client.identity.user_id.clone(), self.core);
+        }
+    }
+
+    fn answer_join(&mut self, client: &Client, room: &str, member_count: usize, replay: Vec<Bytes>, now: Instant) {
+        client.push_own(&protocol::encode_room_joined(room, member_count), now);
+        for frame in replay {
+            client.push(frame, FrameKind::Message, now);
+        }
+    }
+
+    fn remove_local_member(&mut self, room: &str, id: ConnId) {
+        if let Some(members) = self.local.get_mut(room) {
+            if let Some(pos) = members.iter().position(|c| c.id == id) {
+                members.swap_remove(pos);
+            }
+            if members.is_empty() {
+                self.local.remove(room);
+            }
+        }
+    }
+
+    /// Owner side of a join: counts the member and collects the replay.
+    fn join_owner(
+        &mut self,
+        room: &Arc<str>,
+        user: Arc<str>,
+        core: usize,
+        since: Option<MessageId>,
+        count: bool,
+    ) -> (usize, Vec<Bytes>) {
+        let cores = self.cores;
+        let entry = self.owned.entry(room.clone()).or_insert_with(|| OwnedRoom {
+            users: HashMap::new(),
+            member_cores: vec![0; cores],
+        });
+        if count {
+            *entry.users.entry(user).or_insert(0) += 1;
+            entry.member_cores[core] += 1;
+        }
+        let member_count = entry.users.len();
+        let replay = match since {
+            Some(since) => self
+                .history
+                .since(room, since, MAX_REPLAY)
+                .into_iter()
+                .map(|m| Bytes::from(ws::encode_text(&m.json)))
+                .collect(),
+            None => Vec::new(),
+        };
+        (member_count, replay)
+    }
+
+    /// Owner side of a leave (or routes it to the owner).
+    fn leave_owner(&mut self, room: Arc<str>, user: Arc<str>, core: usize) {
+        let owner = self.owner(&room);
+        if owner != self.core {
+            return self.router.send(owner, ShardMsg::Leave { room, user });
+        }
+        let Some(entry) = self.owned.get_mut(&room) else { return };
+        if let Some(n) = entry.users.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                entry.users.remove(&user);
+            }
+        }
+        entry.member_cores[core] = entry.member_cores[core].saturating_sub(1);
+        if entry.users.is_empty() {
+            self.owned.remove(&room);
+        }
+    }
+
+    /// Member side of a remote owner's join answer.
+    #[allow(clippy::too_many_arguments)]
+    fn joined(
+        &mut self,
+        room: Arc<str>,
+        user: Arc<str>,
+        conn: ConnId,
+        member_count: usize,
+        replay: Vec<Bytes>,
+        counted: bool,
+        now: Instant,
+    ) {
+        let client = self.clients.get(&conn).cloned();
+        let Some(client) = client else {
+            if counted {
+                self.leave_owner(room, user, self.core);
+            }
+            return;
+        };
+        if counted {
+            if client.membership(&room) != Some(Membership::Pending) {
+                // Left (or re-answered) while the join was in flight: undo.
+                return self.leave_owner(room, user, self.core);
+            }
+            client.set_membership(&room, Membership::Joined);
+            self.local.entry(room.clone()).or_default().push(client.clone());
+        }
+        self.answer_join(&client, &room, member_count, replay, now);
+    }
+
+    // ---- messages ------------------------------------------------------
+
+    /// A checked message from a local client: to the user's owner.
+    pub fn publish(&mut self, p: Box<Publish>, now: Instant) {
+        let owner = self.owner(&p.user.user_id);
+        if owner == self.core {
+            self.publish_user_owner(p, now);
+        } else {
+            self.router.send(owner, ShardMsg::Publish(p));
+        }
+    }
+
+    /// User owner: dedupe and rate limit, then to the room's owner.
+    fn publish_user_owner(&mut self, p: Box<Publish>, now: Instant) {
+        let user = p.user.user_id.clone();
+        if let Some(cmid) = &p.client_msg_id {
+            match self.dedupe.begin(&user, cmid, p.conn, now) {
+                Begin::New => {}
+                Begin::Duplicate { message_id, room_id } => {
+                    self.metrics.message(Outcome::Duplicate);
+                    let ack = protocol::encode_ack(cmid, message_id, &room_id);
+                    return self.to_conn(p.conn, Bytes::from(ws::encode_text(&ack)), now);
+                }
+                Begin::Waiting => {
+                    self.metrics.message(Outcome::Duplicate);
+                    return;
+                }
+            }
+        }
+        if let Decision::Limited { retry_after } = self.limiter.check_and_record(&user, now) {
+            self.metrics.message(Outcome::RateLimited);
+            let ms = retry_after.as_millis() as u64;
+            let text = format!("rate limit exceeded; retry in {ms} ms");
+            let mut targets = vec![p.conn];
+            if let Some(cmid) = &p.client_msg_id {
+                targets.extend(self.dedupe.abort(&user, cmid));
+            }
+            for conn in targets {
+                self.error_to(conn, ErrorCode::RateLimited, &text, Some(ms), now);
+            }
+            return;
+        }
+        let owner = self.owner(&p.room);
+        if owner == self.core {
+            self.sequence(p, now);
+        } else {
+            self.router.send(owner, ShardMsg::Sequence(p));
+        }
+    }
+
+    /// Room owner: moderate, stamp, store, fan out, ack.
+    fn sequence(&mut self, p: Box<Publish>, now: Instant) {
+        let Publish {
+            room,
+            user,
+            content,
+            client_msg_id,
+            conn,
+            received_at,
+        } = *p;
+        let wall = SystemTime::now();
+        let id = self
+            .ids
+            .generate_from_datetime(wall)
+            .unwrap_or_else(|_| ulid::Ulid::from_datetime(wall));
+        let timestamp_ms = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let content = match self.moderator.as_ref().map(|m| m.moderate(&content)) {
+            None | Some(Verdict::Clean) => content,
+            Some(Verdict::Masked(masked)) => {
+                self.record_audit(id, &user, &room, AuditAction::Masked, None, timestamp_ms);
+                masked
+            }
+            Some(Verdict::Blocked(reason)) => {
+                let reason = reason.to_string();
+                self.record_audit(id, &user, &room, AuditAction::Blocked, Some(reason.clone()), timestamp_ms);
+                self.metrics.message(Outcome::Blocked);
+                let text = format!("message refused by moderation: {reason}");
+                self.error_to(conn, ErrorCode::MessageBlocked, &text, None, now);
+                if let Some(cmid) = client_msg_id {
+                    self.published(user.user_id, cmid, None, now);
+                }
+                return;
+            }
+        };
+        let message = ChatMessage {
+            id,
+            room_id: room.clone(),
+            user_id: user.user_id.clone(),
+            username: user.username.clone(),
+            content,
+            timestamp_ms,
+        };
+        let json = protocol::encode_message(&message);
+        let header = ws::text_header_len(json.len());
+        let mut buf = Vec::with_capacity(header + json.len());
+        ws::encode_text_into(&json, &mut buf);
+        let frame = Bytes::from(buf);
+        self.history.append(
+            &room,
+            StoredMessage {
+                id,
+                json: frame.slice(header..),
+            },
+        );
+        self.metrics.message(Outcome::Accepted);
+        *self.metrics.room_messages.entry(room.clone()).or_insert(0) += 1;
+        self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
+        if let Some(cmid) = client_msg_id {
+            let ack = protocol::encode_ack(&cmid, id, &room);
+            self.to_conn(conn, Bytes::from(ws::encode_text(&ack)), now);
+            self.published(user.user_id, cmid, Some((id, room)), now);
+        }
+    }
+
+    fn record_audit(
+        &mut self,
+        message_id: MessageId,
+        user: &Identity,
+        room: &Arc<str>,
+        action: AuditAction,
+        reason: Option<String>,
+        at_ms: u64,
+    ) {
+        self.audit.record(AuditRecord {
+            message_id,
+            user_id: user.user_id.clone(),
+            room_id: room.clone(),
+            action,
+            reason,
+            at_ms,
+        });
+    }
+
+    /// Tells the user's owner how a publish with a `clientMsgId` ended.
+    fn published(
+        &mut self,
+        user: Arc<str>,
+        client_msg_id: Box<str>,
+        outcome: Option<(MessageId, Arc<str>)>,
+        now: Instant,
+    ) {
+        let owner = self.owner(&user);
+        if owner != self.core {
+            let msg = ShardMsg::Published {
+                user,
+                client_msg_id,
+                outcome,
+            };
+            return self.router.send(owner, msg);
+        }
+        match outcome {
+            Some((message_id, room)) => {
+                let waiters = self
+                    .dedupe
+                    .complete(&user, &client_msg_id, message_id, room.clone(), now);
+                if !waiters.is_empty() {
+                    let ack = Bytes::from(ws::encode_text(&protocol::encode_ack(
+                        &client_msg_id,
+                        message_id,
+                        &room,
+                    )));
+                    for conn in waiters {
+                        self.to_conn(conn, ack.clone(), now);
+                    }
+                }
+            }
+            None => {
+                // The waiters' copies were refused with the first one; they
+                // may retry.
+                for conn in self.dedupe.abort(&user, &client_msg_id) {
+                    let text = "the original message with this clientMsgId was refused";
+                    self.error_to(conn, ErrorCode::MessageBlocked, text, None, now);
+                }
+            }
+        }
+    }
+
+    /// Relays a frame to a room through its owner (typing, presence).
+    pub fn relay(&mut self, room: Arc<str>, frame: Bytes, kind: FrameKind, exclude: Option<ConnId>, now: Instant) {
+        let owner = self.owner(&room);
+        if owner == self.core {
+            self.fan_out(&room, frame, kind, exclude, now, now);
+        } else {
+            let msg = ShardMsg::Relay {
+                room,
+                frame,
+                kind,
+                exclude,
+            };
+            self.router.send(owner, msg);
+        }
+    }
+
+    /// Room owner: local delivery plus one copy per other core with members.
+    fn fan_out(
+        &mut self,
+        room: &Arc<str>,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        received_at: Instant,
+        now: Instant,
+    ) {
+        if let Some(entry) = self.owned.get(room) {
+            for (core, members) in entry.member_cores.iter().enumerate() {
+                if core != self.core && *members > 0 {
+                    // A private copy per core: recipients there clone a
+                    // reference count that never leaves that core's cache.
+                    let msg = ShardMsg::Deliver {
+                        room: room.clone(),
+                        frame: Bytes::copy_from_slice(&frame),
+                        kind,
+                        exclude,
+                        received_at,
+                    };
+                    self.router.send(core, msg);
+                }
+            }
+        }
+        self.deliver_local(room, frame, kind, exclude, received_at, now);
+    }
+
+    /// Member core: hands the frame to every local member's queue.
+    fn deliver_local(
+        &mut self,
+        room: &str,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        received_at: Instant,
+        now: Instant,
+    ) {
+        let Some(members) = self.local.get(room) else { return };
+        let mut delivered = 0;
+        let mut dropped = 0;
+        for client in members {
+            if Some(client.id) == exclude {
+                continue;
+            }
+            match client.push(frame.clone(), kind, now) {
+                Push::Queued { .. } => delivered += 1,
+                Push::DroppedTyping => dropped += 1,
+                Push::Overflow | Push::Closed => {}
+            }
+        }
+        self.metrics.delivered += delivered;
+        self.metrics.typing_dropped += dropped;
+        if kind == FrameKind::Message && delivered > 0 {
+            self.metrics.latency(now.saturating_duration_since(received_at));
+        }
+    }
+
+    /// A frame for one connection, wherever it runs.
+    fn to_conn(&mut self, conn: ConnId, frame: Bytes, now: Instant) {
+        if conn.core() == self.core {
+            if let Some(client) = self.clients.get(&conn) {
+                client.push(frame, FrameKind::Message, now);
+            }
+        } else {
+            self.router.send(conn.core(), ShardMsg::ToConn { conn, frame });
+        }
+    }
+
+    /// An error frame for a local client.
+    pub fn send_error(&mut self, client: &Client, code: ErrorCode, text: &str, retry_after_ms: Option<u64>, now: Instant) {
+        self.metrics.error(code);
+        client.push_own(&protocol::encode_error(code, text, retry_after_ms), now);
+    }
+
+    /// An error frame for a connection anywhere.
+    fn error_to(&mut self, conn: ConnId, code: ErrorCode, text: &str, retry_after_ms: Option<u64>, now: Instant) {
+        self.metrics.error(code);
+        let frame = Bytes::from(ws::encode_text(&protocol::encode_error(code, text, retry_after_ms)));
+        self.to_conn(conn, frame, now);
+    }
+
+    // ---- presence ------------------------------------------------------
+
+    fn user_online(&mut self, user: Arc<str>, room: Arc<str>) {
+        let owner = self.owner(&user);
+        if owner != self.core {
+            return self.router.send(owner, ShardMsg::UserOnline { user, room });
+        }
+        let count = self.users.entry(user.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.metrics.presence_online += 1;
+            let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(&user, true, &room)));
+            self.relay(room, frame, FrameKind::Presence, None, Instant::now());
+        }
+    }
+
+    fn user_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>) {
+        let owner = self.owner(&user);
+        if owner != self.core {
+            return self.router.send(owner, ShardMsg::UserOffline { user, rooms });
+        }
+        let Some(count) = self.users.get_mut(&user) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        self.users.remove(&user);
+        self.metrics.presence_offline += 1;
+        let now = Instant::now();
+        for room in rooms {
+            let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(&user, false, &room)));
+            self.relay(room, frame, FrameKind::Presence, None, now);
+        }
+    }
+
+    // ---- queries -------------------------------------------------------
+
+    /// Asks core `target` a question (answered in place when local).
+    pub fn ask(&mut self, target: usize, query: Query) -> Asked {
+        if target == self.core {
+            return Asked::Ready(self.answer(query));
+        }
+        let (tx, rx) = local_channel::new_bounded(1);
+        let req = self.register(Waiter::Http(tx));
+        self.router.send(target, ShardMsg::Query { req, query });
+        Asked::Later(rx)
+    }
+
+    /// The owner core of a room or user id.
+    pub fn owner_of(&self, key: &str) -> usize {
+        self.owner(key)
+    }
+
+    /// Number of cores.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    fn register(&mut self, waiter: Waiter) -> u64 {
+        self.next_req += 1;
+        self.pending.insert(self.next_req, waiter);
+        self.next_req
+    }
+
+    /// Drops the waiter of a query whose asker gave up (timeout).
+    pub fn forget_query(&mut self, rx_dropped_req: u64) {
+        self.pending.remove(&rx_dropped_req);
+    }
+
+    fn answer(&mut self, query: Query) -> Answer {
+        match query {
+            Query::Metrics => {
+                let mut snapshot = self.metrics.clone();
+                snapshot.connections = self.clients.len() as u64;
+                snapshot.mesh_staged = self.router.staged_total();
+                Answer::Metrics(Box::new(snapshot))
+            }
+            Query::RoomOnline(room) => {
+                let mut users: Vec<Arc<str>> = self
+                    .owned
+                    .get(&room)
+                    .map(|r| r.users.keys().cloned().collect())
+                    .unwrap_or_default();
+                users.sort();
+                Answer::Users(users)
+            }
+            Query::UserOnline(user) => {
+                let online = self.users.contains_key(&user);
+                Answer::Users(if online { vec![user] } else { Vec::new() })
+            }
+            Query::History {
+                room,
+                before,
+                after,
+                limit,
+            } => {
+                let page = self.history.page(&room, before, after, limit);
+                Answer::Messages(page.into_iter().map(|m| m.json).collect())
+            }
+        }
+    }
+
+    /// A client's `history` frame: answered by the room's owner.
+    pub fn history_for_client(
+        &mut self,
+        client: &Client,
+        room: Arc<str>,
+        before: Option<MessageId>,
+        after: Option<MessageId>,
+        limit: usize,
+        now: Instant,
+    ) {
+        let owner = self.owner(&room);
+        let query = Query::History {
+            room: room.clone(),
+            before,
+            after,
+            limit,
+        };
+        if owner == self.core {
+            if let Answer::Messages(messages) = self.answer(query) {
+                let body = protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
+                client.push_own(&body, now);
+            }
+        } else {
+            let req = self.register(Waiter::ClientHistory {
+                conn: client.id,
+                room,
+            });
+            self.router.send(owner, ShardMsg::Query { req, query });
+        }
+    }
+
+    fn on_answer(&mut self, req: u64, answer: Answer, now: Instant) {
+        match self.pending.remove(&req) {
+            Some(Waiter::Http(tx)) => {
+                // The asker may have timed out and gone; nothing to do then.
+                let _ = tx.try_send(answer);
+            }
+            Some(Waiter::ClientHistory { conn, room }) => {
+                if let (Some(client), Answer::Messages(messages)) = (self.clients.get(&conn), answer) {
+                    let body = protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
+                    client.push_own(&body, now);
+                }
+            }
+            None => {}
+        }
+    }
+
+    // ---- cross-core dispatch ------------------------------------------
+
+    /// Handles one message from core `from` (adoption and shutdown are
+    /// handled by the server before this).
+    pub fn on_shard_msg(&mut self, from: usize, msg: ShardMsg, now: Instant) {
+        match msg {
+            ShardMsg::Join {
+                room,
+                user,
+                conn,
+                since,
+                count,
+            } => {
+                let (member_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
+                let answer = ShardMsg::Joined {
+                    room,
+                    user,
+                    conn,
+                    member_count,
+                    replay,
+                    counted: count,
+                };
+                self.router.send(from, answer);
+            }
+            ShardMsg::Joined {
+                room,
+                user,
+                conn,
+                member_count,
+                replay,
+                counted,
+            } => self.joined(room, user, conn, member_count, replay, counted, now),
+            ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
+            ShardMsg::Publish(p) => self.publish_user_owner(p, now),
+            ShardMsg::Sequence(p) => self.sequence(p, now),
+            ShardMsg::Published {
+                user,
+                client_msg_id,
+                outcome,
+            } => self.published(user, client_msg_id, outcome, now),
+            ShardMsg::Relay {
+                room,
+                frame,
+                kind,
+                exclude,
+            } => self.fan_out(&room, frame, kind, exclude, now, now),
+            ShardMsg::Deliver {
+                room,
+                frame,
+                kind,
+                exclude,
+                received_at,
+            } => self.deliver_local(&room, frame, kind, exclude, received_at, now),
+            ShardMsg::ToConn { conn, frame } => self.to_conn(conn, frame, now),
+            ShardMsg::UserOnline { user, room } => self.user_online(user, room),
+            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms),
+            ShardMsg::Query { req, query } => {
+                let answer = self.answer(query);
+                self.router.send(from, ShardMsg::Answer { req, answer });
+            }
+            ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
+            ShardMsg::Adopt(_) | ShardMsg::Shutdown => {
+                debug_assert!(false, "handled by the server loop");
+            }
+        }
+    }
+
+    // ---- housekeeping --------------------------------------------------
+
+    /// Periodic work: pings quiet connections, closes idle and stalled ones,
+    /// and forgets expired limiter and dedupe state.
+    pub fn sweep(&mut self, now: Instant) {
+        let ping = Bytes::from(ws::encode_ping(b""));
+        for client in self.clients.values() {
+            if client.close_request().is_some() {
+                continue;
+            }
+            if client.outbound().borrow().stalled(now) {
+                client.request_close(crate::outbound::SLOW_CONSUMER_CLOSE, CloseReason::SlowConsumer);
+                continue;
+            }
+            let quiet = now.saturating_duration_since(client.last_seen());
+            if quiet > self.limits.idle_timeout {
+                client.request_close(IDLE_CLOSE, CloseReason::Idle);
+            } else if quiet >= self.limits.ping_interval
+                && now.saturating_duration_since(client.last_ping()) >= self.limits.ping_interval
+            {
+                client.push(ping.clone(), FrameKind::Message, now);
+                client.pinged(now);
+            }
+        }
+        self.limiter.sweep(now);
+        self.dedupe.sweep(now);
+    }
+
+    /// Asks every connection on this core to close with `code`.
+    pub fn close_all(&mut self, code: u16, reason: CloseReason) {
+        for client in self.clients.values() {
+            client.request_close(code, reason);
+        }
+    }
+}

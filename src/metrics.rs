@@ -1,0 +1,368 @@
+//! Per-core metrics, merged only when `/metrics` is scraped.
+//!
+//! Each core counts into its own plain integers and its own HdrHistogram: no
+//! atomics, no shared cache lines on the hot path. A scrape asks every core
+//! for a [`CoreSnapshot`] over the mesh, merges them, and renders the
+//! Prometheus text format.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::protocol::ErrorCode;
+
+/// How a received chat message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Stored and broadcast.
+    Accepted,
+    /// A repeated `clientMsgId`: acked with the original id, not stored again.
+    Duplicate,
+    /// Over the user's rate limit.
+    RateLimited,
+    /// Refused by moderation.
+    Blocked,
+    /// Refused before routing: not in room, too long, malformed.
+    Invalid,
+    /// A backend could not take it.
+    Unavailable,
+}
+
+impl Outcome {
+    /// Every outcome, in rendering order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::RateLimited,
+        Outcome::Blocked,
+        Outcome::Invalid,
+        Outcome::Unavailable,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Blocked => "blocked",
+            Outcome::Invalid => "invalid",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client closed or the socket failed.
+    Client,
+    /// Outbound queue overflowed or stalled.
+    SlowConsumer,
+    /// No traffic (not even pongs) within the idle timeout.
+    Idle,
+    /// A WebSocket protocol violation or an oversized frame.
+    Protocol,
+    /// Server shutdown.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, in rendering order.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Client,
+        CloseReason::SlowConsumer,
+        CloseReason::Idle,
+        CloseReason::Protocol,
+        CloseReason::Shutdown,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Idle => "idle",
+            CloseReason::Protocol => "protocol",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Rooms whose message counts are exported by name; the rest are summed
+/// under `room="_other"`, so a million rooms cannot blow up a scrape.
+pub const TOP_ROOMS: usize = 20;
+
+/// Latency histogram range: 1 µs to 60 s, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// One core's counters. Owned by that core; never shared.
+#[derive(Debug, Clone)]
+pub struct CoreSnapshot {
+    /// Open WebSocket connections on this core.
+    pub connections: u64,
+    /// WebSocket handshakes completed.
+    pub connections_opened: u64,
+    /// Connections closed, by reason.
+    pub connections_closed: HashMap<CloseReason, u64>,
+    /// `/ws` requests refused before the upgrade, by HTTP status.
+    pub upgrades_refused: HashMap<u16, u64>,
+    /// Chat messages received, by outcome.
+    pub messages: HashMap<Outcome, u64>,
+    /// Frames handed to members' outbound queues.
+    pub delivered: u64,
+    /// Typing indicators dropped for slow consumers.
+    pub typing_dropped: u64,
+    /// Presence changes broadcast (online, offline).
+    pub presence_online: u64,
+    /// See `presence_online`.
+    pub presence_offline: u64,
+    /// Error frames sent, by code.
+    pub errors: HashMap<ErrorCode, u64>,
+    /// Messages accepted per room owned by this core.
+    pub room_messages: HashMap<Arc<str>, u64>,
+    /// Messages staged because a cross-core channel was full.
+    pub mesh_staged: u64,
+    /// Microseconds from a message's receipt to its hand-off to the members'
+    /// outbound queues, per delivering core.
+    pub delivery_latency_us: Histogram<u64>,
+}
+
+impl Default for CoreSnapshot {
+    fn default() -> Self {
+        CoreSnapshot {
+            connections: 0,
+            connections_opened: 0,
+            connections_closed: HashMap::new(),
+            upgrades_refused: HashMap::new(),
+            messages: HashMap::new(),
+            delivered: 0,
+            typing_dropped: 0,
+            presence_online: 0,
+            presence_offline: 0,
+            errors: HashMap::new(),
+            room_messages: HashMap::new(),
+            mesh_staged: 0,
+            delivery_latency_us: new_histogram(),
+        }
+    }
+}
+
+impl CoreSnapshot {
+    /// Counts a message outcome.
+    pub fn message(&mut self, outcome: Outcome) {
+        *self.messages.entry(outcome).or_insert(0) += 1;
+    }
+
+    /// Counts an error frame.
+    pub fn error(&mut self, code: ErrorCode) {
+        *self.errors.entry(code).or_insert(0) += 1;
+    }
+
+    /// Counts a closed connection.
+    pub fn closed(&mut self, reason: CloseReason) {
+        *self.connections_closed.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Records one delivery latency sample.
+    pub fn latency(&mut self, elapsed: Duration) {
+        let us = (elapsed.as_micros() as u64).clamp(1, 60_000_000);
+        // Within bounds by construction; a failure would only lose a sample.
+        let _ = self.delivery_latency_us.record(us);
+    }
+
+    /// Adds another core's snapshot into this one.
+    pub fn merge(&mut self, other: &CoreSnapshot) {
+        self.connections += other.connections;
+        self.connections_opened += other.connections_opened;
+        for (k, v) in &other.connections_closed {
+            *self.connections_closed.entry(*k).or_insert(0) += v;
+        }
+        for (k, v) in &other.upgrades_refused {
+            *self.upgrades_refused.entry(*k).or_insert(0) += v;
+        }
+        for (k, v) in &other.messages {
+            *self.messages.entry(*k).or_insert(0) += v;
+        }
+        self.delivered += other.delivered;
+        self.typing_dropped += other.typing_dropped;
+        self.presence_online += other.presence_online;
+        self.presence_offline += other.presence_offline;
+        for (k, v) in &other.errors {
+            *self.errors.entry(*k).or_insert(0) += v;
+        }
+        for (k, v) in &other.room_messages {
+            *self.room_messages.entry(k.clone()).or_insert(0) += v;
+        }
+        self.mesh_staged += other.mesh_staged;
+        // Same bounds on every core, so adding cannot fail.
+        let _ = self.delivery_latency_us.add(&other.delivery_latency_us);
+    }
+
+    /// Renders the merged snapshot in the Prometheus text format.
+    pub fn render(&self, extra: &str) -> String {
+        let mut out = String::with_capacity(4096);
+        gauge(&mut out, "chat_connections", "Open WebSocket connections.", self.connections);
+        counter(
+            &mut out,
+            "chat_connections_opened_total",
+            "WebSocket handshakes completed.",
+            self.connections_opened,
+        );
+        header(&mut out, "chat_connections_closed_total", "Connections closed, by reason.", "counter");
+        for reason in CloseReason::ALL {
+            let v = self.connections_closed.get(&reason).copied().unwrap_or(0);
+            let _ = writeln!(out, "chat_connections_closed_total{{reason=\"{}\"}} {v}", reason.as_str());
+        }
+        header(
+            &mut out,
+            "chat_upgrades_refused_total",
+            "WebSocket upgrade requests refused before the handshake, by HTTP status.",
+            "counter",
+        );
+        let mut statuses: Vec<_> = self.upgrades_refused.iter().collect();
+        statuses.sort();
+        for (status, v) in statuses {
+            let _ = writeln!(out, "chat_upgrades_refused_total{{status=\"{status}\"}} {v}");
+        }
+        header(&mut out, "chat_messages_received_total", "Chat messages received, by outcome.", "counter");
+        for outcome in Outcome::ALL {
+            let v = self.messages.get(&outcome).copied().unwrap_or(0);
+            let _ = writeln!(out, "chat_messages_received_total{{outcome=\"{}\"}} {v}", outcome.as_str());
+        }
+        header(
+            &mut out,
+            "chat_messages_delivered_total",
+            "Frames handed to recipients' outbound queues, by outcome.",
+            "counter",
+        );
+        let _ = writeln!(out, "chat_messages_delivered_total{{outcome=\"queued\"}} {}", self.delivered);
+        let _ = writeln!(
+            out,
+            "chat_messages_delivered_total{{outcome=\"typing_dropped\"}} {}",
+            self.typing_dropped
+        );
+        header(&mut out, "chat_presence_updates_total", "Presence changes broadcast, by status.", "counter");
+        let _ = writeln!(out, "chat_presence_updates_total{{status=\"online\"}} {}", self.presence_online);
+        let _ = writeln!(out, "chat_presence_updates_total{{status=\"offline\"}} {}", self.presence_offline);
+        header(&mut out, "chat_errors_total", "Error frames sent, by code.", "counter");
+        for code in ErrorCode::ALL {
+            let v = self.errors.get(&code).copied().unwrap_or(0);
+            let _ = writeln!(out, "chat_errors_total{{code=\"{}\"}} {v}", code.as_str());
+        }
+        header(
+            &mut out,
+            "chat_room_messages_total",
+            "Messages accepted per room: the busiest rooms by name, the rest as _other.",
+            "counter",
+        );
+        let mut rooms: Vec<_> = self.room_messages.iter().collect();
+        rooms.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let other: u64 = rooms.iter().skip(TOP_ROOMS).map(|(_, v)| **v).sum();
+        for (room, v) in rooms.iter().take(TOP_ROOMS) {
+            let _ = writeln!(out, "chat_room_messages_total{{room=\"{}\"}} {v}", escape_label(room));
+        }
+        if rooms.len() > TOP_ROOMS {
+            let _ = writeln!(out, "chat_room_messages_total{{room=\"_other\"}} {other}");
+        }
+        counter(
+            &mut out,
+            "chat_mesh_staged_total",
+            "Cross-core messages that waited because a core's channel was full.",
+            self.mesh_staged,
+        );
+        self.render_latency(&mut out);
+        out.push_str(extra);
+        out
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        const BUCKETS_US: [u64; 14] = [
+            50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+            1_000_000, 5_000_000,
+        ];
+        let name = "chat_delivery_latency_seconds";
+        header(
+            out,
+            name,
+            "Time from a message's receipt to its hand-off to recipients' outbound queues.",
+            "histogram",
+        );
+        let h = &self.delivery_latency_us;
+        for bound in BUCKETS_US {
+            let count = h.count_between(0, bound);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {count}", bound as f64 / 1e6);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+        let sum_us: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+        let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
+        let _ = writeln!(out, "{name}_count {}", h.len());
+    }
+}
+
+/// Escapes a label value (room ids are restricted, but be safe).
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_counts_and_histograms() {
+        let mut a = CoreSnapshot::default();
+        a.connections = 3;
+        a.message(Outcome::Accepted);
+        a.latency(Duration::from_micros(100));
+        let mut b = CoreSnapshot::default();
+        b.connections = 4;
+        b.message(Outcome::Accepted);
+        b.message(Outcome::RateLimited);
+        b.latency(Duration::from_millis(3));
+        a.merge(&b);
+        assert_eq!(a.connections, 7);
+        assert_eq!(a.messages[&Outcome::Accepted], 2);
+        assert_eq!(a.messages[&Outcome::RateLimited], 1);
+        assert_eq!(a.delivery_latency_us.len(), 2);
+        let text = a.render("");
+        assert!(text.contains("chat_connections 7\n"), "{text}");
+        assert!(text.contains("chat_messages_received_total{outcome=\"accepted\"} 2\n"));
+        assert!(text.contains("chat_delivery_latency_seconds_bucket{le=\"0.0001\"} 1\n"), "{text}");
+        assert!(text.contains("chat_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("chat_delivery_latency_seconds_count 2\n"));
+    }
+
+    #[test]
+    fn room_series_are_bounded() {
+        let mut s = CoreSnapshot::default();
+        for i in 0..(TOP_ROOMS as u64 + 5) {
+            s.room_messages.insert(Arc::from(format!("r{i}")), i + 1);
+        }
+        let text = s.render("");
+        let lines = text.lines().filter(|l| l.starts_with("chat_room_messages_total{")).count();
+        assert_eq!(lines, TOP_ROOMS + 1);
+        // The five quietest rooms (1..=5 messages) are summed into _other.
+        assert!(text.contains("chat_room_messages_total{room=\"_other\"} 15\n"), "{text}");
+        assert!(text.contains("chat_room_messages_total{room=\"r24\"} 25\n"));
+    }
+}

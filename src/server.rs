@@ -1,0 +1,530 @@
+//! The runtime: one glommio executor per core, each accepting on the same
+//! port (SO_REUSEPORT), reading HTTP requests, answering plain routes, and
+//! handing verified WebSocket upgrades to the core that owns the initial
+//! room.
+//!
+//! glommio types stay in this module, `connection.rs` and `shard.rs`; rooms,
+//! protocol and policy code never see them.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::{Identity, Verifier};
+use crate::config::Settings;
+use crate::connection;
+use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
+use crate::hub::Hub;
+use crate::moderation::Moderator;
+use crate::protocol::{self, MessageId};
+use crate::routes;
+use crate::shard::{shard_for, Adoption, Router, ShardMsg, MESH_CAPACITY};
+use crate::shutdown::Shutdown;
+
+/// io_uring registered-buffer memory per executor. Every executor's share is
+/// locked memory, and `RLIMIT_MEMLOCK` is often 8 MiB: 512 KiB each leaves
+/// room for 8 cores. Sockets do not use this memory (glommio reads them
+/// with readiness polls into our own buffer).
+pub const IO_MEMORY: usize = 512 * 1024;
+/// io_uring submission queue depth per executor.
+pub const RING_DEPTH: usize = 256;
+/// Listen backlog per core; sized for `loadgen connect --rate 10000`.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// Scratch read buffer per core, shared by all its connections.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Longest wait for another core's answer to a query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a draining core waits for its connections to close.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// The listen socket could not be created.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The executors could not start.
+    #[error("cannot start executors: {0}")]
+    Executors(String),
+}
+
+/// Read-only state shared by every core.
+pub struct Shared {
+    /// The settings.
+    pub settings: Settings,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Moderation word list (each core builds its own `Moderator`).
+    pub moderation_words: Vec<String>,
+    /// The address actually bound (PORT=0 picks a free port).
+    pub addr: SocketAddr,
+}
+
+/// One core's context, shared by its tasks through an `Rc`.
+pub struct CoreCtx {
+    /// Rooms, users, connections of this core.
+    pub hub: RefCell<Hub>,
+    /// Cross-core sending.
+    pub router: Rc<Router>,
+    /// Draining state.
+    pub shutdown: Shutdown,
+    /// Settings and verifier.
+    pub shared: Arc<Shared>,
+    /// Read buffer shared by this core's connections (never held across an await).
+    pub scratch: RefCell<Box<[u8]>>,
+}
+
+impl CoreCtx {
+    /// Starts draining this core: stop accepting, 503 on /healthz, close
+    /// every connection with 1001.
+    pub fn begin_shutdown(&self) {
+        if !self.shutdown.is_triggered() {
+            self.shutdown.trigger();
+            self.hub
+                .borrow_mut()
+                .close_all(1001, crate::metrics::CloseReason::Shutdown);
+        }
+    }
+}
+
+/// Binds a listening socket with SO_REUSEPORT so that every core can bind
+/// the same port.
+fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// Runs the server until SIGTERM/SIGINT and the drain complete.
+/// `on_ready` is called with the bound address once every core listens.
+pub fn run(settings: Settings, verifier: Verifier, on_ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
+    settings.validate().map_err(StartError::Config)?;
+    let cores = settings.core_count();
+    check_memlock(cores)?;
+    let moderation_words = moderation_words(&settings)?;
+    // Validate patterns once here so a bad one stops start-up with its name.
+    Moderator::new(moderation_words.clone(), &settings.patterns()).map_err(|e| StartError::Config(format!("MODERATION_PATTERNS: {e}")))?;
+
+    // The first socket fixes the port (PORT=0 picks one); each core then
+    // binds its own socket to it.
+    let wanted = SocketAddr::new(settings.host, settings.port);
+    let first = listen_socket(wanted).map_err(|source| StartError::Listen { addr: wanted, source })?;
+    let addr = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| StartError::Config("cannot read the bound address".into()))?;
+    let mut sockets = vec![first];
+    for _ in 1..cores {
+        sockets.push(listen_socket(addr).map_err(|source| StartError::Listen { addr, source })?);
+    }
+    let fds: Vec<i32> = sockets.into_iter().map(|s| s.into_raw_fd()).collect();
+
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| StartError::Executors(format!("cannot install signal handlers: {e}")))?;
+    let signals = Arc::new(std::sync::Mutex::new(Some(signals)));
+    // SAFETY: ignoring SIGPIPE process-wide is the standard server setup;
+    // a write to a closed socket must return EPIPE, not kill the process.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    let shared = Arc::new(Shared {
+        settings,
+        verifier,
+        moderation_words,
+        addr,
+    });
+    let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
+    let ready = Arc::new(std::sync::Barrier::new(cores + 1));
+    let placement = match std::thread::available_parallelism() {
+        Ok(n) if n.get() >= cores => PoolPlacement::MaxSpread(cores, None),
+        _ => PoolPlacement::Unbound(cores),
+    };
+    let fds = Arc::new(std::sync::Mutex::new(fds));
+    let ready_for_cores = ready.clone();
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .io_memory(IO_MEMORY)
+        .ring_depth(RING_DEPTH)
+        .name("chatd-core")
+        .on_all_shards(move || {
+            let shared = shared.clone();
+            let mesh = mesh.clone();
+            let fds = fds.clone();
+            let signals = signals.clone();
+            let ready = ready_for_cores.clone();
+            async move { core_main(shared, mesh, fds, signals, ready).await }
+        })
+        .map_err(|e| StartError::Executors(e.to_string()))?;
+    let ready_thread = std::thread::spawn(move || {
+        ready.wait();
+        on_ready(addr);
+    });
+    for result in handles.join_all() {
+        result.map_err(|e| StartError::Executors(e.to_string()))?;
+    }
+    let _ = ready_thread.join();
+    Ok(())
+}
+
+/// Refuses to start when the executors' locked memory cannot fit.
+fn check_memlock(cores: usize) -> Result<(), StartError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(());
+    }
+    let needed = (cores * IO_MEMORY) as u64;
+    if limit.rlim_cur != libc::RLIM_INFINITY && needed > limit.rlim_cur / 2 {
+        return Err(StartError::Config(format!(
+            "CORES: {cores} executors need {} KiB of locked memory, more than half of RLIMIT_MEMLOCK ({} KiB); lower CORES or raise the limit (ulimit -l, LimitMEMLOCK= in systemd)",
+            needed / 1024,
+            limit.rlim_cur / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// The block list from the settings: MODERATION_BLOCKLIST (or the built-in
+/// list) plus MODERATION_BLOCKLIST_FILE.
+fn moderation_words(settings: &Settings) -> Result<Vec<String>, StartError> {
+    let mut words = match &settings.moderation_blocklist {
+        Some(csv) => Moderator::parse_list(csv),
+        None => Moderator::default_words(),
+    };
+    if let Some(path) = &settings.moderation_blocklist_file {
+        let more = Moderator::read_list_file(path).map_err(|e| StartError::Config(format!("MODERATION_BLOCKLIST_FILE: {e}")))?;
+        words.extend(more);
+    }
+    Ok(words)
+}
+
+type SignalSlot = Arc<std::sync::Mutex<Option<signal_hook::iterator::Signals>>>;
+
+/// One core's life: join the mesh, start the helper tasks, accept until
+/// shutdown, drain.
+async fn core_main(
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<ShardMsg, Full>,
+    fds: Arc<std::sync::Mutex<Vec<i32>>>,
+    signals: SignalSlot,
+    ready: Arc<std::sync::Barrier>,
+) {
+    let (senders, mut receivers) = mesh.join().await.expect("mesh join");
+    let cores = shared.settings.core_count();
+    let router = Rc::new(Router::new(senders, cores));
+    let core = router.core();
+    let moderator = shared
+        .settings
+        .enable_moderation
+        .then(|| Moderator::new(shared.moderation_words.clone(), &shared.settings.patterns()).expect("validated at start-up"));
+    let hub = Hub::new(router.clone(), &shared.settings, moderator);
+    let ctx = Rc::new(CoreCtx {
+        hub: RefCell::new(hub),
+        router: router.clone(),
+        shutdown: Shutdown::default(),
+        shared: shared.clone(),
+        scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+    });
+    for (peer, rx) in receivers.streams() {
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                on_shard_msg(&ctx, peer, msg);
+            }
+        })
+        .detach();
+    }
+    for peer in (0..cores).filter(|p| *p != core) {
+        glommio::spawn_local(router.clone().forward(peer)).detach();
+    }
+    glommio::spawn_local(sweeper(ctx.clone())).detach();
+    if core == 0 {
+        glommio::spawn_local(wait_for_signal(ctx.clone(), signals)).detach();
+    }
+
+    let fd = fds.lock().expect("fd list").pop().expect("one socket per core");
+    // SAFETY: the descriptor is a listening socket created for this core.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    // Every core listens before the server reports itself ready.
+    let _ = glommio::executor().spawn_blocking(move || ready.wait()).await;
+    accept_loop(&ctx, &listener).await;
+    drop(listener);
+    drain(&ctx).await;
+}
+
+/// Dispatches one mesh message.
+fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Adopt(mut adoption) => {
+            let fd = adoption.take_fd();
+            // SAFETY: the accepting core dup'ed this socket for us.
+            let stream = unsafe { TcpStream::from_raw_fd(fd) };
+            if ctx.shutdown.is_triggered() {
+                return; // dropping the stream closes it
+            }
+            let ctx = ctx.clone();
+            glommio::spawn_local(async move {
+                let a = *adoption;
+                connection::serve(ctx, stream, a.identity.clone(), a.room.clone(), a.since, &a.ws_key, a.early.clone()).await;
+            })
+            .detach();
+        }
+        ShardMsg::Shutdown => ctx.begin_shutdown(),
+        other => ctx.hub.borrow_mut().on_shard_msg(from, other, Instant::now()),
+    }
+}
+
+/// Core 0 waits for SIGTERM/SIGINT on glommio's blocking pool, then tells
+/// every core to drain.
+async fn wait_for_signal(ctx: Rc<CoreCtx>, signals: SignalSlot) {
+    let Some(mut signals) = signals.lock().expect("signal slot").take() else { return };
+    let signal = glommio::executor()
+        .spawn_blocking(move || signals.forever().next())
+        .await;
+    tracing::info!(?signal, "shutdown signal received; draining");
+    for peer in (0..ctx.router.cores()).filter(|p| *p != ctx.router.core()) {
+        ctx.router.send(peer, ShardMsg::Shutdown);
+    }
+    ctx.begin_shutdown();
+}
+
+/// Pings, idle and stall checks, limiter and dedupe expiry.
+async fn sweeper(ctx: Rc<CoreCtx>) {
+    let settings = &ctx.shared.settings;
+    let period = (settings.ping_interval().min(settings.write_stall_timeout()) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    while !ctx.shutdown.is_triggered() {
+        glommio::timer::sleep(period).await;
+        ctx.hub.borrow_mut().sweep(Instant::now());
+    }
+}
+
+/// Accepts until shutdown.
+async fn accept_loop(ctx: &Rc<CoreCtx>, listener: &TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(handle_http(ctx.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Waits for this core's connections to close (bounded).
+async fn drain(ctx: &Rc<CoreCtx>) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while ctx.hub.borrow().client_count() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP request with the fields routes need, owned (the head buffer is
+/// reused for the next request).
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// Method, e.g. GET.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Authorization header.
+    pub authorization: Option<String>,
+    /// Whether the client keeps the connection open.
+    pub keep_alive: bool,
+}
+
+/// Reads requests from a new connection: plain routes in a keep-alive loop,
+/// or a WebSocket upgrade.
+async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
+    let timeout = ctx.shared.settings.handshake_timeout();
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let head = glommio::timer::timeout(timeout, async {
+            read_head(&mut stream, &mut buf).await.map_err(glommio::GlommioError::IoError)
+        })
+        .await;
+        let head_len = match head {
+            Ok(Ok(n)) => n,
+            Ok(Err(status)) => {
+                let _ = stream.write_all(&http::json_error(status, http::reason_phrase(status), false)).await;
+                return;
+            }
+            Err(_) => return, // slow or silent client (slowloris) or closed socket
+        };
+        let (request, ws_key, upgrade_ok, version_ok, user_agent_len, body_len) = match http::parse_request(&buf[..head_len]) {
+            Ok(Parsed::Complete { request, .. }) => (
+                HttpRequest {
+                    method: request.method.to_string(),
+                    path: request.path.to_string(),
+                    query: request.query.to_string(),
+                    authorization: request.authorization.map(str::to_string),
+                    keep_alive: request.keep_alive,
+                },
+                request.websocket_key.map(str::to_string),
+                request.is_websocket_upgrade,
+                request.websocket_version_ok,
+                request.user_agent.map_or(0, str::len),
+                request.content_length,
+            ),
+            _ => return,
+        };
+        let _ = user_agent_len;
+        if request.path == "/ws" {
+            let early = buf[head_len..].to_vec();
+            return upgrade(ctx, stream, request, ws_key, upgrade_ok, version_ok, early).await;
+        }
+        if body_len > 0 {
+            // No route takes a body; refuse rather than read it.
+            let _ = stream.write_all(&http::json_error(413, "request bodies are not accepted", false)).await;
+            return;
+        }
+        let response = routes::handle(&ctx, &request).await;
+        if stream.write_all(&response).await.is_err() || !request.keep_alive {
+            return;
+        }
+        buf.drain(..head_len);
+    }
+}
+
+/// Reads until `buf` holds a complete request head; returns its length, or
+/// an HTTP status for a request that cannot be served.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Result<usize, u16>> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        if !buf.is_empty() {
+            match http::parse_request(buf) {
+                Ok(Parsed::Complete { head_len, .. }) => return Ok(Ok(head_len)),
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Ok(Err(e.status())),
+            }
+            if buf.len() >= MAX_REQUEST_HEAD {
+                return Ok(Err(431));
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Verifies a `/ws` request (token, room) and starts the connection on the
+/// core that owns its room.
+async fn upgrade(
+    ctx: Rc<CoreCtx>,
+    mut stream: TcpStream,
+    request: HttpRequest,
+    ws_key: Option<String>,
+    upgrade_ok: bool,
+    version_ok: bool,
+    early: Vec<u8>,
+) {
+    let refusal = |ctx: &CoreCtx, status: u16| {
+        *ctx.hub.borrow_mut().metrics.upgrades_refused.entry(status).or_insert(0) += 1;
+    };
+    let reply = match check_upgrade(&ctx, &request, ws_key.as_deref(), upgrade_ok, version_ok) {
+        Ok(ok) => ok,
+        Err((status, message, extra)) => {
+            refusal(&ctx, status);
+            let body = serde_json::json!({ "error": message }).to_string();
+            let headers: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let _ = stream.write_all(&http::response(status, "application/json", body.as_bytes(), false, &headers)).await;
+            return;
+        }
+    };
+    let (identity, room, since, key) = reply;
+    let home = shard_for(&room, ctx.router.cores());
+    if home == ctx.router.core() {
+        return connection::serve(ctx, stream, identity, room, since, &key, early).await;
+    }
+    // SAFETY: dup of a socket we own; the copy travels to the home core and
+    // this core's handle is closed when `stream` drops.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        refusal(&ctx, 503);
+        let _ = stream.write_all(&http::json_error(503, "out of file descriptors", false)).await;
+        return;
+    }
+    let adoption = Adoption::new(fd, identity, room, since, key.into_boxed_str(), early);
+    ctx.router.send(home, ShardMsg::Adopt(Box::new(adoption)));
+}
+
+type Refusal = (u16, String, Vec<(&'static str, String)>);
+
+/// The checks before an upgrade: 400/401/426/503 with a reason.
+fn check_upgrade(
+    ctx: &CoreCtx,
+    request: &HttpRequest,
+    ws_key: Option<&str>,
+    upgrade_ok: bool,
+    version_ok: bool,
+) -> Result<(Identity, Arc<str>, Option<MessageId>, String), Refusal> {
+    if ctx.shutdown.is_triggered() {
+        return Err((503, "server is shutting down".into(), vec![]));
+    }
+    if request.method != "GET" {
+        return Err((405, "WebSocket upgrades use GET".into(), vec![]));
+    }
+    if !version_ok && upgrade_ok {
+        return Err((426, "unsupported WebSocket version; use 13".into(), vec![("Sec-WebSocket-Version", "13".into())]));
+    }
+    let Some(key) = ws_key.filter(|_| upgrade_ok) else {
+        return Err((400, "expected a WebSocket upgrade request".into(), vec![]));
+    };
+    let token = http::query_param(&request.query, "token")
+        .map(|t| t.into_owned())
+        .or_else(|| request.authorization.as_deref().and_then(http::bearer_token).map(str::to_string));
+    let Some(token) = token else {
+        return Err((401, "missing token: pass ?token= or an Authorization: Bearer header".into(), vec![]));
+    };
+    let identity = ctx
+        .shared
+        .verifier
+        .verify(&token)
+        .map_err(|e| (401, format!("invalid token: {e}"), vec![]))?;
+    let room = http::query_param(&request.query, "roomId")
+        .map(|r| r.into_owned())
+        .unwrap_or_else(|| protocol::DEFAULT_ROOM.to_string());
+    if !protocol::valid_room_id(&room) {
+        return Err((400, "invalid roomId: 1 to 128 characters of letters, digits, _ - . :".into(), vec![]));
+    }
+    let since = match http::query_param(&request.query, "since") {
+        None => None,
+        Some(s) => Some(protocol::parse_message_id(&s).ok_or((400, "invalid since: not a message id".to_string(), vec![]))?),
+    };
+    Ok((identity, Arc::from(room), since, key.to_string()))
+}

@@ -1,0 +1,245 @@
+//! Test harness: starts the real `chatd` binary on a free port and talks to
+//! it over real sockets with a synchronous WebSocket client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// Secret every test server uses.
+pub const SECRET: &str = "integration-test-secret";
+/// Longest wait for any expected frame; tests fail rather than hang.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server process; killed on drop.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts a server with 2 cores and the given extra environment.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("JWT_SECRET", SECRET)
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("CORES", "2")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start chatd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("chatd exited before listening")
+                .expect("read stdout");
+            if let Some(addr) = line.strip_prefix("chatd listening on ") {
+                break addr.parse().expect("address");
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    /// Starts a server with the defaults.
+    pub fn default_start() -> Server {
+        Server::start(&[])
+    }
+
+    /// A token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        chatd::auth::mint_hs256(SECRET.as_bytes(), user, None, Some(3600))
+    }
+
+    /// Connects `user` to `room` and returns the client after its
+    /// `room_joined` (asserted to be the first frame).
+    pub fn connect(&self, user: &str, room: &str) -> (Client, Value) {
+        let url = format!("ws://{}/ws?token={}&roomId={}", self.addr, self.token(user), room);
+        let mut client = Client::open(&url).expect("upgrade accepted");
+        let first = client.recv();
+        assert_eq!(first["type"], "room_joined", "first frame: {first}");
+        assert_eq!(first["roomId"], room);
+        (client, first)
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A plain HTTP GET; returns status and body.
+    pub fn get(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
+        http_get(self.addr, path, bearer)
+    }
+
+    /// The value of one Prometheus sample line (exact name and labels).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, body) = self.get("/metrics", None);
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("number"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One-shot HTTP/1.1 GET with `Connection: close`.
+pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    parse_response(&raw)
+}
+
+/// Splits a raw HTTP response into status and body.
+pub fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A synchronous WebSocket client with read timeouts.
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    /// Opens a WebSocket; Err carries the HTTP status and body of a refusal.
+    pub fn open(url: &str) -> Result<Client, (u16, String)> {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let stream = TcpStream::connect(&addr).expect("tcp connect");
+        stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
+        match tungstenite::client(url, stream) {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
+    /// Sends a JSON text frame.
+    pub fn send(&mut self, value: Value) {
+        self.ws.send(Message::text(value.to_string())).expect("send");
+    }
+
+    /// Sends raw text.
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Next data frame as JSON (pings are answered by tungstenite and skipped).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read frame (timed out or closed)") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+                Message::Binary(_) => panic!("server sent a binary frame"),
+                Message::Close(c) => panic!("closed by server: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next frame of the given type, skipping others (presence, typing).
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(frame))) => return Some(u16::from(frame.code)),
+                Ok(Message::Close(None)) => return None,
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return None,
+                Err(e) => panic!("expected a close frame, got error {e}"),
+            }
+        }
+    }
+
+    /// Closes politely.
+    pub fn close(mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        // Read until the server's close arrives (bounded by the read timeout).
+        while self.ws.read().is_ok() {}
+    }
+}
+
+/// Room names owned by each core (for 2 cores): index = owner core.
+pub fn rooms_on_cores(prefix: &str) -> (String, String) {
+    let mut on = [None, None];
+    for i in 0.. {
+        let name = format!("{prefix}-{i}");
+        let core = chatd::shard::shard_for(&name, 2);
+        if on[core].is_none() {
+            on[core] = Some(name);
+        }
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    (on[0].take().unwrap(), on[1].take().unwrap())
+}

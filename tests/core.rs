@@ -1,0 +1,434 @@
+//! The core of the wire contract over real sockets: connecting, rooms across
+//! cores, ordering, frames and errors, presence, slow consumers, shutdown.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{rooms_on_cores, Client, Server};
+use serde_json::json;
+
+#[test]
+fn room_joined_first_and_member_count_counts_distinct_users() {
+    let server = Server::default_start();
+    let (_a, joined) = server.connect("alice", "general");
+    assert_eq!(joined["memberCount"], 1);
+    let (_b, joined) = server.connect("bob", "general");
+    assert_eq!(joined["memberCount"], 2);
+    // A second connection of bob does not add a member.
+    let (_b2, joined) = server.connect("bob", "general");
+    assert_eq!(joined["memberCount"], 2);
+}
+
+#[test]
+fn refusals_before_upgrade_are_json() {
+    let server = Server::default_start();
+    let addr = server.addr;
+    let (status, body) = Client::open(&format!("ws://{addr}/ws?roomId=general")).err().unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("\"error\""), "{body}");
+    let bad = chatd::auth::mint_hs256(b"another-secret", "mallory", None, Some(60));
+    let (status, body) = Client::open(&format!("ws://{addr}/ws?token={bad}")).err().unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("invalid token"), "{body}");
+    let expired = chatd::auth::mint_hs256(common::SECRET.as_bytes(), "old", None, Some(0));
+    std::thread::sleep(Duration::from_millis(1100)); // exp has whole-second resolution
+    let _ = expired; // expiry itself is covered with a fixed past exp below
+    let past = past_token("old");
+    let (status, _) = Client::open(&format!("ws://{addr}/ws?token={past}")).err().unwrap();
+    assert_eq!(status, 401);
+    let good = server.token("carol");
+    let (status, body) = Client::open(&format!("ws://{addr}/ws?token={good}&roomId=bad%20room")).err().unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("roomId"), "{body}");
+    let long = "r".repeat(129);
+    let (status, _) = Client::open(&format!("ws://{addr}/ws?token={good}&roomId={long}")).err().unwrap();
+    assert_eq!(status, 400);
+    // Header auth works too, and a missing roomId means lobby.
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    let request = tungstenite::http::Request::builder()
+        .uri(format!("ws://{addr}/ws"))
+        .header("Host", addr.to_string())
+        .header("Authorization", format!("Bearer {good}"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", tungstenite::handshake::client::generate_key())
+        .body(())
+        .unwrap();
+    let (ws, _) = tungstenite::client(request, stream).expect("bearer header accepted");
+    let mut client = Client { ws };
+    let first = client.recv();
+    assert_eq!(first, json!({"type": "room_joined", "roomId": "lobby", "memberCount": 1}));
+    // Nothing about refused users is online.
+    let (status, body) = server.get("/api/chats/users/mallory/status", Some(&good));
+    assert_eq!(status, 200);
+    assert!(body.contains("offline"), "{body}");
+}
+
+/// An HS256 token whose exp is in the past.
+fn past_token(user: &str) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let claims = json!({"sub": user, "exp": 1_000_000_000u64});
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(common::SECRET.as_bytes())).unwrap()
+}
+
+#[test]
+fn message_frame_has_the_contract_fields() {
+    let server = Server::default_start();
+    let (mut alice, _) = server.connect("alice", "general");
+    let (mut bob, _) = server.connect("bob", "general");
+    alice.send(json!({"type": "message", "roomId": "general", "content": "Hello \"everyone\" ✓", "timestamp": "2024-01-01T12:00:00Z"}));
+    for client in [&mut alice, &mut bob] {
+        let m = client.recv_type("message");
+        assert_eq!(m["userId"], "alice");
+        assert_eq!(m["username"], "alice");
+        assert_eq!(m["roomId"], "general");
+        assert_eq!(m["content"], "Hello \"everyone\" ✓");
+        assert_eq!(m["messageId"].as_str().unwrap().len(), 26);
+        let ts = m["timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+        assert_ne!(ts, "2024-01-01T12:00:00Z", "server stamps its own time");
+    }
+    // roomId is optional: the connection's initial room.
+    bob.send(json!({"type": "message", "content": "hi"}));
+    assert_eq!(alice.recv_type("message")["content"], "hi");
+}
+
+#[test]
+fn a_user_in_rooms_of_both_cores_gets_both_in_order() {
+    let server = Server::default_start();
+    let (room0, room1) = rooms_on_cores("cross");
+    let (mut listener, _) = server.connect("listener", &room0);
+    listener.send(json!({"type": "join_room", "roomId": room1}));
+    let joined = listener.recv_type("room_joined");
+    assert_eq!(joined["roomId"], room1.as_str());
+    assert_eq!(joined["memberCount"], 1);
+    let (mut s0, _) = server.connect("s0", &room0);
+    let (mut s1, _) = server.connect("s1", &room1);
+    for i in 0..50 {
+        s0.send(json!({"type": "message", "content": format!("a{i}")}));
+        s1.send(json!({"type": "message", "content": format!("b{i}")}));
+    }
+    let mut seen0 = Vec::new();
+    let mut seen1 = Vec::new();
+    while seen0.len() < 50 || seen1.len() < 50 {
+        let m = listener.recv_type("message");
+        if m["roomId"] == room0.as_str() {
+            seen0.push(m["content"].as_str().unwrap().to_string());
+        } else {
+            assert_eq!(m["roomId"], room1.as_str());
+            seen1.push(m["content"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen0, (0..50).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    assert_eq!(seen1, (0..50).map(|i| format!("b{i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn three_senders_four_receivers_see_one_order() {
+    let server = Server::start(&[("RATE_LIMIT_MAX_MESSAGES", "1000")]);
+    let (room0, room1) = rooms_on_cores("order");
+    let room = room1; // owned by core 1; members spread over both cores
+    // Receivers connect with initial rooms on both cores, then join `room`.
+    let mut receivers = Vec::new();
+    for (i, home) in [&room0, &room, &room0, &room].iter().enumerate() {
+        let (mut c, _) = server.connect(&format!("r{i}"), home);
+        if *home != &room {
+            c.send(json!({"type": "join_room", "roomId": room}));
+            assert_eq!(c.recv_type("room_joined")["roomId"], room.as_str());
+        }
+        receivers.push(c);
+    }
+    let mut senders: Vec<Client> = (0..3)
+        .map(|i| {
+            let home = if i == 1 { &room } else { &room0 };
+            let (mut c, _) = server.connect(&format!("s{i}"), home);
+            if home != &room {
+                c.send(json!({"type": "join_room", "roomId": room}));
+                c.recv_type("room_joined");
+            }
+            c
+        })
+        .collect();
+    let threads: Vec<_> = senders
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut c)| {
+            let room = room.clone();
+            std::thread::spawn(move || {
+                for n in 0..100 {
+                    c.send(json!({"type": "message", "roomId": room, "content": format!("s{i}-{n}")}));
+                }
+                c
+            })
+        })
+        .collect();
+    let mut orders = Vec::new();
+    for r in receivers.iter_mut() {
+        let mut order = Vec::new();
+        while order.len() < 300 {
+            let m = r.recv_type("message");
+            order.push((m["messageId"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()));
+        }
+        orders.push(order);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    for order in &orders[1..] {
+        assert_eq!(order, &orders[0], "every receiver sees the same order");
+    }
+    let ids: Vec<&String> = orders[0].iter().map(|(id, _)| id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "messageId sorts in delivery order");
+    let unique: HashSet<_> = orders[0].iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(unique.len(), 300);
+    // Each sender's own messages keep their order.
+    for i in 0..3 {
+        let mine: Vec<_> = orders[0].iter().filter(|(_, c)| c.starts_with(&format!("s{i}-"))).map(|(_, c)| c.clone()).collect();
+        assert_eq!(mine, (0..100).map(|n| format!("s{i}-{n}")).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn errors_keep_the_connection_open() {
+    let server = Server::start(&[("MAX_ROOMS_PER_CONNECTION", "2")]);
+    let (mut c, _) = server.connect("erin", "general");
+    let expect_error = |c: &mut Client, code: &str| {
+        let e = c.recv_type("error");
+        assert_eq!(e["code"], code, "{e}");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    };
+    c.send_text("{not json");
+    expect_error(&mut c, "invalid_message");
+    c.ws.send(tungstenite::Message::binary(vec![1, 2, 3])).unwrap();
+    expect_error(&mut c, "invalid_message");
+    c.send(json!({"type": "shout", "content": "x"}));
+    expect_error(&mut c, "invalid_message");
+    c.send(json!({"type": "message"}));
+    expect_error(&mut c, "invalid_message");
+    c.send(json!({"type": "message", "content": "   "}));
+    expect_error(&mut c, "invalid_message");
+    c.send(json!({"type": "message", "roomId": "elsewhere", "content": "x"}));
+    expect_error(&mut c, "not_in_room");
+    c.send(json!({"type": "leave_room", "roomId": "elsewhere"}));
+    expect_error(&mut c, "not_in_room");
+    // 1000 two-byte characters are fine; 1001 are too long.
+    c.send(json!({"type": "message", "content": "é".repeat(1000)}));
+    assert_eq!(c.recv_type("message")["content"].as_str().unwrap().chars().count(), 1000);
+    c.send(json!({"type": "message", "content": "é".repeat(1001)}));
+    expect_error(&mut c, "message_too_long");
+    c.send(json!({"type": "join_room", "roomId": "second"}));
+    c.recv_type("room_joined");
+    c.send(json!({"type": "join_room", "roomId": "third"}));
+    expect_error(&mut c, "room_limit");
+    c.send(json!({"type": "join_room", "roomId": "bad room"}));
+    expect_error(&mut c, "invalid_message");
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv(), json!({"type": "pong"}));
+    // Over 64 KiB: closed with 1009.
+    c.send_text(&format!("{{\"type\":\"message\",\"content\":\"{}\"}}", "x".repeat(70 * 1024)));
+    assert_eq!(c.expect_close(), Some(1009));
+}
+
+#[test]
+fn join_leave_typing_and_pings() {
+    let server = Server::default_start();
+    let (mut a, _) = server.connect("ann", "general");
+    let (mut b, _) = server.connect("ben", "general");
+    a.send(json!({"type": "join_room", "roomId": "dev"}));
+    assert_eq!(a.recv_type("room_joined"), json!({"type": "room_joined", "roomId": "dev", "memberCount": 1}));
+    b.send(json!({"type": "typing", "roomId": "general", "isTyping": true}));
+    let t = a.recv_type("typing_indicator");
+    assert_eq!(t["userId"], "ben");
+    assert_eq!(t["roomId"], "general");
+    assert_eq!(t["isTyping"], true);
+    a.send(json!({"type": "leave_room", "roomId": "dev"}));
+    assert_eq!(a.recv_type("room_left"), json!({"type": "room_left", "roomId": "dev"}));
+    // The typist does not get its own indicator: the next frame ben sees is the pong.
+    b.send(json!({"type": "ping"}));
+    assert_eq!(b.recv_type("pong"), json!({"type": "pong"}));
+    b.ws.send(tungstenite::Message::Ping(b"hey".to_vec().into())).unwrap();
+    b.ws.flush().unwrap();
+    loop {
+        match b.ws.read().unwrap() {
+            tungstenite::Message::Pong(p) => {
+                assert_eq!(&p[..], b"hey");
+                break;
+            }
+            tungstenite::Message::Text(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn presence_offline_only_after_the_last_connection() {
+    let server = Server::default_start();
+    let (room0, room1) = rooms_on_cores("presence");
+    let (mut watcher, _) = server.connect("watcher", &room0);
+    watcher.send(json!({"type": "join_room", "roomId": room1}));
+    watcher.recv_type("room_joined");
+    let (first, _) = server.connect("pat", &room0);
+    let online = watcher.recv_type("presence");
+    assert_eq!(online, json!({"type": "presence", "userId": "pat", "status": "online", "roomId": room0}));
+    // Second connection on the other core: no new presence event.
+    let (second, _) = server.connect("pat", &room1);
+    first.close();
+    watcher.send(json!({"type": "ping"}));
+    let next = watcher.recv();
+    assert_eq!(next, json!({"type": "pong"}), "no presence change while one connection remains");
+    let token = server.token("watcher");
+    let (_, body) = server.get("/api/chats/users/pat/status", Some(&token));
+    assert!(body.contains("\"online\""), "{body}");
+    second.close();
+    let offline = watcher.recv_type("presence");
+    assert_eq!(offline, json!({"type": "presence", "userId": "pat", "status": "offline", "roomId": room1}));
+    let (_, body) = server.get("/api/chats/users/pat/status", Some(&token));
+    assert!(body.contains("\"offline\""), "{body}");
+}
+
+#[test]
+fn a_client_that_stops_reading_stalls_nobody() {
+    let server = Server::start(&[
+        ("RATE_LIMIT_MAX_MESSAGES", "100000"),
+        ("OUTBOUND_QUEUE_BYTES", "131072"),
+        ("ENABLE_MODERATION", "false"),
+    ]);
+    // The stuck client: a tiny receive buffer, and it never reads.
+    let stuck_socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck_socket.set_recv_buffer_size(4096).unwrap();
+    stuck_socket.connect(&server.addr.into()).unwrap();
+    let stream: TcpStream = stuck_socket.into();
+    stream.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    let url = format!("ws://{}/ws?token={}&roomId=busy", server.addr, server.token("stuck"));
+    let (mut stuck, _) = tungstenite::client(url, stream).unwrap();
+    let (mut sender, _) = server.connect("sender", "busy");
+    let (mut reader, _) = server.connect("reader", "busy");
+    let content = "x".repeat(1000);
+    let total = 2000; // ~2 MB: far beyond the stuck client's buffers and budget
+    let writer = std::thread::spawn(move || {
+        for i in 0..total {
+            sender.send(json!({"type": "message", "content": format!("{i} {content}")}));
+        }
+        sender
+    });
+    for i in 0..total {
+        let m = reader.recv_type("message");
+        let n: usize = m["content"].as_str().unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(n, i, "the reader gets every message in order");
+    }
+    let _sender = writer.join().unwrap();
+    let closed = server.metric("chat_connections_closed_total{reason=\"slow_consumer\"}");
+    assert_eq!(closed, Some(1.0), "the stuck client was closed as a slow consumer");
+    // Whatever the stuck client reads ends without a hang (close or reset).
+    let mut drained = 0;
+    while let Ok(msg) = stuck.read() {
+        drained += 1;
+        if msg.is_close() {
+            break;
+        }
+    }
+    assert!(drained < total, "the stuck client did not receive everything");
+}
+
+#[test]
+fn slowloris_handshake_is_dropped() {
+    let server = Server::start(&[("HANDSHAKE_TIMEOUT_MS", "300")]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closed the unfinished request");
+}
+
+#[test]
+fn quiet_connections_are_pinged_and_idle_ones_closed() {
+    let server = Server::start(&[("PING_INTERVAL_MS", "200"), ("IDLE_TIMEOUT_MS", "800")]);
+    let (mut c, _) = server.connect("quiet", "general");
+    // tungstenite surfaces the server's ping (and answers it).
+    loop {
+        match c.ws.read().unwrap() {
+            tungstenite::Message::Ping(_) => break,
+            tungstenite::Message::Text(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A raw client that never answers pings is closed with 1001.
+    let mut raw = TcpStream::connect(server.addr).unwrap();
+    raw.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    let token = server.token("mute");
+    write!(
+        raw,
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    // The last frame is a close frame (0x88) with code 1001 (0x03e9).
+    let close_at = all.windows(4).rposition(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xe9);
+    assert!(close_at.is_some(), "no 1001 close frame in {:?}", &all[all.len().saturating_sub(32)..]);
+}
+
+#[test]
+fn http_routes_and_sigterm_drain() {
+    let mut server = Server::default_start();
+    let (status, body) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let (status, body) = server.get("/nope", None);
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""));
+    let (status, _) = server.get("/api/chats/rooms/general/messages", None);
+    assert_eq!(status, 401);
+    let (mut a, _) = server.connect("a", "general");
+    let (mut b, _) = server.connect("b", "elsewhere");
+    // A keep-alive HTTP connection opened before the signal.
+    let mut keep = TcpStream::connect(server.addr).unwrap();
+    keep.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let first = read_http_response(&mut keep);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    server.sigterm();
+    assert_eq!(a.expect_close(), Some(1001));
+    assert_eq!(b.expect_close(), Some(1001));
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let draining = read_http_response(&mut keep);
+    assert!(draining.starts_with("HTTP/1.1 503"), "{draining}");
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+/// Reads one HTTP response (with Content-Length) from a keep-alive socket.
+fn read_http_response(s: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).expect("response");
+        assert!(n > 0, "connection closed early");
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}

@@ -5,4 +5,5 @@
 pub mod auth;
 pub mod http;
 pub mod protocol;
+pub mod ratelimit;
 pub mod ws;

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod moderation;
 pub mod protocol;
 pub mod ratelimit;
 pub mod ws;

@@ -37,7 +37,6 @@ pub enum Membership {
 }
 
 /// Shared state of one connection, owned by the core it runs on.
-#[derive(Debug)]
 pub struct Client {
     /// Unique across cores and never reused.
     pub id: ConnId,
@@ -97,7 +96,11 @@ impl Client {
 
     /// Queues a frame of this connection's own (answers, errors).
     pub fn push_own(&self, payload: &[u8], now: Instant) {
-        self.push(Bytes::from(ws::encode_text(payload)), FrameKind::Message, now);
+        self.push(
+            Bytes::from(ws::encode_text(payload)),
+            FrameKind::Message,
+            now,
+        );
     }
 
     /// Asks the driver to close the connection with `code`. The first request wins.
@@ -244,7 +247,7 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
                 return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
             }
             let room: Arc<str> = Arc::from(&*room_id);
-            hub.leave(client, &room, now);
+            hub.leave(client, &room);
             client.push_own(&protocol::encode_room_left(&room), now);
         }
         ClientFrame::Typing { room_id, is_typing } => {

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// Command line of the `chatd` binary.
 #[derive(Debug, Parser)]
-#[command(name = "chatd", version, about = "Thread-per-core WebSocket chat server")]
+#[command(
+    name = "chatd",
+    version,
+    about = "Thread-per-core WebSocket chat server"
+)]
 pub struct Cli {
     /// What to do; with no subcommand the server runs.
     #[command(subcommand)]
@@ -75,7 +79,12 @@ pub struct Settings {
     #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
     /// HS256 secret for JWTs. Required unless NODE_ENV/APP_ENV is development.
-    #[arg(long, env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// PEM file (or PEM text) of an RS256/ES256 public key; when set, tokens must be signed with its private key.
     #[arg(long, env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
@@ -90,7 +99,12 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL")]
     pub redis_url: Option<String>,
     /// Postgres URL for history and the audit log (unset: in memory, bounded).
-    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Window of the per-user message limit, in milliseconds.
     #[arg(long, env = "RATE_LIMIT_WINDOW_MS", value_name = "RATE_LIMIT_WINDOW_MS", default_value_t = 60_000, value_parser = positive)]
@@ -105,10 +119,18 @@ pub struct Settings {
     #[arg(long, env = "MAX_MESSAGE_LENGTH", value_name = "MAX_MESSAGE_LENGTH", default_value_t = 1000, value_parser = positive)]
     pub max_message_length: u64,
     /// Comma-separated words to mask; replaces the built-in list.
-    #[arg(long, env = "MODERATION_BLOCKLIST", value_name = "MODERATION_BLOCKLIST")]
+    #[arg(
+        long,
+        env = "MODERATION_BLOCKLIST",
+        value_name = "MODERATION_BLOCKLIST"
+    )]
     pub moderation_blocklist: Option<String>,
     /// File of words to mask, one per line (`#` comments); added to MODERATION_BLOCKLIST or the built-in list.
-    #[arg(long, env = "MODERATION_BLOCKLIST_FILE", value_name = "MODERATION_BLOCKLIST_FILE")]
+    #[arg(
+        long,
+        env = "MODERATION_BLOCKLIST_FILE",
+        value_name = "MODERATION_BLOCKLIST_FILE"
+    )]
     pub moderation_blocklist_file: Option<PathBuf>,
     /// Regular expressions (separated by `;;`) that refuse a message outright, matched case-insensitively.
     #[arg(long, env = "MODERATION_PATTERNS", value_name = "MODERATION_PATTERNS")]
@@ -134,6 +156,9 @@ pub struct Settings {
     /// A connection whose outbound queue makes no progress for this long is closed with 1013, in milliseconds.
     #[arg(long, env = "WRITE_STALL_TIMEOUT_MS", value_name = "WRITE_STALL_TIMEOUT_MS", default_value_t = 30_000, value_parser = positive)]
     pub write_stall_timeout_ms: u64,
+    /// Kernel send buffer per WebSocket (SO_SNDBUF), in bytes; unset leaves the kernel's auto-tuning. Smaller values cut kernel memory per connection and find slow consumers sooner.
+    #[arg(long, env = "SOCKET_SEND_BUFFER", value_name = "SOCKET_SEND_BUFFER", value_parser = positive)]
+    pub socket_send_buffer: Option<u64>,
     /// In-memory history kept per room (messages).
     #[arg(long, env = "HISTORY_PER_ROOM", value_name = "HISTORY_PER_ROOM", default_value_t = 1000, value_parser = positive)]
     pub history_per_room: u64,
@@ -141,10 +166,20 @@ pub struct Settings {
     #[arg(long, env = "HISTORY_TOTAL", value_name = "HISTORY_TOTAL", default_value_t = 1_000_000, value_parser = positive)]
     pub history_total: u64,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chatd=debug`.
-    #[arg(long, env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_name = "LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 }
 
@@ -216,10 +251,15 @@ impl Settings {
             ));
         }
         if self.outbound_queue_bytes < 64 * 1024 + 16 {
-            return Err("OUTBOUND_QUEUE_BYTES: must hold at least one maximum-size frame (65552 bytes)".into());
+            return Err(
+                "OUTBOUND_QUEUE_BYTES: must hold at least one maximum-size frame (65552 bytes)"
+                    .into(),
+            );
         }
         if self.max_message_length > 16 * 1024 {
-            return Err("MAX_MESSAGE_LENGTH: at most 16384 characters fit in a 64 KiB frame".into());
+            return Err(
+                "MAX_MESSAGE_LENGTH: at most 16384 characters fit in a 64 KiB frame".into(),
+            );
         }
         if self.history_per_room > self.history_total {
             return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
@@ -259,17 +299,33 @@ mod tests {
     fn bad_values_name_the_variable() {
         let err = parse(&["--port", "eighty"]).unwrap_err().to_string();
         assert!(err.contains("PORT"), "{err}");
-        let err = parse(&["--rate-limit-max-messages", "0"]).unwrap_err().to_string();
-        assert!(err.contains("RATE_LIMIT_MAX_MESSAGES") && err.contains("greater than 0"), "{err}");
-        let err = parse(&["--enable-moderation", "maybe"]).unwrap_err().to_string();
+        let err = parse(&["--rate-limit-max-messages", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RATE_LIMIT_MAX_MESSAGES") && err.contains("greater than 0"),
+            "{err}"
+        );
+        let err = parse(&["--enable-moderation", "maybe"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ENABLE_MODERATION"), "{err}");
-        let s = parse(&["--idle-timeout-ms", "1000", "--ping-interval-ms", "2000"]).unwrap().settings;
+        let s = parse(&["--idle-timeout-ms", "1000", "--ping-interval-ms", "2000"])
+            .unwrap()
+            .settings;
         assert!(s.validate().unwrap_err().starts_with("IDLE_TIMEOUT_MS"));
     }
 
     #[test]
     fn development_and_patterns() {
-        let s = parse(&["--app-env", "development", "--moderation-patterns", "a+b;; ;;c"]).unwrap().settings;
+        let s = parse(&[
+            "--app-env",
+            "development",
+            "--moderation-patterns",
+            "a+b;; ;;c",
+        ])
+        .unwrap()
+        .settings;
         assert!(s.is_development());
         assert_eq!(s.patterns(), vec!["a+b".to_string(), "c".to_string()]);
         let s = parse(&["--enable-moderation", "false"]).unwrap().settings;

@@ -62,10 +62,17 @@ pub async fn serve(
     ws_key: &str,
     early: Vec<u8>,
 ) {
-    if stream.write_all(&ws::accept_response(ws_key)).await.is_err() {
+    if stream
+        .write_all(&ws::accept_response(ws_key))
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = stream.set_nodelay(true);
+    if let Some(bytes) = ctx.shared.settings.socket_send_buffer {
+        set_send_buffer(stream.as_raw_fd(), bytes);
+    }
     let now = Instant::now();
     let client = ctx.hub.borrow_mut().open(identity, room, since, now);
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
@@ -83,7 +90,12 @@ pub async fn serve(
 }
 
 /// The read/write loop. Returns why the connection ended.
-async fn drive(ctx: &Rc<CoreCtx>, client: &Rc<Client>, stream: &mut TcpStream, decoder: &mut Decoder) -> CloseReason {
+async fn drive(
+    ctx: &Rc<CoreCtx>,
+    client: &Rc<Client>,
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+) -> CloseReason {
     let fd = stream.as_raw_fd();
     loop {
         if let Some((_, reason)) = client.close_request() {
@@ -95,7 +107,9 @@ async fn drive(ctx: &Rc<CoreCtx>, client: &Rc<Client>, stream: &mut TcpStream, d
         };
         let wake = poll_fn(|cx| {
             client.set_waker(cx.waker());
-            if client.close_request().is_some() || (!blocked && !client.outbound().borrow().is_empty()) {
+            if client.close_request().is_some()
+                || (!blocked && !client.outbound().borrow().is_empty())
+            {
                 return Poll::Ready(Wake::Work);
             }
             if blocked {
@@ -140,7 +154,12 @@ async fn drive(ctx: &Rc<CoreCtx>, client: &Rc<Client>, stream: &mut TcpStream, d
 
 /// Decodes bytes from the client and hands each frame to the session.
 /// Protocol errors request a close and return its reason.
-fn feed(ctx: &CoreCtx, client: &Rc<Client>, decoder: &mut Decoder, bytes: &mut [u8]) -> Result<(), CloseReason> {
+fn feed(
+    ctx: &CoreCtx,
+    client: &Rc<Client>,
+    decoder: &mut Decoder,
+    bytes: &mut [u8],
+) -> Result<(), CloseReason> {
     let now = Instant::now();
     let mut hub = ctx.hub.borrow_mut();
     let mut peer_closed = None;
@@ -211,13 +230,12 @@ fn flush(fd: i32, client: &Client) -> io::Result<bool> {
 }
 
 /// Sends what is queued and the close frame, half-closes, and waits briefly
-/// for the client's close.
+/// for the client's close. A slow consumer gets one non-blocking attempt and
+/// no linger: it is not reading anyway.
 async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
-    let (code, reason) = client.close_request().unwrap_or((1000, CloseReason::Client));
-    if reason != CloseReason::SlowConsumer && !client.outbound().borrow().is_closed() {
-        let fd = stream.as_raw_fd();
-        let _ = flush(fd, client);
-    }
+    let (code, reason) = client
+        .close_request()
+        .unwrap_or((1000, CloseReason::Client));
     let text = match reason {
         CloseReason::SlowConsumer => "slow consumer",
         CloseReason::Idle => "idle timeout",
@@ -225,12 +243,27 @@ async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
         CloseReason::Protocol => "protocol error",
         CloseReason::Client => "",
     };
-    let frame = ws::encode_close(code, text);
-    let sent = glommio::timer::timeout(CLOSE_LINGER, async {
-        stream.write_all(&frame).await.map_err(|e| glommio::GlommioError::IoError(e))
+    {
+        let mut out = client.outbound().borrow_mut();
+        if reason != CloseReason::SlowConsumer && !out.is_closed() {
+            out.close_after_queued();
+        } else {
+            out.close();
+        }
+        out.push_final(ws::encode_close(code, text).into());
+    }
+    let fd = stream.as_raw_fd();
+    if reason == CloseReason::SlowConsumer {
+        let _ = flush(fd, client);
+        return;
+    }
+    let written = glommio::timer::timeout(CLOSE_LINGER, async {
+        write_all_queued(stream, client)
+            .await
+            .map_err(glommio::GlommioError::IoError)
     })
     .await;
-    if sent.is_err() {
+    if written.is_err() {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
@@ -249,4 +282,43 @@ async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
         }
     })
     .await;
+}
+
+/// Writes the whole queue, waiting for writability as needed.
+async fn write_all_queued(stream: &mut TcpStream, client: &Client) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    while flush(fd, client)? {
+        poll_fn(|cx| {
+            let out = client.outbound().borrow();
+            let Some(front) = out.frames().front() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(&mut *stream).poll_write(cx, front) {
+                Poll::Ready(Ok(n)) => {
+                    drop(out);
+                    client.outbound().borrow_mut().consume(n, Instant::now());
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets SO_SNDBUF (best effort: the kernel clamps it to its limits).
+fn set_send_buffer(fd: i32, bytes: u64) {
+    let value = bytes.min(i32::MAX as u64) as libc::c_int;
+    // SAFETY: setsockopt reads an int from the pointer we pass.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }

@@ -245,7 +245,13 @@ impl Hub {
     }
 
     /// Joins `client` to `room`, or answers a repeated join again.
-    pub fn join(&mut self, client: &Rc<Client>, room: Arc<str>, since: Option<MessageId>, now: Instant) {
+    pub fn join(
+        &mut self,
+        client: &Rc<Client>,
+        room: Arc<str>,
+        since: Option<MessageId>,
+        now: Instant,
+    ) {
         let membership = client.membership(&room);
         if membership == Some(Membership::Pending) {
             return; // the owner's answer is on its way
@@ -257,7 +263,10 @@ impl Hub {
             let (member_count, replay) = self.join_owner(&room, user, self.core, since, count);
             if count {
                 client.set_membership(&room, Membership::Joined);
-                self.local.entry(room.clone()).or_default().push(client.clone());
+                self.local
+                    .entry(room.clone())
+                    .or_default()
+                    .push(client.clone());
             }
             self.answer_join(client, &room, member_count, replay, now);
         } else {
@@ -283,7 +292,14 @@ impl Hub {
         }
     }
 
-    fn answer_join(&mut self, client: &Client, room: &str, member_count: usize, replay: Vec<Bytes>, now: Instant) {
+    fn answer_join(
+        &mut self,
+        client: &Client,
+        room: &str,
+        member_count: usize,
+        replay: Vec<Bytes>,
+        now: Instant,
+    ) {
         client.push_own(&protocol::encode_room_joined(room, member_count), now);
         for frame in replay {
             client.push(frame, FrameKind::Message, now);
@@ -338,7 +354,9 @@ impl Hub {
         if owner != self.core {
             return self.router.send(owner, ShardMsg::Leave { room, user });
         }
-        let Some(entry) = self.owned.get_mut(&room) else { return };
+        let Some(entry) = self.owned.get_mut(&room) else {
+            return;
+        };
         if let Some(n) = entry.users.get_mut(&user) {
             *n -= 1;
             if *n == 0 {
@@ -376,7 +394,10 @@ impl Hub {
                 return self.leave_owner(room, user, self.core);
             }
             client.set_membership(&room, Membership::Joined);
-            self.local.entry(room.clone()).or_default().push(client.clone());
+            self.local
+                .entry(room.clone())
+                .or_default()
+                .push(client.clone());
         }
         self.answer_join(&client, &room, member_count, replay, now);
     }
@@ -399,10 +420,13 @@ impl Hub {
         if let Some(cmid) = &p.client_msg_id {
             match self.dedupe.begin(&user, cmid, p.conn, now) {
                 Begin::New => {}
-                Begin::Duplicate { message_id, room_id } => {
+                Begin::Duplicate {
+                    message_id,
+                    room_id,
+                } => {
                     self.metrics.message(Outcome::Duplicate);
                     let ack = protocol::encode_ack(cmid, message_id, &room_id);
-                    return self.to_conn(p.conn, Bytes::from(ws::encode_text(&ack)), now);
+                    return self.send_to_conn(p.conn, Bytes::from(ws::encode_text(&ack)), now);
                 }
                 Begin::Waiting => {
                     self.metrics.message(Outcome::Duplicate);
@@ -425,14 +449,14 @@ impl Hub {
         }
         let owner = self.owner(&p.room);
         if owner == self.core {
-            self.sequence(p, now);
+            self.sequence(*p, now);
         } else {
             self.router.send(owner, ShardMsg::Sequence(p));
         }
     }
 
     /// Room owner: moderate, stamp, store, fan out, ack.
-    fn sequence(&mut self, p: Box<Publish>, now: Instant) {
+    fn sequence(&mut self, p: Publish, now: Instant) {
         let Publish {
             room,
             user,
@@ -440,13 +464,15 @@ impl Hub {
             client_msg_id,
             conn,
             received_at,
-        } = *p;
+        } = p;
         let wall = SystemTime::now();
         let id = self
             .ids
             .generate_from_datetime(wall)
             .unwrap_or_else(|_| ulid::Ulid::from_datetime(wall));
-        let timestamp_ms = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let timestamp_ms = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let content = match self.moderator.as_ref().map(|m| m.moderate(&content)) {
             None | Some(Verdict::Clean) => content,
             Some(Verdict::Masked(masked)) => {
@@ -455,7 +481,14 @@ impl Hub {
             }
             Some(Verdict::Blocked(reason)) => {
                 let reason = reason.to_string();
-                self.record_audit(id, &user, &room, AuditAction::Blocked, Some(reason.clone()), timestamp_ms);
+                self.record_audit(
+                    id,
+                    &user,
+                    &room,
+                    AuditAction::Blocked,
+                    Some(reason.clone()),
+                    timestamp_ms,
+                );
                 self.metrics.message(Outcome::Blocked);
                 let text = format!("message refused by moderation: {reason}");
                 self.error_to(conn, ErrorCode::MessageBlocked, &text, None, now);
@@ -490,7 +523,7 @@ impl Hub {
         self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
         if let Some(cmid) = client_msg_id {
             let ack = protocol::encode_ack(&cmid, id, &room);
-            self.to_conn(conn, Bytes::from(ws::encode_text(&ack)), now);
+            self.send_to_conn(conn, Bytes::from(ws::encode_text(&ack)), now);
             self.published(user.user_id, cmid, Some((id, room)), now);
         }
     }
@@ -533,9 +566,9 @@ impl Hub {
         }
         match outcome {
             Some((message_id, room)) => {
-                let waiters = self
-                    .dedupe
-                    .complete(&user, &client_msg_id, message_id, room.clone(), now);
+                let waiters =
+                    self.dedupe
+                        .complete(&user, &client_msg_id, message_id, room.clone(), now);
                 if !waiters.is_empty() {
                     let ack = Bytes::from(ws::encode_text(&protocol::encode_ack(
                         &client_msg_id,
@@ -543,7 +576,7 @@ impl Hub {
                         &room,
                     )));
                     for conn in waiters {
-                        self.to_conn(conn, ack.clone(), now);
+                        self.send_to_conn(conn, ack.clone(), now);
                     }
                 }
             }
@@ -559,7 +592,14 @@ impl Hub {
     }
 
     /// Relays a frame to a room through its owner (typing, presence).
-    pub fn relay(&mut self, room: Arc<str>, frame: Bytes, kind: FrameKind, exclude: Option<ConnId>, now: Instant) {
+    pub fn relay(
+        &mut self,
+        room: Arc<str>,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        now: Instant,
+    ) {
         let owner = self.owner(&room);
         if owner == self.core {
             self.fan_out(&room, frame, kind, exclude, now, now);
@@ -613,7 +653,9 @@ impl Hub {
         received_at: Instant,
         now: Instant,
     ) {
-        let Some(members) = self.local.get(room) else { return };
+        let Some(members) = self.local.get(room) else {
+            return;
+        };
         let mut delivered = 0;
         let mut dropped = 0;
         for client in members {
@@ -629,32 +671,52 @@ impl Hub {
         self.metrics.delivered += delivered;
         self.metrics.typing_dropped += dropped;
         if kind == FrameKind::Message && delivered > 0 {
-            self.metrics.latency(now.saturating_duration_since(received_at));
+            self.metrics
+                .latency(now.saturating_duration_since(received_at));
         }
     }
 
     /// A frame for one connection, wherever it runs.
-    fn to_conn(&mut self, conn: ConnId, frame: Bytes, now: Instant) {
+    fn send_to_conn(&mut self, conn: ConnId, frame: Bytes, now: Instant) {
         if conn.core() == self.core {
             if let Some(client) = self.clients.get(&conn) {
                 client.push(frame, FrameKind::Message, now);
             }
         } else {
-            self.router.send(conn.core(), ShardMsg::ToConn { conn, frame });
+            self.router
+                .send(conn.core(), ShardMsg::ToConn { conn, frame });
         }
     }
 
     /// An error frame for a local client.
-    pub fn send_error(&mut self, client: &Client, code: ErrorCode, text: &str, retry_after_ms: Option<u64>, now: Instant) {
+    pub fn send_error(
+        &mut self,
+        client: &Client,
+        code: ErrorCode,
+        text: &str,
+        retry_after_ms: Option<u64>,
+        now: Instant,
+    ) {
         self.metrics.error(code);
         client.push_own(&protocol::encode_error(code, text, retry_after_ms), now);
     }
 
     /// An error frame for a connection anywhere.
-    fn error_to(&mut self, conn: ConnId, code: ErrorCode, text: &str, retry_after_ms: Option<u64>, now: Instant) {
+    fn error_to(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        text: &str,
+        retry_after_ms: Option<u64>,
+        now: Instant,
+    ) {
         self.metrics.error(code);
-        let frame = Bytes::from(ws::encode_text(&protocol::encode_error(code, text, retry_after_ms)));
-        self.to_conn(conn, frame, now);
+        let frame = Bytes::from(ws::encode_text(&protocol::encode_error(
+            code,
+            text,
+            retry_after_ms,
+        )));
+        self.send_to_conn(conn, frame, now);
     }
 
     // ---- presence ------------------------------------------------------
@@ -668,7 +730,9 @@ impl Hub {
         *count += 1;
         if *count == 1 {
             self.metrics.presence_online += 1;
-            let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(&user, true, &room)));
+            let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
+                &user, true, &room,
+            )));
             self.relay(room, frame, FrameKind::Presence, None, Instant::now());
         }
     }
@@ -676,9 +740,13 @@ impl Hub {
     fn user_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>) {
         let owner = self.owner(&user);
         if owner != self.core {
-            return self.router.send(owner, ShardMsg::UserOffline { user, rooms });
+            return self
+                .router
+                .send(owner, ShardMsg::UserOffline { user, rooms });
         }
-        let Some(count) = self.users.get_mut(&user) else { return };
+        let Some(count) = self.users.get_mut(&user) else {
+            return;
+        };
         *count -= 1;
         if *count > 0 {
             return;
@@ -687,7 +755,9 @@ impl Hub {
         self.metrics.presence_offline += 1;
         let now = Instant::now();
         for room in rooms {
-            let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(&user, false, &room)));
+            let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
+                &user, false, &room,
+            )));
             self.relay(room, frame, FrameKind::Presence, None, now);
         }
     }
@@ -797,8 +867,11 @@ impl Hub {
                 let _ = tx.try_send(answer);
             }
             Some(Waiter::ClientHistory { conn, room }) => {
-                if let (Some(client), Answer::Messages(messages)) = (self.clients.get(&conn), answer) {
-                    let body = protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
+                if let (Some(client), Answer::Messages(messages)) =
+                    (self.clients.get(&conn), answer)
+                {
+                    let body =
+                        protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
                     client.push_own(&body, now);
                 }
             }
@@ -819,7 +892,8 @@ impl Hub {
                 since,
                 count,
             } => {
-                let (member_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
+                let (member_count, replay) =
+                    self.join_owner(&room, user.clone(), from, since, count);
                 let answer = ShardMsg::Joined {
                     room,
                     user,
@@ -840,7 +914,7 @@ impl Hub {
             } => self.joined(room, user, conn, member_count, replay, counted, now),
             ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
             ShardMsg::Publish(p) => self.publish_user_owner(p, now),
-            ShardMsg::Sequence(p) => self.sequence(p, now),
+            ShardMsg::Sequence(p) => self.sequence(*p, now),
             ShardMsg::Published {
                 user,
                 client_msg_id,
@@ -859,7 +933,7 @@ impl Hub {
                 exclude,
                 received_at,
             } => self.deliver_local(&room, frame, kind, exclude, received_at, now),
-            ShardMsg::ToConn { conn, frame } => self.to_conn(conn, frame, now),
+            ShardMsg::ToConn { conn, frame } => self.send_to_conn(conn, frame, now),
             ShardMsg::UserOnline { user, room } => self.user_online(user, room),
             ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms),
             ShardMsg::Query { req, query } => {
@@ -884,7 +958,10 @@ impl Hub {
                 continue;
             }
             if client.outbound().borrow().stalled(now) {
-                client.request_close(crate::outbound::SLOW_CONSUMER_CLOSE, CloseReason::SlowConsumer);
+                client.request_close(
+                    crate::outbound::SLOW_CONSUMER_CLOSE,
+                    CloseReason::SlowConsumer,
+                );
                 continue;
             }
             let quiet = now.saturating_duration_since(client.last_seen());

@@ -27,12 +27,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let secret = settings
             .jwt_secret
             .context("JWT_SECRET: set it to the server's secret to mint a token")?;
-        println!("{}", auth::mint_hs256(secret.as_bytes(), &user, name.as_deref(), Some(ttl)));
+        println!(
+            "{}",
+            auth::mint_hs256(secret.as_bytes(), &user, name.as_deref(), Some(ttl))
+        );
         return Ok(());
     }
     let verifier = verifier(&mut settings)?;
     let dev_token = match (&settings.jwt_secret, settings.is_development()) {
-        (Some(secret), true) => Some(auth::mint_hs256(secret.as_bytes(), "dev-user", Some("Dev User"), Some(86_400))),
+        (Some(secret), true) => Some(auth::mint_hs256(
+            secret.as_bytes(),
+            "dev-user",
+            Some("Dev User"),
+            Some(86_400),
+        )),
         _ => None,
     };
     chatd::server::run(settings, verifier, move |addr| {
@@ -56,7 +64,8 @@ fn verifier(settings: &mut Settings) -> anyhow::Result<Verifier> {
         } else {
             std::fs::read(key).with_context(|| format!("JWT_PUBLIC_KEY: cannot read {key}"))?
         };
-        return Verifier::with_public_key_pem(&pem).map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY: {e}"));
+        return Verifier::with_public_key_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY: {e}"));
     }
     if settings.jwt_secret.is_none() {
         if !settings.is_development() {
@@ -75,7 +84,9 @@ fn verifier(settings: &mut Settings) -> anyhow::Result<Verifier> {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match settings.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

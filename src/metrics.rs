@@ -207,17 +207,31 @@ impl CoreSnapshot {
     /// Renders the merged snapshot in the Prometheus text format.
     pub fn render(&self, extra: &str) -> String {
         let mut out = String::with_capacity(4096);
-        gauge(&mut out, "chat_connections", "Open WebSocket connections.", self.connections);
+        gauge(
+            &mut out,
+            "chat_connections",
+            "Open WebSocket connections.",
+            self.connections,
+        );
         counter(
             &mut out,
             "chat_connections_opened_total",
             "WebSocket handshakes completed.",
             self.connections_opened,
         );
-        header(&mut out, "chat_connections_closed_total", "Connections closed, by reason.", "counter");
+        header(
+            &mut out,
+            "chat_connections_closed_total",
+            "Connections closed, by reason.",
+            "counter",
+        );
         for reason in CloseReason::ALL {
             let v = self.connections_closed.get(&reason).copied().unwrap_or(0);
-            let _ = writeln!(out, "chat_connections_closed_total{{reason=\"{}\"}} {v}", reason.as_str());
+            let _ = writeln!(
+                out,
+                "chat_connections_closed_total{{reason=\"{}\"}} {v}",
+                reason.as_str()
+            );
         }
         header(
             &mut out,
@@ -228,12 +242,24 @@ impl CoreSnapshot {
         let mut statuses: Vec<_> = self.upgrades_refused.iter().collect();
         statuses.sort();
         for (status, v) in statuses {
-            let _ = writeln!(out, "chat_upgrades_refused_total{{status=\"{status}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "chat_upgrades_refused_total{{status=\"{status}\"}} {v}"
+            );
         }
-        header(&mut out, "chat_messages_received_total", "Chat messages received, by outcome.", "counter");
+        header(
+            &mut out,
+            "chat_messages_received_total",
+            "Chat messages received, by outcome.",
+            "counter",
+        );
         for outcome in Outcome::ALL {
             let v = self.messages.get(&outcome).copied().unwrap_or(0);
-            let _ = writeln!(out, "chat_messages_received_total{{outcome=\"{}\"}} {v}", outcome.as_str());
+            let _ = writeln!(
+                out,
+                "chat_messages_received_total{{outcome=\"{}\"}} {v}",
+                outcome.as_str()
+            );
         }
         header(
             &mut out,
@@ -241,16 +267,38 @@ impl CoreSnapshot {
             "Frames handed to recipients' outbound queues, by outcome.",
             "counter",
         );
-        let _ = writeln!(out, "chat_messages_delivered_total{{outcome=\"queued\"}} {}", self.delivered);
+        let _ = writeln!(
+            out,
+            "chat_messages_delivered_total{{outcome=\"queued\"}} {}",
+            self.delivered
+        );
         let _ = writeln!(
             out,
             "chat_messages_delivered_total{{outcome=\"typing_dropped\"}} {}",
             self.typing_dropped
         );
-        header(&mut out, "chat_presence_updates_total", "Presence changes broadcast, by status.", "counter");
-        let _ = writeln!(out, "chat_presence_updates_total{{status=\"online\"}} {}", self.presence_online);
-        let _ = writeln!(out, "chat_presence_updates_total{{status=\"offline\"}} {}", self.presence_offline);
-        header(&mut out, "chat_errors_total", "Error frames sent, by code.", "counter");
+        header(
+            &mut out,
+            "chat_presence_updates_total",
+            "Presence changes broadcast, by status.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "chat_presence_updates_total{{status=\"online\"}} {}",
+            self.presence_online
+        );
+        let _ = writeln!(
+            out,
+            "chat_presence_updates_total{{status=\"offline\"}} {}",
+            self.presence_offline
+        );
+        header(
+            &mut out,
+            "chat_errors_total",
+            "Error frames sent, by code.",
+            "counter",
+        );
         for code in ErrorCode::ALL {
             let v = self.errors.get(&code).copied().unwrap_or(0);
             let _ = writeln!(out, "chat_errors_total{{code=\"{}\"}} {v}", code.as_str());
@@ -265,7 +313,11 @@ impl CoreSnapshot {
         rooms.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         let other: u64 = rooms.iter().skip(TOP_ROOMS).map(|(_, v)| **v).sum();
         for (room, v) in rooms.iter().take(TOP_ROOMS) {
-            let _ = writeln!(out, "chat_room_messages_total{{room=\"{}\"}} {v}", escape_label(room));
+            let _ = writeln!(
+                out,
+                "chat_room_messages_total{{room=\"{}\"}} {v}",
+                escape_label(room)
+            );
         }
         if rooms.len() > TOP_ROOMS {
             let _ = writeln!(out, "chat_room_messages_total{{room=\"_other\"}} {other}");
@@ -296,10 +348,17 @@ impl CoreSnapshot {
         let h = &self.delivery_latency_us;
         for bound in BUCKETS_US {
             let count = h.count_between(0, bound);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {count}", bound as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {count}",
+                bound as f64 / 1e6
+            );
         }
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
-        let sum_us: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+        let sum_us: f64 = h
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+            .sum();
         let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
         let _ = writeln!(out, "{name}_count {}", h.len());
     }
@@ -307,7 +366,9 @@ impl CoreSnapshot {
 
 /// Escapes a label value (room ids are restricted, but be safe).
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -330,12 +391,16 @@ mod tests {
 
     #[test]
     fn merge_adds_counts_and_histograms() {
-        let mut a = CoreSnapshot::default();
-        a.connections = 3;
+        let mut a = CoreSnapshot {
+            connections: 3,
+            ..Default::default()
+        };
         a.message(Outcome::Accepted);
         a.latency(Duration::from_micros(100));
-        let mut b = CoreSnapshot::default();
-        b.connections = 4;
+        let mut b = CoreSnapshot {
+            connections: 4,
+            ..Default::default()
+        };
         b.message(Outcome::Accepted);
         b.message(Outcome::RateLimited);
         b.latency(Duration::from_millis(3));
@@ -347,7 +412,10 @@ mod tests {
         let text = a.render("");
         assert!(text.contains("chat_connections 7\n"), "{text}");
         assert!(text.contains("chat_messages_received_total{outcome=\"accepted\"} 2\n"));
-        assert!(text.contains("chat_delivery_latency_seconds_bucket{le=\"0.0001\"} 1\n"), "{text}");
+        assert!(
+            text.contains("chat_delivery_latency_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("chat_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("chat_delivery_latency_seconds_count 2\n"));
     }
@@ -359,10 +427,16 @@ mod tests {
             s.room_messages.insert(Arc::from(format!("r{i}")), i + 1);
         }
         let text = s.render("");
-        let lines = text.lines().filter(|l| l.starts_with("chat_room_messages_total{")).count();
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("chat_room_messages_total{"))
+            .count();
         assert_eq!(lines, TOP_ROOMS + 1);
         // The five quietest rooms (1..=5 messages) are summed into _other.
-        assert!(text.contains("chat_room_messages_total{room=\"_other\"} 15\n"), "{text}");
+        assert!(
+            text.contains("chat_room_messages_total{room=\"_other\"} 15\n"),
+            "{text}"
+        );
         assert!(text.contains("chat_room_messages_total{room=\"r24\"} 25\n"));
     }
 }

@@ -57,6 +57,10 @@ pub struct Outbound {
     /// When the driver last wrote anything, or when the queue became
     /// non-empty, whichever is later; `None` while empty.
     waiting_since: Option<Instant>,
+    /// True when the front frame was partly written: it must be finished
+    /// before anything else (a close frame) goes out, or the client's
+    /// parser would see a torn frame.
+    front_started: bool,
     /// Set once the queue overflowed or the connection started closing.
     closed: bool,
 }
@@ -70,6 +74,7 @@ impl Outbound {
             max_bytes,
             stall_timeout,
             waiting_since: None,
+            front_started: false,
             closed: false,
         }
     }
@@ -109,12 +114,16 @@ impl Outbound {
         }
         self.bytes -= written.min(self.bytes);
         while written > 0 {
-            let Some(front) = self.frames.front_mut() else { break };
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
             if written >= front.len() {
                 written -= front.len();
                 self.frames.pop_front();
+                self.front_started = false;
             } else {
                 let _ = front.split_to(written);
+                self.front_started = true;
                 written = 0;
             }
         }
@@ -142,12 +151,35 @@ impl Outbound {
         }
     }
 
-    /// Discards everything and refuses further frames.
+    /// Discards everything but the unsent tail of a partly written frame,
+    /// and refuses further frames.
     pub fn close(&mut self) {
         self.closed = true;
+        let tail = if self.front_started {
+            self.frames.pop_front()
+        } else {
+            None
+        };
         self.frames = VecDeque::new();
         self.bytes = 0;
         self.waiting_since = None;
+        if let Some(tail) = tail {
+            self.bytes = tail.len();
+            self.frames.push_back(tail);
+        }
+    }
+
+    /// Keeps what is queued but refuses further frames (a graceful close:
+    /// queued frames still go out before the close frame).
+    pub fn close_after_queued(&mut self) {
+        self.closed = true;
+    }
+
+    /// Appends the connection's last frame (the close frame), even when
+    /// closed.
+    pub fn push_final(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
     }
 
     /// True once closed.
@@ -168,12 +200,21 @@ mod tests {
     fn queues_until_budget_then_overflows() {
         let now = Instant::now();
         let mut q = Outbound::new(1000, Duration::from_secs(10));
-        assert_eq!(q.push(frame(400), FrameKind::Message, now), Push::Queued { was_empty: true });
-        assert_eq!(q.push(frame(400), FrameKind::Message, now), Push::Queued { was_empty: false });
+        assert_eq!(
+            q.push(frame(400), FrameKind::Message, now),
+            Push::Queued { was_empty: true }
+        );
+        assert_eq!(
+            q.push(frame(400), FrameKind::Message, now),
+            Push::Queued { was_empty: false }
+        );
         assert_eq!(q.bytes(), 800);
         assert_eq!(q.push(frame(201), FrameKind::Message, now), Push::Overflow);
         assert!(q.is_closed());
-        assert!(q.is_empty());
+        assert!(
+            q.is_empty(),
+            "nothing was partly written, so nothing is kept"
+        );
         assert_eq!(q.push(frame(1), FrameKind::Message, now), Push::Closed);
     }
 
@@ -181,7 +222,10 @@ mod tests {
     fn exactly_the_budget_fits() {
         let now = Instant::now();
         let mut q = Outbound::new(1000, Duration::from_secs(10));
-        assert_eq!(q.push(frame(1000), FrameKind::Presence, now), Push::Queued { was_empty: true });
+        assert_eq!(
+            q.push(frame(1000), FrameKind::Presence, now),
+            Push::Queued { was_empty: true }
+        );
         assert_eq!(q.bytes(), 1000);
     }
 
@@ -189,12 +233,24 @@ mod tests {
     fn typing_dropped_above_a_quarter() {
         let now = Instant::now();
         let mut q = Outbound::new(1000, Duration::from_secs(10));
-        assert_eq!(q.push(frame(250), FrameKind::Message, now), Push::Queued { was_empty: true });
+        assert_eq!(
+            q.push(frame(250), FrameKind::Message, now),
+            Push::Queued { was_empty: true }
+        );
         // At exactly a quarter typing still goes through.
-        assert_eq!(q.push(frame(10), FrameKind::Typing, now), Push::Queued { was_empty: false });
+        assert_eq!(
+            q.push(frame(10), FrameKind::Typing, now),
+            Push::Queued { was_empty: false }
+        );
         // Now above a quarter: typing dropped, messages still queued.
-        assert_eq!(q.push(frame(10), FrameKind::Typing, now), Push::DroppedTyping);
-        assert_eq!(q.push(frame(10), FrameKind::Message, now), Push::Queued { was_empty: false });
+        assert_eq!(
+            q.push(frame(10), FrameKind::Typing, now),
+            Push::DroppedTyping
+        );
+        assert_eq!(
+            q.push(frame(10), FrameKind::Message, now),
+            Push::Queued { was_empty: false }
+        );
         assert_eq!(q.frames().len(), 3);
     }
 
@@ -216,11 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn close_keeps_the_tail_of_a_partly_written_frame() {
+        let now = Instant::now();
+        let mut q = Outbound::new(1000, Duration::from_secs(10));
+        q.push(Bytes::from_static(b"abcdef"), FrameKind::Message, now);
+        q.push(Bytes::from_static(b"ghij"), FrameKind::Message, now);
+        q.consume(2, now);
+        q.close();
+        assert_eq!(q.frames().len(), 1);
+        assert_eq!(q.frames()[0], Bytes::from_static(b"cdef"));
+        assert_eq!(q.bytes(), 4);
+        q.push_final(Bytes::from_static(b"CLOSE"));
+        assert_eq!(q.frames().len(), 2);
+        assert_eq!(q.push(frame(1), FrameKind::Message, now), Push::Closed);
+    }
+
+    #[test]
     fn stall_detected_only_without_progress() {
         let t0 = Instant::now();
         let stall = Duration::from_secs(10);
         let mut q = Outbound::new(1000, stall);
-        assert!(!q.stalled(t0 + Duration::from_secs(100)), "empty queue never stalls");
+        assert!(
+            !q.stalled(t0 + Duration::from_secs(100)),
+            "empty queue never stalls"
+        );
         q.push(frame(10), FrameKind::Message, t0);
         assert!(!q.stalled(t0 + Duration::from_secs(10)));
         assert!(q.stalled(t0 + Duration::from_secs(11)));

@@ -22,10 +22,19 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: &HttpRequest) -> Vec<u8> {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let known = matches!(
         segments.as_slice(),
-        ["healthz"] | ["metrics"] | ["api", "chats", "rooms", _, "messages" | "presence"] | ["api", "chats", "users", _, "status"]
+        ["healthz"]
+            | ["metrics"]
+            | ["api", "chats", "rooms", _, "messages" | "presence"]
+            | ["api", "chats", "users", _, "status"]
     );
     if known && req.method != "GET" && req.method != "HEAD" {
-        return http::response(405, JSON, br#"{"error":"method not allowed"}"#, keep, &[("Allow", "GET")]);
+        return http::response(
+            405,
+            JSON,
+            br#"{"error":"method not allowed"}"#,
+            keep,
+            &[("Allow", "GET")],
+        );
     }
     match segments.as_slice() {
         ["healthz"] => healthz(ctx, keep),
@@ -60,7 +69,11 @@ fn decode(segment: &str) -> String {
 fn authorize(ctx: &CoreCtx, req: &HttpRequest) -> Result<Identity, Vec<u8>> {
     let token = req.authorization.as_deref().and_then(http::bearer_token);
     let Some(token) = token else {
-        return Err(http::json_error(401, "missing bearer token", req.keep_alive));
+        return Err(http::json_error(
+            401,
+            "missing bearer token",
+            req.keep_alive,
+        ));
     };
     ctx.shared
         .verifier
@@ -112,9 +125,13 @@ async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
 fn id_param(req: &HttpRequest, name: &str) -> Result<Option<protocol::MessageId>, Vec<u8>> {
     match http::query_param(&req.query, name) {
         None => Ok(None),
-        Some(v) => protocol::parse_message_id(&v)
-            .map(Some)
-            .ok_or_else(|| http::json_error(400, &format!("invalid {name}: not a message id"), req.keep_alive)),
+        Some(v) => protocol::parse_message_id(&v).map(Some).ok_or_else(|| {
+            http::json_error(
+                400,
+                &format!("invalid {name}: not a message id"),
+                req.keep_alive,
+            )
+        }),
     }
 }
 
@@ -122,10 +139,15 @@ async fn history(ctx: &CoreCtx, req: &HttpRequest, room: &str, keep: bool) -> Ve
     if !protocol::valid_room_id(room) {
         return http::json_error(400, "invalid roomId", keep);
     }
-    let limit = match http::query_param(&req.query, "limit").as_deref().map(str::parse::<usize>) {
+    let limit = match http::query_param(&req.query, "limit")
+        .as_deref()
+        .map(str::parse::<usize>)
+    {
         None => HISTORY_DEFAULT_LIMIT,
         Some(Ok(n)) if n > 0 => n.min(HISTORY_MAX_LIMIT),
-        Some(_) => return http::json_error(400, "invalid limit: a whole number from 1 to 200", keep),
+        Some(_) => {
+            return http::json_error(400, "invalid limit: a whole number from 1 to 200", keep)
+        }
     };
     let (before, after) = match (id_param(req, "before"), id_param(req, "after")) {
         (Ok(b), Ok(a)) => (b, a),
@@ -170,7 +192,11 @@ async fn user_status(ctx: &CoreCtx, user: &str, keep: bool) -> Vec<u8> {
     let owner = ctx.hub.borrow().owner_of(user);
     match ask(ctx, owner, Query::UserOnline(Arc::from(user))).await {
         Some(Answer::Users(users)) => {
-            let status: Cow<str> = if users.is_empty() { "offline".into() } else { "online".into() };
+            let status: Cow<str> = if users.is_empty() {
+                "offline".into()
+            } else {
+                "online".into()
+            };
             let body = serde_json::json!({ "userId": user, "status": status });
             http::response(200, JSON, body.to_string().as_bytes(), keep, &[])
         }

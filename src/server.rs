@@ -116,18 +116,26 @@ fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
 
 /// Runs the server until SIGTERM/SIGINT and the drain complete.
 /// `on_ready` is called with the bound address once every core listens.
-pub fn run(settings: Settings, verifier: Verifier, on_ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
+pub fn run(
+    settings: Settings,
+    verifier: Verifier,
+    on_ready: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<(), StartError> {
     settings.validate().map_err(StartError::Config)?;
     let cores = settings.core_count();
     check_memlock(cores)?;
     let moderation_words = moderation_words(&settings)?;
     // Validate patterns once here so a bad one stops start-up with its name.
-    Moderator::new(moderation_words.clone(), &settings.patterns()).map_err(|e| StartError::Config(format!("MODERATION_PATTERNS: {e}")))?;
+    Moderator::new(moderation_words.clone(), &settings.patterns())
+        .map_err(|e| StartError::Config(format!("MODERATION_PATTERNS: {e}")))?;
 
     // The first socket fixes the port (PORT=0 picks one); each core then
     // binds its own socket to it.
     let wanted = SocketAddr::new(settings.host, settings.port);
-    let first = listen_socket(wanted).map_err(|source| StartError::Listen { addr: wanted, source })?;
+    let first = listen_socket(wanted).map_err(|source| StartError::Listen {
+        addr: wanted,
+        source,
+    })?;
     let addr = first
         .local_addr()
         .ok()
@@ -139,8 +147,11 @@ pub fn run(settings: Settings, verifier: Verifier, on_ready: impl FnOnce(SocketA
     }
     let fds: Vec<i32> = sockets.into_iter().map(|s| s.into_raw_fd()).collect();
 
-    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| StartError::Executors(format!("cannot install signal handlers: {e}")))?;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| StartError::Executors(format!("cannot install signal handlers: {e}")))?;
     let signals = Arc::new(std::sync::Mutex::new(Some(signals)));
     // SAFETY: ignoring SIGPIPE process-wide is the standard server setup;
     // a write to a closed socket must return EPIPE, not kill the process.
@@ -153,29 +164,33 @@ pub fn run(settings: Settings, verifier: Verifier, on_ready: impl FnOnce(SocketA
         addr,
     });
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
-    let ready = Arc::new(std::sync::Barrier::new(cores + 1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let placement = match std::thread::available_parallelism() {
         Ok(n) if n.get() >= cores => PoolPlacement::MaxSpread(cores, None),
         _ => PoolPlacement::Unbound(cores),
     };
     let fds = Arc::new(std::sync::Mutex::new(fds));
-    let ready_for_cores = ready.clone();
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(IO_MEMORY)
         .ring_depth(RING_DEPTH)
+        // One blocking thread waits for signals on core 0; the other serves
+        // any other blocking call.
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(2))
         .name("chatd-core")
         .on_all_shards(move || {
             let shared = shared.clone();
             let mesh = mesh.clone();
             let fds = fds.clone();
             let signals = signals.clone();
-            let ready = ready_for_cores.clone();
+            let ready = ready_tx.clone();
             async move { core_main(shared, mesh, fds, signals, ready).await }
         })
         .map_err(|e| StartError::Executors(e.to_string()))?;
     let ready_thread = std::thread::spawn(move || {
-        ready.wait();
-        on_ready(addr);
+        // Every core reports once it listens; then the server is ready.
+        if (0..cores).all(|_| ready_rx.recv().is_ok()) {
+            on_ready(addr);
+        }
     });
     for result in handles.join_all() {
         result.map_err(|e| StartError::Executors(e.to_string()))?;
@@ -213,7 +228,8 @@ fn moderation_words(settings: &Settings) -> Result<Vec<String>, StartError> {
         None => Moderator::default_words(),
     };
     if let Some(path) = &settings.moderation_blocklist_file {
-        let more = Moderator::read_list_file(path).map_err(|e| StartError::Config(format!("MODERATION_BLOCKLIST_FILE: {e}")))?;
+        let more = Moderator::read_list_file(path)
+            .map_err(|e| StartError::Config(format!("MODERATION_BLOCKLIST_FILE: {e}")))?;
         words.extend(more);
     }
     Ok(words)
@@ -228,16 +244,16 @@ async fn core_main(
     mesh: MeshBuilder<ShardMsg, Full>,
     fds: Arc<std::sync::Mutex<Vec<i32>>>,
     signals: SignalSlot,
-    ready: Arc<std::sync::Barrier>,
+    ready: std::sync::mpsc::Sender<()>,
 ) {
     let (senders, mut receivers) = mesh.join().await.expect("mesh join");
     let cores = shared.settings.core_count();
     let router = Rc::new(Router::new(senders, cores));
     let core = router.core();
-    let moderator = shared
-        .settings
-        .enable_moderation
-        .then(|| Moderator::new(shared.moderation_words.clone(), &shared.settings.patterns()).expect("validated at start-up"));
+    let moderator = shared.settings.enable_moderation.then(|| {
+        Moderator::new(shared.moderation_words.clone(), &shared.settings.patterns())
+            .expect("validated at start-up")
+    });
     let hub = Hub::new(router.clone(), &shared.settings, moderator);
     let ctx = Rc::new(CoreCtx {
         hub: RefCell::new(hub),
@@ -263,11 +279,15 @@ async fn core_main(
         glommio::spawn_local(wait_for_signal(ctx.clone(), signals)).detach();
     }
 
-    let fd = fds.lock().expect("fd list").pop().expect("one socket per core");
+    let fd = fds
+        .lock()
+        .expect("fd list")
+        .pop()
+        .expect("one socket per core");
     // SAFETY: the descriptor is a listening socket created for this core.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    // Every core listens before the server reports itself ready.
-    let _ = glommio::executor().spawn_blocking(move || ready.wait()).await;
+    let _ = ready.send(());
+    drop(ready);
     accept_loop(&ctx, &listener).await;
     drop(listener);
     drain(&ctx).await;
@@ -286,19 +306,33 @@ fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
             let ctx = ctx.clone();
             glommio::spawn_local(async move {
                 let a = *adoption;
-                connection::serve(ctx, stream, a.identity.clone(), a.room.clone(), a.since, &a.ws_key, a.early.clone()).await;
+                connection::serve(
+                    ctx,
+                    stream,
+                    a.identity.clone(),
+                    a.room.clone(),
+                    a.since,
+                    &a.ws_key,
+                    a.early.clone(),
+                )
+                .await;
             })
             .detach();
         }
         ShardMsg::Shutdown => ctx.begin_shutdown(),
-        other => ctx.hub.borrow_mut().on_shard_msg(from, other, Instant::now()),
+        other => ctx
+            .hub
+            .borrow_mut()
+            .on_shard_msg(from, other, Instant::now()),
     }
 }
 
 /// Core 0 waits for SIGTERM/SIGINT on glommio's blocking pool, then tells
 /// every core to drain.
 async fn wait_for_signal(ctx: Rc<CoreCtx>, signals: SignalSlot) {
-    let Some(mut signals) = signals.lock().expect("signal slot").take() else { return };
+    let Some(mut signals) = signals.lock().expect("signal slot").take() else {
+        return;
+    };
     let signal = glommio::executor()
         .spawn_blocking(move || signals.forever().next())
         .await;
@@ -373,34 +407,43 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         let head = glommio::timer::timeout(timeout, async {
-            read_head(&mut stream, &mut buf).await.map_err(glommio::GlommioError::IoError)
+            read_head(&mut stream, &mut buf)
+                .await
+                .map_err(glommio::GlommioError::IoError)
         })
         .await;
         let head_len = match head {
             Ok(Ok(n)) => n,
             Ok(Err(status)) => {
-                let _ = stream.write_all(&http::json_error(status, http::reason_phrase(status), false)).await;
+                let _ = stream
+                    .write_all(&http::json_error(
+                        status,
+                        http::reason_phrase(status),
+                        false,
+                    ))
+                    .await;
                 return;
             }
             Err(_) => return, // slow or silent client (slowloris) or closed socket
         };
-        let (request, ws_key, upgrade_ok, version_ok, user_agent_len, body_len) = match http::parse_request(&buf[..head_len]) {
-            Ok(Parsed::Complete { request, .. }) => (
-                HttpRequest {
-                    method: request.method.to_string(),
-                    path: request.path.to_string(),
-                    query: request.query.to_string(),
-                    authorization: request.authorization.map(str::to_string),
-                    keep_alive: request.keep_alive,
-                },
-                request.websocket_key.map(str::to_string),
-                request.is_websocket_upgrade,
-                request.websocket_version_ok,
-                request.user_agent.map_or(0, str::len),
-                request.content_length,
-            ),
-            _ => return,
-        };
+        let (request, ws_key, upgrade_ok, version_ok, user_agent_len, body_len) =
+            match http::parse_request(&buf[..head_len]) {
+                Ok(Parsed::Complete { request, .. }) => (
+                    HttpRequest {
+                        method: request.method.to_string(),
+                        path: request.path.to_string(),
+                        query: request.query.to_string(),
+                        authorization: request.authorization.map(str::to_string),
+                        keep_alive: request.keep_alive,
+                    },
+                    request.websocket_key.map(str::to_string),
+                    request.is_websocket_upgrade,
+                    request.websocket_version_ok,
+                    request.user_agent.map_or(0, str::len),
+                    request.content_length,
+                ),
+                _ => return,
+            };
         let _ = user_agent_len;
         if request.path == "/ws" {
             let early = buf[head_len..].to_vec();
@@ -408,7 +451,13 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
         }
         if body_len > 0 {
             // No route takes a body; refuse rather than read it.
-            let _ = stream.write_all(&http::json_error(413, "request bodies are not accepted", false)).await;
+            let _ = stream
+                .write_all(&http::json_error(
+                    413,
+                    "request bodies are not accepted",
+                    false,
+                ))
+                .await;
             return;
         }
         let response = routes::handle(&ctx, &request).await;
@@ -421,7 +470,10 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
 
 /// Reads until `buf` holds a complete request head; returns its length, or
 /// an HTTP status for a request that cannot be served.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Result<usize, u16>> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Result<usize, u16>> {
     let mut chunk = [0u8; 2048];
     loop {
         if !buf.is_empty() {
@@ -454,7 +506,12 @@ async fn upgrade(
     early: Vec<u8>,
 ) {
     let refusal = |ctx: &CoreCtx, status: u16| {
-        *ctx.hub.borrow_mut().metrics.upgrades_refused.entry(status).or_insert(0) += 1;
+        *ctx.hub
+            .borrow_mut()
+            .metrics
+            .upgrades_refused
+            .entry(status)
+            .or_insert(0) += 1;
     };
     let reply = match check_upgrade(&ctx, &request, ws_key.as_deref(), upgrade_ok, version_ok) {
         Ok(ok) => ok,
@@ -462,7 +519,15 @@ async fn upgrade(
             refusal(&ctx, status);
             let body = serde_json::json!({ "error": message }).to_string();
             let headers: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let _ = stream.write_all(&http::response(status, "application/json", body.as_bytes(), false, &headers)).await;
+            let _ = stream
+                .write_all(&http::response(
+                    status,
+                    "application/json",
+                    body.as_bytes(),
+                    false,
+                    &headers,
+                ))
+                .await;
             return;
         }
     };
@@ -476,7 +541,9 @@ async fn upgrade(
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if fd < 0 {
         refusal(&ctx, 503);
-        let _ = stream.write_all(&http::json_error(503, "out of file descriptors", false)).await;
+        let _ = stream
+            .write_all(&http::json_error(503, "out of file descriptors", false))
+            .await;
         return;
     }
     let adoption = Adoption::new(fd, identity, room, since, key.into_boxed_str(), early);
@@ -500,16 +567,30 @@ fn check_upgrade(
         return Err((405, "WebSocket upgrades use GET".into(), vec![]));
     }
     if !version_ok && upgrade_ok {
-        return Err((426, "unsupported WebSocket version; use 13".into(), vec![("Sec-WebSocket-Version", "13".into())]));
+        return Err((
+            426,
+            "unsupported WebSocket version; use 13".into(),
+            vec![("Sec-WebSocket-Version", "13".into())],
+        ));
     }
     let Some(key) = ws_key.filter(|_| upgrade_ok) else {
         return Err((400, "expected a WebSocket upgrade request".into(), vec![]));
     };
     let token = http::query_param(&request.query, "token")
         .map(|t| t.into_owned())
-        .or_else(|| request.authorization.as_deref().and_then(http::bearer_token).map(str::to_string));
+        .or_else(|| {
+            request
+                .authorization
+                .as_deref()
+                .and_then(http::bearer_token)
+                .map(str::to_string)
+        });
     let Some(token) = token else {
-        return Err((401, "missing token: pass ?token= or an Authorization: Bearer header".into(), vec![]));
+        return Err((
+            401,
+            "missing token: pass ?token= or an Authorization: Bearer header".into(),
+            vec![],
+        ));
     };
     let identity = ctx
         .shared
@@ -520,11 +601,19 @@ fn check_upgrade(
         .map(|r| r.into_owned())
         .unwrap_or_else(|| protocol::DEFAULT_ROOM.to_string());
     if !protocol::valid_room_id(&room) {
-        return Err((400, "invalid roomId: 1 to 128 characters of letters, digits, _ - . :".into(), vec![]));
+        return Err((
+            400,
+            "invalid roomId: 1 to 128 characters of letters, digits, _ - . :".into(),
+            vec![],
+        ));
     }
     let since = match http::query_param(&request.query, "since") {
         None => None,
-        Some(s) => Some(protocol::parse_message_id(&s).ok_or((400, "invalid since: not a message id".to_string(), vec![]))?),
+        Some(s) => Some(protocol::parse_message_id(&s).ok_or((
+            400,
+            "invalid since: not a message id".to_string(),
+            vec![],
+        ))?),
     };
     Ok((identity, Arc::from(room), since, key.to_string()))
 }

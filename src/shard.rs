@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::Senders;
+use glommio::{GlommioError, ResourceType};
 
 use crate::auth::Identity;
 use crate::metrics::CoreSnapshot;
@@ -223,7 +224,10 @@ pub enum ShardMsg {
     UserOnline { user: Arc<str>, room: Arc<str> },
     /// To the user's owner: a connection of this user closed; it was in
     /// `rooms`.
-    UserOffline { user: Arc<str>, rooms: Vec<Arc<str>> },
+    UserOffline {
+        user: Arc<str>,
+        rooms: Vec<Arc<str>>,
+    },
     /// A question for another core; answered with `Answer` and the same `req`.
     Query { req: u64, query: Query },
     /// The answer to a `Query`.
@@ -318,7 +322,11 @@ impl Router {
         if staging.is_empty() {
             match self.senders.try_send_to(to, msg) {
                 Ok(()) => return,
-                Err(back) => staging.push_back(back),
+                Err(GlommioError::WouldBlock(ResourceType::Channel(back))) => {
+                    staging.push_back(back)
+                }
+                // The peer closed its side: the process is stopping.
+                Err(_) => return,
             }
         } else {
             staging.push_back(msg);
@@ -400,7 +408,10 @@ mod tests {
     #[test]
     fn shard_for_known_values() {
         // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
-        assert_eq!(shard_for("a", 1 << 20), (0xaf63_dc4c_8601_ec8cu64 % (1 << 20)) as usize);
+        assert_eq!(
+            shard_for("a", 1 << 20),
+            (0xaf63_dc4c_8601_ec8cu64 % (1 << 20)) as usize
+        );
         assert_eq!(shard_for("anything", 1), 0);
     }
 

@@ -70,7 +70,12 @@ impl Server {
     /// Connects `user` to `room` and returns the client after its
     /// `room_joined` (asserted to be the first frame).
     pub fn connect(&self, user: &str, room: &str) -> (Client, Value) {
-        let url = format!("ws://{}/ws?token={}&roomId={}", self.addr, self.token(user), room);
+        let url = format!(
+            "ws://{}/ws?token={}&roomId={}",
+            self.addr,
+            self.token(user),
+            room
+        );
         let mut client = Client::open(&url).expect("upgrade accepted");
         let first = client.recv();
         assert_eq!(first["type"], "room_joined", "first frame: {first}");
@@ -106,8 +111,27 @@ impl Server {
         let (status, body) = self.get("/metrics", None);
         assert_eq!(status, 200);
         body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .map(|v| v.trim().parse().expect("number"))
+    }
+}
+
+impl Server {
+    /// Polls a metric until it reaches `want` or FRAME_TIMEOUT passes (for
+    /// counters updated just after the event a test observed); returns the
+    /// last value seen.
+    pub fn wait_metric(&self, series: &str, want: f64) -> Option<f64> {
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        loop {
+            let value = self.metric(series);
+            if value == Some(want) || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -122,8 +146,14 @@ impl Drop for Server {
 pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
     parse_response(&raw)
@@ -137,7 +167,10 @@ pub fn parse_response(raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -174,7 +207,9 @@ impl Client {
 
     /// Sends a JSON text frame.
     pub fn send(&mut self, value: Value) {
-        self.ws.send(Message::text(value.to_string())).expect("send");
+        self.ws
+            .send(Message::text(value.to_string()))
+            .expect("send");
     }
 
     /// Sends raw text.
@@ -211,7 +246,8 @@ impl Client {
                 Ok(Message::Close(Some(frame))) => return Some(u16::from(frame.code)),
                 Ok(Message::Close(None)) => return None,
                 Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return None,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return None,
                 Err(e) => panic!("expected a close frame, got error {e}"),
             }
         }

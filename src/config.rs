@@ -264,6 +264,14 @@ impl Settings {
         if self.history_per_room > self.history_total {
             return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
         }
+        // The Redis and Postgres backends are not part of this build; refuse
+        // rather than silently run without the durability the operator asked for.
+        if self.redis_url.is_some() {
+            return Err("REDIS_URL: this build keeps presence in memory and has no Redis backend yet; unset REDIS_URL to run a single node".into());
+        }
+        if self.database_url.is_some() {
+            return Err("DATABASE_URL: this build keeps history in memory and has no Postgres backend yet; unset DATABASE_URL to run with bounded in-memory history".into());
+        }
         if let Some(secret) = &self.jwt_secret {
             if secret.is_empty() {
                 return Err("JWT_SECRET: must not be empty".into());

@@ -319,8 +319,13 @@ pub fn human(r: &Report) -> String {
     line(String::new());
     line("connections".into());
     line(format!(
-        "  established            {} of {} planned in {} rooms ({} failed, {} dropped later)",
-        c.established, c.planned, c.rooms, c.failed, c.dropped
+        "  established            {} of {} planned in {} room{} ({} failed, {} dropped later)",
+        c.established,
+        c.planned,
+        c.rooms,
+        if c.rooms == 1 { "" } else { "s" },
+        c.failed,
+        c.dropped
     ));
     line(format!(
         "  failures               {}",
@@ -364,6 +369,13 @@ pub fn human(r: &Report) -> String {
     line(String::new());
     line("frames".into());
     line(format!("  error frames           {}", map_text(&r.errors)));
+    if r.errors.contains_key("rate_limited") {
+        line(
+            "  note                   the server rate-limited messages (they count as lost); \
+             chatd: raise RATE_LIMIT_MAX_MESSAGES"
+                .into(),
+        );
+    }
     line(format!("  other frames           {}", map_text(&r.frames)));
     line(format!("  malformed frames       {}", r.bad_frames));
     line(String::new());

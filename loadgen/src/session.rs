@@ -192,6 +192,7 @@ pub async fn member(ctx: Rc<Ctx>, id: u32, index: usize) {
     let writer = if sender {
         let frames = MessageFrames::new(&room_id);
         parked.take().map(|sink| {
+            ctx.writers.set(ctx.writers.get() + 1);
             let task = write_loop(ctx.clone(), sink, id, frames, send_state.clone());
             tokio::task::spawn_local(task)
         })
@@ -285,7 +286,13 @@ async fn read_loop(
     until: Option<u64>,
 ) -> ReadEnd {
     let mut phase = ctx.phase.subscribe();
-    let deadline = ctx.anchor.instant(until.unwrap_or(ctx.job.deadline_ns));
+    // Both futures live across iterations: re-creating them per frame would register
+    // and unregister a waiter (and a timer) for every message received.
+    let stop = phase.wait_for(|p| *p == Phase::Stopping);
+    tokio::pin!(stop);
+    let deadline =
+        tokio::time::sleep_until(ctx.anchor.instant(until.unwrap_or(ctx.job.deadline_ns)));
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             biased;
@@ -305,8 +312,8 @@ async fn read_loop(
                     send.wake.notify_one();
                 }
             }
-            _ = phase.wait_for(|p| *p == Phase::Stopping) => return ReadEnd::Stop,
-            _ = tokio::time::sleep_until(deadline), if until.is_some() => return ReadEnd::Stop,
+            _ = &mut stop => return ReadEnd::Stop,
+            _ = &mut deadline, if until.is_some() => return ReadEnd::Stop,
         }
     }
 }
@@ -351,8 +358,6 @@ struct SendAccount {
     first: Option<u64>,
     /// Number of messages stamped before the cutoff.
     before_cutoff: u64,
-    /// Messages stamped inside the measured interval.
-    measured: u64,
     /// Scheduled messages that could not be sent before the end.
     unsent: u64,
     /// Reused content buffer.
@@ -367,7 +372,6 @@ impl SendAccount {
             seq: 0,
             first: None,
             before_cutoff: 0,
-            measured: 0,
             unsent: 0,
             content: String::new(),
         }
@@ -383,10 +387,13 @@ impl SendAccount {
         };
         let size = ctx.job.traffic.as_ref().map_or(0, |t| t.size);
         content::encode(&stamp, size, &mut self.content);
+        // Counted live (not at the end) so progress lines show the send rate.
+        let mut tally = ctx.tally.borrow_mut();
+        tally.sent += 1;
         if sent_ns >= self.p.measure {
             self.first.get_or_insert(self.seq);
             if sent_ns < self.p.end {
-                self.measured += 1;
+                tally.sent_measured += 1;
             }
         }
         if sent_ns < self.p.cutoff {
@@ -403,10 +410,7 @@ impl SendAccount {
             first,
             cutoff: self.before_cutoff.max(first),
         });
-        let mut t = ctx.tally.borrow_mut();
-        t.sent += self.seq;
-        t.sent_measured += self.measured;
-        t.unsent += self.unsent;
+        ctx.tally.borrow_mut().unsent += self.unsent;
     }
 }
 

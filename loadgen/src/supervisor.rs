@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 
 use crate::auth::read_tokens_file;
 use crate::cli::DEADLINE_SLACK_S;
-use crate::clock::{mono_ns, sleep_until_ns};
+use crate::clock::mono_ns;
 use crate::job::{
     ids_of_worker, ConnectPlan, Control, Event, Job, JobAuth, Snapshot, WorkerResult,
 };
@@ -149,6 +149,10 @@ struct Run<'a> {
 pub fn run(plan: &Plan) -> Result<Outcome> {
     procstat::raise_fd_limit();
     let common = &plan.common;
+    if let Some(pid) = common.server_pid {
+        // Fail before starting anything if the PID is wrong.
+        procstat::sample(pid)?;
+    }
     let sockets = u64::from(plan.layout.connections) + u64::from(plan.extra_sockets);
     let needed = sockets.div_ceil(u64::from(common.per_process)) as u32;
     let processes = common.processes.max(needed);
@@ -323,7 +327,6 @@ impl Run<'_> {
             "running"
         };
         self.wait(Some(phases.measure), |_| false)?;
-        sleep_until_ns(phases.measure);
         let measure_start = sample()?;
         let parent_cpu_start = procstat::self_cpu_us();
         self.phase = if self.plan.traffic.is_some() {
@@ -332,7 +335,6 @@ impl Run<'_> {
             "holding"
         };
         self.wait(Some(phases.end), |_| false)?;
-        sleep_until_ns(phases.end);
         let measure_end = sample()?;
         let parent_cpu_measured = procstat::self_cpu_us() - parent_cpu_start;
 
@@ -345,6 +347,10 @@ impl Run<'_> {
             .collect();
         let senders_judged = windows.len();
         self.broadcast(&Control::Cutoffs { windows })?;
+        self.phase = "grace";
+        self.wait(Some(phases.stop), |r| {
+            r.seen.iter().all(|s| s.done.is_some())
+        })?;
         self.phase = "closing";
         self.wait(None, |r| r.seen.iter().all(|s| s.done.is_some()))?;
 

@@ -14,7 +14,7 @@ const W: f64 = 800.0;
 const H: f64 = 480.0;
 /// Margins: left, right, top, bottom, px.
 const ML: f64 = 70.0;
-const MR: f64 = 20.0;
+const MR: f64 = 45.0;
 const MT: f64 = 40.0;
 const MB: f64 = 50.0;
 

@@ -66,6 +66,8 @@ pub struct Ctx {
     pub phase: watch::Sender<Phase>,
     /// Absolute phase times, known from `Go` on.
     pub phases: Cell<Option<Phases>>,
+    /// Write tasks started (one per established sender); each adds one window.
+    pub writers: Cell<usize>,
     /// Judged windows of this worker's senders, filled as they stop.
     pub windows: RefCell<Vec<SenderWindow>>,
     /// Judged windows of every sender of the run, by sender id.
@@ -92,6 +94,7 @@ impl Ctx {
             churn_handshake: RefCell::new(new_hist()),
             phase: watch::channel(Phase::Connecting).0,
             phases: Cell::new(None),
+            writers: Cell::new(0),
             windows: RefCell::default(),
             cutoffs: RefCell::default(),
             settled: Cell::new(0),
@@ -246,11 +249,9 @@ async fn run(job: Job, mut control: mpsc::UnboundedReceiver<Control>) -> Result<
 
     // Writers stop at `end` on their own (every write is bounded by it); give them a
     // moment to record their windows.
-    let senders = ids_of_worker(job.layout.connections, job.worker, job.workers)
-        .filter(|&id| job.traffic.is_some() && job.layout.is_sender(id))
-        .count();
     let settle_by = ctx.anchor.instant(p.end + 1_000_000_000);
-    while ctx.windows.borrow().len() < senders && tokio::time::Instant::now() < settle_by {
+    while ctx.windows.borrow().len() < ctx.writers.get() && tokio::time::Instant::now() < settle_by
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     emit(&Event::Sent {

@@ -34,7 +34,12 @@ type Rooms = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>
 
 /// Starts the fixture on a free loopback port, on its own thread; returns the port.
 fn start_server(fx: Fixture) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    start_server_on(0, fx)
+}
+
+/// Starts the fixture on `port` (0: any free one); returns the port.
+fn start_server_on(port: u16, fx: Fixture) -> u16 {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -529,4 +534,106 @@ fn server_pid_reports_cpu_and_rss() {
     assert_eq!(s["pid"].as_u64().unwrap().to_string(), pid);
     assert!(s["rss_connected_bytes"].as_u64().unwrap() > 0, "{s:#}");
     assert!(s["cpu_us_per_delivery"].is_number(), "{s:#}");
+}
+
+/// Runs loadgen with `args` and returns its summary table (progress goes to our stderr).
+fn loadgen_human(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "loadgen failed\n{stdout}");
+    stdout
+}
+
+/// 15,000 connections over three worker processes, then fanout to all of them. Slow and
+/// heavy (the fixture holds every socket in this process), so it only runs on request:
+/// `cargo test --release -p loadgen --test e2e -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn scale_many_connections_over_several_processes() {
+    let port = start_server(Fixture::default());
+    let u = url(port);
+    let table = loadgen_human(&[
+        "connect",
+        "--url",
+        &u,
+        "--secret",
+        SECRET,
+        "--connections",
+        "15000",
+        "--rate",
+        "5000",
+        "--hold",
+        "2",
+        "--per-process",
+        "6000",
+        "--per-source",
+        "4000",
+        "--server-pid",
+        &std::process::id().to_string(),
+    ]);
+    println!("{table}");
+    assert!(
+        table.contains("established            15000 of 15000"),
+        "{table}"
+    );
+
+    let table = loadgen_human(&[
+        "fanout",
+        "--url",
+        &u,
+        "--secret",
+        SECRET,
+        "--rooms",
+        "150",
+        "--members",
+        "100",
+        "--senders",
+        "1",
+        "--msg-rate",
+        "4",
+        "--duration",
+        "5",
+        "--warmup",
+        "1",
+        "--rate",
+        "5000",
+        "--per-process",
+        "6000",
+        "--server-pid",
+        &std::process::id().to_string(),
+    ]);
+    println!("{table}");
+    assert!(
+        table.contains("lost / reordered / dup 0 / 0 / 0"),
+        "{table}"
+    );
+}
+
+/// Serves the fixture on `LOADGEN_FIXTURE_PORT` (default: a free port, printed) for
+/// `LOADGEN_FIXTURE_SECS` seconds (default 60), to try loadgen by hand without a real
+/// server: `cargo test --release -p loadgen --test e2e fixture_server -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fixture_server() {
+    let secs: u64 = std::env::var("LOADGEN_FIXTURE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let port = match std::env::var("LOADGEN_FIXTURE_PORT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(port) => start_server_on(port, Fixture::default()),
+        None => start_server(Fixture::default()),
+    };
+    println!(
+        "fixture: ws://127.0.0.1:{port}/ws secret {SECRET} pid {} for {secs} s",
+        std::process::id()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(secs));
 }

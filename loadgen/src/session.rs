@@ -377,8 +377,8 @@ impl SendAccount {
         }
     }
 
-    /// Builds the frame of the next message, stamped `sent_ns`, and counts it as sent.
-    fn next_frame(&mut self, ctx: &Ctx, frames: &MessageFrames, sent_ns: u64) -> Message {
+    /// Builds the frame of the next message, stamped `sent_ns`.
+    fn frame(&mut self, ctx: &Ctx, frames: &MessageFrames, sent_ns: u64) -> Message {
         let stamp = Stamp {
             run: ctx.job.run_id,
             sender: self.id,
@@ -387,6 +387,12 @@ impl SendAccount {
         };
         let size = ctx.job.traffic.as_ref().map_or(0, |t| t.size);
         content::encode(&stamp, size, &mut self.content);
+        Message::text(frames.build(&self.content))
+    }
+
+    /// Counts the message built last as sent; called only once the sink took it, so a
+    /// write cut short at the end of the measurement is never counted.
+    fn sent(&mut self, ctx: &Ctx, sent_ns: u64) {
         // Counted live (not at the end) so progress lines show the send rate.
         let mut tally = ctx.tally.borrow_mut();
         tally.sent += 1;
@@ -400,9 +406,9 @@ impl SendAccount {
             self.before_cutoff += 1;
         }
         self.seq += 1;
-        Message::text(frames.build(&self.content))
     }
 
+    /// Publishes the sender's judged window and its unsent count.
     fn finish(&self, ctx: &Ctx) {
         let first = self.first.unwrap_or(self.seq);
         ctx.windows.borrow_mut().push(SenderWindow {
@@ -446,9 +452,10 @@ async fn rate_loop(
         let now = mono_ns().max(next);
         let mut batch = 0;
         while acct.seq < scheduled && due(acct.seq) <= now && batch < MAX_BATCH {
-            let msg = acct.next_frame(ctx, frames, due(acct.seq));
+            let stamp = due(acct.seq);
+            let msg = acct.frame(ctx, frames, stamp);
             match tokio::time::timeout_at(end, sink.feed(msg)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => acct.sent(ctx, stamp),
                 Ok(Err(_)) => return false,
                 Err(_) => break,
             }
@@ -483,9 +490,10 @@ async fn window_loop(
         }
         let mut batch = 0;
         while state.inflight.get() < u64::from(window) && batch < MAX_BATCH {
-            let msg = acct.next_frame(ctx, frames, mono_ns());
+            let stamp = mono_ns();
+            let msg = acct.frame(ctx, frames, stamp);
             match tokio::time::timeout_at(end, sink.feed(msg)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => acct.sent(ctx, stamp),
                 Ok(Err(_)) => return false,
                 Err(_) => return true,
             }

@@ -178,10 +178,11 @@ fn broadcast(rooms: &Rooms, room: &str, text: &str) {
     }
 }
 
-/// Runs loadgen with `args` plus `--json --quiet`, returns the parsed report.
-fn loadgen(args: &[&str]) -> Value {
+/// Runs loadgen with the whitespace-separated `args` plus `--json --quiet`, returns the
+/// parsed report.
+fn loadgen(args: &str) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
+        .args(args.split_whitespace())
         .args(["--json", "--quiet"])
         .env_remove("JWT_SECRET")
         .output()
@@ -204,35 +205,13 @@ fn fanout_delivers_everything_in_order() {
     std::fs::create_dir_all(&dir).unwrap();
     let hgrm = dir.join("fanout.hgrm");
     let svg = dir.join("fanout.svg");
-    let r = loadgen(&[
-        "fanout",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--rooms",
-        "4",
-        "--members",
-        "10",
-        "--senders",
-        "2",
-        "--msg-rate",
-        "20",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--grace",
-        "0.5",
-        "--size",
-        "100",
-        "--processes",
-        "2",
-        "--hgrm",
-        hgrm.to_str().unwrap(),
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let r = loadgen(&format!(
+        "fanout --url {u} --secret {SECRET} --rooms 4 --members 10 --senders 2 \
+         --msg-rate 20 --duration 2 --warmup 0.5 --grace 1 --size 100 \
+         --processes 2 --hgrm {} --svg {}",
+        hgrm.display(),
+        svg.display()
+    ));
     assert_eq!(r["scenario"], "fanout");
     assert_eq!(r["processes"], 2);
     let c = &r["connections"];
@@ -276,35 +255,18 @@ fn fanout_counts_dropped_messages_as_lost() {
         ..Fixture::default()
     });
     let u = url(port);
-    let r = loadgen(&[
-        "fanout",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--rooms",
-        "2",
-        "--members",
-        "5",
-        "--senders",
-        "1",
-        "--msg-rate",
-        "50",
-        "--duration",
-        "2",
-        "--warmup",
-        "0",
-        "--grace",
-        "0.5",
-    ]);
+    let r = loadgen(&format!(
+        "fanout --url {u} --secret {SECRET} --rooms 2 --members 5 --senders 1 \
+         --msg-rate 50 --duration 2 --warmup 0 --grace 1"
+    ));
     let d = &r["delivery"];
     // 2 senders x 50/s x 2 s: sequence numbers 0..100 per sender, all in the window.
     assert_eq!(d["sent_measured"], 200, "{d:#}");
     // Numbers ending in 5 (10 per sender) never reach any of the 5 members.
     assert_eq!(d["delivered_measured"], 200 * 5 - 20 * 5, "{d:#}");
-    // Only messages sent before end - grace (1.5 s: numbers 0..75) are judged; among
-    // them 5, 15, ..., 65 were dropped: 7 per sender, at 5 members each.
-    assert_eq!(d["lost"], 2 * 7 * 5, "{d:#}");
+    // Only messages sent before end - grace (1 s: numbers 0..50) are judged; among
+    // them 5, 15, ..., 45 were dropped: 5 per sender, at 5 members each.
+    assert_eq!(d["lost"], 2 * 5 * 5, "{d:#}");
     assert_eq!(d["reordered"], 0);
     assert_eq!(d["duplicates"], 0);
 }
@@ -313,23 +275,10 @@ fn fanout_counts_dropped_messages_as_lost() {
 fn burst_keeps_the_window_full() {
     let port = start_server(Fixture::default());
     let u = url(port);
-    let r = loadgen(&[
-        "burst",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--members",
-        "8",
-        "--window",
-        "16",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--grace",
-        "0.5",
-    ]);
+    let r = loadgen(&format!(
+        "burst --url {u} --secret {SECRET} --members 8 --window 16 --duration 1 \
+         --warmup 0.2 --grace 0.5"
+    ));
     let d = &r["delivery"];
     let sent = d["sent_measured"].as_u64().unwrap();
     assert!(sent > 100, "{d:#}");
@@ -345,23 +294,10 @@ fn rate_limit_errors_are_counted_by_code() {
         ..Fixture::default()
     });
     let u = url(port);
-    let r = loadgen(&[
-        "burst",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--members",
-        "3",
-        "--window",
-        "4",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--grace",
-        "0.2",
-    ]);
+    let r = loadgen(&format!(
+        "burst --url {u} --secret {SECRET} --members 3 --window 4 --duration 0.5 \
+         --warmup 0 --grace 0.2"
+    ));
     let errors = r["errors"]["rate_limited"].as_u64().unwrap();
     assert!(errors > 10, "{r:#}");
 }
@@ -370,23 +306,10 @@ fn rate_limit_errors_are_counted_by_code() {
 fn connect_reports_handshakes_and_failures() {
     let port = start_server(Fixture::default());
     let u = url(port);
-    let r = loadgen(&[
-        "connect",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--connections",
-        "300",
-        "--rate",
-        "1000",
-        "--hold",
-        "0.5",
-        "--room-size",
-        "50",
-        "--per-source",
-        "100",
-    ]);
+    let r = loadgen(&format!(
+        "connect --url {u} --secret {SECRET} --connections 300 --rate 1000 \
+         --hold 0.5 --room-size 50 --per-source 100"
+    ));
     let c = &r["connections"];
     assert_eq!(c["established"], 300, "{r:#}");
     assert_eq!(c["rooms"], 6);
@@ -395,17 +318,9 @@ fn connect_reports_handshakes_and_failures() {
     assert!(r["delivery"].is_null());
 
     // Wrong secret: every upgrade is refused with 401.
-    let r = loadgen(&[
-        "connect",
-        "--url",
-        &u,
-        "--secret",
-        "wrong",
-        "--connections",
-        "20",
-        "--hold",
-        "0",
-    ]);
+    let r = loadgen(&format!(
+        "connect --url {u} --secret wrong --connections 20 --hold 0"
+    ));
     assert_eq!(r["connections"]["failures"]["http_401"], 20, "{r:#}");
     assert_eq!(r["connections"]["established"], 0);
 
@@ -415,17 +330,10 @@ fn connect_reports_handshakes_and_failures() {
         .local_addr()
         .unwrap()
         .port();
-    let r = loadgen(&[
-        "connect",
-        "--url",
-        &url(free),
-        "--secret",
-        SECRET,
-        "--connections",
-        "10",
-        "--hold",
-        "0",
-    ]);
+    let r = loadgen(&format!(
+        "connect --url {} --secret {SECRET} --connections 10 --hold 0",
+        url(free)
+    ));
     assert_eq!(r["connections"]["failures"]["refused"], 10, "{r:#}");
 }
 
@@ -442,17 +350,10 @@ fn tokens_file_supplies_credentials() {
     }
     let path = std::env::temp_dir().join(format!("loadgen-tokens-{}", std::process::id()));
     std::fs::write(&path, text).unwrap();
-    let r = loadgen(&[
-        "connect",
-        "--url",
-        &u,
-        "--tokens-file",
-        path.to_str().unwrap(),
-        "--connections",
-        "12",
-        "--hold",
-        "0.2",
-    ]);
+    let r = loadgen(&format!(
+        "connect --url {u} --tokens-file {} --connections 12 --hold 0.2",
+        path.display()
+    ));
     assert_eq!(r["connections"]["established"], 12, "{r:#}");
     let _ = std::fs::remove_file(&path);
 }
@@ -461,29 +362,10 @@ fn tokens_file_supplies_credentials() {
 fn churn_runs_beside_fanout() {
     let port = start_server(Fixture::default());
     let u = url(port);
-    let r = loadgen(&[
-        "churn",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--rooms",
-        "2",
-        "--members",
-        "5",
-        "--msg-rate",
-        "10",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--grace",
-        "0.5",
-        "--churn-rate",
-        "20",
-        "--churn-hold",
-        "0.3",
-    ]);
+    let r = loadgen(&format!(
+        "churn --url {u} --secret {SECRET} --rooms 2 --members 5 --msg-rate 10 \
+         --duration 2 --warmup 0.5 --grace 0.5 --churn-rate 20 --churn-hold 0.3"
+    ));
     let ch = &r["churn"];
     let attempted = ch["attempted"].as_u64().unwrap();
     assert!((45..=55).contains(&attempted), "{ch:#}");
@@ -508,38 +390,21 @@ fn server_pid_reports_cpu_and_rss() {
     // The fixture lives in this test process, so its PID is ours.
     let port = start_server(Fixture::default());
     let u = url(port);
-    let pid = std::process::id().to_string();
-    let r = loadgen(&[
-        "fanout",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--rooms",
-        "1",
-        "--members",
-        "10",
-        "--msg-rate",
-        "100",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--grace",
-        "0.3",
-        "--server-pid",
-        &pid,
-    ]);
+    let pid = std::process::id();
+    let r = loadgen(&format!(
+        "fanout --url {u} --secret {SECRET} --rooms 1 --members 10 --msg-rate 100 \
+         --duration 1 --warmup 0 --grace 0.3 --server-pid {pid}"
+    ));
     let s = &r["server"];
-    assert_eq!(s["pid"].as_u64().unwrap().to_string(), pid);
+    assert_eq!(s["pid"].as_u64().unwrap(), u64::from(pid));
     assert!(s["rss_connected_bytes"].as_u64().unwrap() > 0, "{s:#}");
     assert!(s["cpu_us_per_delivery"].is_number(), "{s:#}");
 }
 
 /// Runs loadgen with `args` and returns its summary table (progress goes to our stderr).
-fn loadgen_human(args: &[&str]) -> String {
+fn loadgen_human(args: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
+        .args(args.split_whitespace())
         .env_remove("JWT_SECRET")
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -557,56 +422,23 @@ fn loadgen_human(args: &[&str]) -> String {
 fn scale_many_connections_over_several_processes() {
     let port = start_server(Fixture::default());
     let u = url(port);
-    let table = loadgen_human(&[
-        "connect",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--connections",
-        "15000",
-        "--rate",
-        "5000",
-        "--hold",
-        "2",
-        "--per-process",
-        "6000",
-        "--per-source",
-        "4000",
-        "--server-pid",
-        &std::process::id().to_string(),
-    ]);
+    let table = loadgen_human(&format!(
+        "connect --url {u} --secret {SECRET} --connections 15000 --rate 5000 \
+         --hold 2 --per-process 6000 --per-source 4000 --server-pid {}",
+        std::process::id()
+    ));
     println!("{table}");
     assert!(
         table.contains("established            15000 of 15000"),
         "{table}"
     );
 
-    let table = loadgen_human(&[
-        "fanout",
-        "--url",
-        &u,
-        "--secret",
-        SECRET,
-        "--rooms",
-        "150",
-        "--members",
-        "100",
-        "--senders",
-        "1",
-        "--msg-rate",
-        "4",
-        "--duration",
-        "5",
-        "--warmup",
-        "1",
-        "--rate",
-        "5000",
-        "--per-process",
-        "6000",
-        "--server-pid",
-        &std::process::id().to_string(),
-    ]);
+    let table = loadgen_human(&format!(
+        "fanout --url {u} --secret {SECRET} --rooms 150 --members 100 --senders 1 \
+         --msg-rate 4 --duration 5 --warmup 1 --rate 5000 --per-process 6000 \
+         --server-pid {}",
+        std::process::id()
+    ));
     println!("{table}");
     assert!(
         table.contains("lost / reordered / dup 0 / 0 / 0"),

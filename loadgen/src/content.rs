@@ -6,7 +6,7 @@
 //! - `sender`: the sender's connection id, so any receiver, in any worker process, can keep
 //!   one expected-sequence counter per sender;
 //! - `seq`: 0, 1, 2, ... per sender, for loss, reordering and duplicate accounting;
-//! - `sent_ns`: `CLOCK_MONOTONIC` nanoseconds at the (intended) send time; that clock is
+//! - `sent_ns`: `CLOCK_MONOTONIC` nanoseconds at the send (or due) time; that clock is
 //!   system-wide, so the receiver's process can subtract it from its own reading.
 //!
 //! Padding is `.` up to the requested size: plain ASCII that no JSON escaping changes and
@@ -21,7 +21,7 @@ pub struct Stamp {
     pub sender: u32,
     /// Per-sender sequence number, from 0.
     pub seq: u64,
-    /// `CLOCK_MONOTONIC` nanoseconds at the send (or intended send) time.
+    /// `CLOCK_MONOTONIC` nanoseconds at the send (or due) time.
     pub sent_ns: u64,
 }
 

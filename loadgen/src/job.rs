@@ -70,9 +70,9 @@ pub fn schedule_offset_ns(index: u64, rate: f64) -> u64 {
 /// How a sender paces its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SendMode {
-    /// Open loop at a fixed rate per sender. Each message carries its *intended* send
-    /// time, so a server that makes senders wait shows up in the latency (no coordinated
-    /// omission).
+    /// Open loop at a fixed rate per sender. A sender that falls behind schedule stamps
+    /// messages with their due time, so a server that makes senders wait shows up in the
+    /// latency (no coordinated omission); see `session::rate_loop`.
     Rate {
         /// Messages per second per sender.
         per_sender_hz: f64,

@@ -21,7 +21,8 @@
 //! - Delivery latency: every message's content carries its sender, a per-sender sequence
 //!   number and its send time in `CLOCK_MONOTONIC` nanoseconds, a clock shared by every
 //!   process on the machine, so a receiver in any worker computes the latency on arrival.
-//!   Rate-driven senders stamp the *intended* send time (no coordinated omission).
+//!   Rate-driven senders that fall behind schedule stamp the *due* time of each message
+//!   (no coordinated omission); on schedule they stamp the actual write time.
 //!   Only messages sent in the measured interval (after `--warmup`) are counted.
 //! - Loss, reordering, duplicates: per (receiver, sender) sequence tracking; a message
 //!   counts as lost only if it was sent before the end minus `--grace` and had not

@@ -29,6 +29,10 @@ use crate::worker::{Ctx, Phase};
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most frames a sender writes before flushing (and yielding to other tasks).
 const MAX_BATCH: u32 = 256;
+/// How early a rate-driven sender may send a message: one tick of the runtime's timer.
+const EARLY_NS: u64 = 1_000_000;
+/// How late a rate-driven sender may be and still count as on schedule.
+const ON_SCHEDULE_NS: u64 = 2_000_000;
 
 /// What a received frame meant to the connection that read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,8 +424,15 @@ impl SendAccount {
     }
 }
 
-/// Open-loop pacing: message `seq` is due at `start + offset + seq / rate` and carries
-/// that due time. A sender that fell behind catches up in batches.
+/// Open-loop pacing: message `seq` is due at `start + offset + seq / rate`.
+///
+/// The runtime's timer ticks in milliseconds, so the sender wakes up to `EARLY_NS` before
+/// a message is due and sends everything due by then. A message carries its actual write
+/// time while the sender is on schedule (within `ON_SCHEDULE_NS` of the due time), so the
+/// timer's granularity does not inflate sub-millisecond latencies; once the sender falls
+/// further behind (the server stopped taking data), it carries its due time, so the time
+/// it waited is part of its latency, as in wrk2 (no coordinated omission). A sender that
+/// fell behind catches up in batches.
 async fn rate_loop(
     ctx: &Ctx,
     sink: &mut SplitSink<Ws, Message>,
@@ -442,17 +453,18 @@ async fn rate_loop(
         0
     };
     while acct.seq < scheduled && !state.closed.get() {
-        let next = due(acct.seq);
-        if tokio::time::timeout_at(end, tokio::time::sleep_until(ctx.anchor.instant(next)))
+        let wake = ctx.anchor.instant(due(acct.seq).saturating_sub(EARLY_NS));
+        if tokio::time::timeout_at(end, tokio::time::sleep_until(wake))
             .await
             .is_err()
         {
             break;
         }
-        let now = mono_ns().max(next);
+        let horizon = mono_ns() + EARLY_NS;
         let mut batch = 0;
-        while acct.seq < scheduled && due(acct.seq) <= now && batch < MAX_BATCH {
-            let stamp = due(acct.seq);
+        while acct.seq < scheduled && due(acct.seq) <= horizon && batch < MAX_BATCH {
+            let (d, now) = (due(acct.seq), mono_ns());
+            let stamp = if now <= d + ON_SCHEDULE_NS { now } else { d };
             let msg = acct.frame(ctx, frames, stamp);
             match tokio::time::timeout_at(end, sink.feed(msg)).await {
                 Ok(Ok(())) => acct.sent(ctx, stamp),

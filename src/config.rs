@@ -336,7 +336,16 @@ mod tests {
         .settings;
         assert!(s.is_development());
         assert_eq!(s.patterns(), vec!["a+b".to_string(), "c".to_string()]);
-        let s = parse(&["--enable-moderation", "false"]).unwrap().settings;
+        let s = parse(&[
+            "--enable-moderation",
+            "false",
+            "--node-env",
+            "production",
+            "--app-env",
+            "production",
+        ])
+        .unwrap()
+        .settings;
         assert!(!s.enable_moderation);
         assert!(!s.is_development());
     }

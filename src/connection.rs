@@ -51,24 +51,36 @@ enum Wake {
     Work,
 }
 
-/// Completes the WebSocket handshake of an adopted socket and runs the
+/// What a verified upgrade request hands to the connection.
+pub struct Start {
+    /// Who the token says is connecting.
+    pub identity: Identity,
+    /// The initial room (validated).
+    pub room: Arc<str>,
+    /// Recovery point for the initial room, from `?since=`.
+    pub since: Option<MessageId>,
+    /// The client's `Sec-WebSocket-Key`.
+    pub ws_key: Box<str>,
+    /// Bytes the client sent after its request head.
+    pub early: Vec<u8>,
+}
+
+/// Completes the WebSocket handshake of a verified socket and runs the
 /// connection until it closes.
-pub async fn serve(
-    ctx: Rc<CoreCtx>,
-    mut stream: TcpStream,
-    identity: Identity,
-    room: Arc<str>,
-    since: Option<MessageId>,
-    ws_key: &str,
-    early: Vec<u8>,
-) {
-    if stream
-        .write_all(&ws::accept_response(ws_key))
-        .await
-        .is_err()
-    {
+pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
+    let Start {
+        identity,
+        room,
+        since,
+        ws_key,
+        early,
+    } = start;
+    let accept = ws::accept_response(&ws_key);
+    drop(ws_key);
+    if stream.write_all(&accept).await.is_err() {
         return;
     }
+    drop(accept);
     let _ = stream.set_nodelay(true);
     if let Some(bytes) = ctx.shared.settings.socket_send_buffer {
         set_send_buffer(stream.as_raw_fd(), bytes);

@@ -303,21 +303,15 @@ fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
             if ctx.shutdown.is_triggered() {
                 return; // dropping the stream closes it
             }
-            let ctx = ctx.clone();
-            glommio::spawn_local(async move {
-                let a = *adoption;
-                connection::serve(
-                    ctx,
-                    stream,
-                    a.identity.clone(),
-                    a.room.clone(),
-                    a.since,
-                    &a.ws_key,
-                    a.early.clone(),
-                )
-                .await;
-            })
-            .detach();
+            let start = connection::Start {
+                identity: adoption.identity.clone(),
+                room: adoption.room.clone(),
+                since: adoption.since,
+                ws_key: std::mem::take(&mut adoption.ws_key),
+                early: std::mem::take(&mut adoption.early),
+            };
+            drop(adoption);
+            glommio::spawn_local(connection::serve(ctx.clone(), stream, start)).detach();
         }
         ShardMsg::Shutdown => ctx.begin_shutdown(),
         other => ctx
@@ -534,7 +528,17 @@ async fn upgrade(
     let (identity, room, since, key) = reply;
     let home = shard_for(&room, ctx.router.cores());
     if home == ctx.router.core() {
-        return connection::serve(ctx, stream, identity, room, since, &key, early).await;
+        // A task of its own, so this request's buffers are freed now rather
+        // than kept for the life of the connection.
+        let start = connection::Start {
+            identity,
+            room,
+            since,
+            ws_key: key.into_boxed_str(),
+            early,
+        };
+        glommio::spawn_local(connection::serve(ctx, stream, start)).detach();
+        return;
     }
     // SAFETY: dup of a socket we own; the copy travels to the home core and
     // this core's handle is closed when `stream` drops.

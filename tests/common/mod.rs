@@ -279,3 +279,63 @@ pub fn rooms_on_cores(prefix: &str) -> (String, String) {
     }
     (on[0].take().unwrap(), on[1].take().unwrap())
 }
+
+impl Server {
+    /// Like [`Server::start`], but the server's stderr (its log) is captured:
+    /// each line arrives on the returned channel.
+    pub fn start_with_log(env: &[(&str, &str)]) -> (Server, std::sync::mpsc::Receiver<String>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("JWT_SECRET", SECRET)
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("CORES", "2")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start chatd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stderr even after the receiver is gone.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("chatd exited before listening")
+                .expect("read stdout");
+            if let Some(addr) = line.strip_prefix("chatd listening on ") {
+                break addr.parse().expect("address");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (Server { child, addr }, rx)
+    }
+
+    /// Like [`Server::connect`], with `extra` (e.g. `"since=01J..."`)
+    /// appended to the `/ws` query string.
+    pub fn connect_with(&self, user: &str, room: &str, extra: &str) -> (Client, Value) {
+        let url = format!(
+            "ws://{}/ws?token={}&roomId={}&{}",
+            self.addr,
+            self.token(user),
+            room,
+            extra
+        );
+        let mut client = Client::open(&url).expect("upgrade accepted");
+        let first = client.recv();
+        assert_eq!(first["type"], "room_joined", "first frame: {first}");
+        assert_eq!(first["roomId"], room);
+        (client, first)
+    }
+}

@@ -36,6 +36,25 @@ pub struct StoredMessage {
     pub json: bytes::Bytes,
 }
 
+/// A room owner's message store. The owner core appends every accepted
+/// message in order and answers pages and recovery from it; a durable
+/// backend implements the same operations (keeping recent messages in memory
+/// for recovery and writing batches behind).
+pub trait HistoryStore {
+    /// Stores an accepted message (ids increase per room).
+    fn append(&mut self, room: &Arc<str>, msg: StoredMessage);
+    /// A page of a room, oldest first (see [`MemoryHistory::page`]).
+    fn page(
+        &self,
+        room: &str,
+        before: Option<Ulid>,
+        after: Option<Ulid>,
+        limit: usize,
+    ) -> Vec<StoredMessage>;
+    /// Messages newer than `since`, at most `max` (the newest ones).
+    fn since(&self, room: &str, since: Ulid, max: usize) -> Vec<StoredMessage>;
+}
+
 /// Per-room logs with a per-room and a total bound (see the module doc).
 #[derive(Debug)]
 pub struct MemoryHistory {
@@ -217,6 +236,26 @@ impl MemoryHistory {
                 .is_some_and(|front| *id >= front.id)
         });
         debug_assert_eq!(self.order.len(), self.live);
+    }
+}
+
+impl HistoryStore for MemoryHistory {
+    fn append(&mut self, room: &Arc<str>, msg: StoredMessage) {
+        MemoryHistory::append(self, room, msg)
+    }
+
+    fn page(
+        &self,
+        room: &str,
+        before: Option<Ulid>,
+        after: Option<Ulid>,
+        limit: usize,
+    ) -> Vec<StoredMessage> {
+        MemoryHistory::page(self, room, before, after, limit)
+    }
+
+    fn since(&self, room: &str, since: Ulid, max: usize) -> Vec<StoredMessage> {
+        MemoryHistory::since(self, room, since, max)
     }
 }
 

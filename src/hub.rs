@@ -30,10 +30,11 @@ use crate::auth::Identity;
 use crate::client::{Client, Membership};
 use crate::config::Settings;
 use crate::dedupe::{Begin, Dedupe, DEDUPE_WINDOW};
-use crate::history::{MemoryHistory, StoredMessage};
+use crate::history::{HistoryStore, MemoryHistory, StoredMessage};
 use crate::metrics::{CloseReason, CoreSnapshot, Outcome};
 use crate::moderation::{AuditAction, AuditRecord, AuditSink, MemoryAudit, Moderator, Verdict};
 use crate::outbound::{Outbound, Push};
+use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::shard::{Answer, ConnId, FrameKind, Publish, Query, Router, ShardMsg};
@@ -120,8 +121,8 @@ pub struct Hub {
     local: HashMap<Arc<str>, Vec<Rc<Client>>>,
     /// Connections running on this core.
     clients: HashMap<ConnId, Rc<Client>>,
-    /// Live connections per user this core owns (presence).
-    users: HashMap<Arc<str>, u32>,
+    /// Presence of the users this core owns.
+    presence: Box<dyn PresenceStore>,
     /// Per-user message limit for users this core owns.
     limiter: RateLimiter,
     /// `clientMsgId` window for users this core owns; waiters are connections
@@ -130,7 +131,7 @@ pub struct Hub {
     /// Message ids: monotonic on this core, hence per room.
     ids: ulid::Generator,
     /// Messages of the rooms this core owns.
-    history: MemoryHistory,
+    history: Box<dyn HistoryStore>,
     /// Content rules; None when moderation is off.
     moderator: Option<Moderator>,
     /// Where masked/blocked messages are recorded.
@@ -157,17 +158,17 @@ impl Hub {
             owned: HashMap::new(),
             local: HashMap::new(),
             clients: HashMap::new(),
-            users: HashMap::new(),
+            presence: Box::new(MemoryPresence::default()),
             limiter: RateLimiter::new(
                 settings.rate_limit_max_messages as u32,
                 settings.rate_limit_window(),
             ),
             dedupe: Dedupe::new(DEDUPE_WINDOW, DEDUPE_CAPACITY / cores),
             ids: ulid::Generator::new(),
-            history: MemoryHistory::new(
+            history: Box::new(MemoryHistory::new(
                 settings.history_per_room as usize,
                 (settings.history_total as usize / cores).max(settings.history_per_room as usize),
-            ),
+            )),
             moderator,
             audit: MemoryAudit::new(AUDIT_MEMORY),
             pending: HashMap::new(),
@@ -537,6 +538,10 @@ impl Hub {
         reason: Option<String>,
         at_ms: u64,
     ) {
+        match action {
+            AuditAction::Masked => self.metrics.audit_masked += 1,
+            AuditAction::Blocked => self.metrics.audit_blocked += 1,
+        }
         self.audit.record(AuditRecord {
             message_id,
             user_id: user.user_id.clone(),
@@ -726,9 +731,7 @@ impl Hub {
         if owner != self.core {
             return self.router.send(owner, ShardMsg::UserOnline { user, room });
         }
-        let count = self.users.entry(user.clone()).or_insert(0);
-        *count += 1;
-        if *count == 1 {
+        if self.presence.set_online(&user) {
             self.metrics.presence_online += 1;
             let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
                 &user, true, &room,
@@ -744,14 +747,9 @@ impl Hub {
                 .router
                 .send(owner, ShardMsg::UserOffline { user, rooms });
         }
-        let Some(count) = self.users.get_mut(&user) else {
-            return;
-        };
-        *count -= 1;
-        if *count > 0 {
+        if !self.presence.set_offline(&user) {
             return;
         }
-        self.users.remove(&user);
         self.metrics.presence_offline += 1;
         let now = Instant::now();
         for room in rooms {
@@ -814,7 +812,7 @@ impl Hub {
                 Answer::Users(users)
             }
             Query::UserOnline(user) => {
-                let online = self.users.contains_key(&user);
+                let online = self.presence.user_status(&user) == Status::Online;
                 Answer::Users(if online { vec![user] } else { Vec::new() })
             }
             Query::History {

@@ -21,8 +21,8 @@
 //!           local members' outbound queues (outbound.rs)
 //!           + one copy per other core with members (ShardMsg::Deliver)
 //!    outbound queue -> one gathered sendmsg per wake-up   connection.rs
-//!  presence: user's owner core counts connections; first/last one
-//!    -> presence frame relayed through each room's owner  hub.rs
+//!  presence: user's owner core counts connections (presence.rs);
+//!    first/last one -> presence frame via each room's owner  hub.rs
 //!  metrics: per-core counters, merged on scrape           metrics.rs
 //!  shutdown: SIGTERM -> core 0 -> every core drains       shutdown.rs
 //! ```
@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod openapi;
 pub mod outbound;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod routes;

@@ -128,6 +128,10 @@ pub struct CoreSnapshot {
     pub room_messages: HashMap<Arc<str>, u64>,
     /// Messages staged because a cross-core channel was full.
     pub mesh_staged: u64,
+    /// Audit records written for masked messages.
+    pub audit_masked: u64,
+    /// Audit records written for blocked messages.
+    pub audit_blocked: u64,
     /// Microseconds from a message's receipt to its hand-off to the members'
     /// outbound queues, per delivering core.
     pub delivery_latency_us: Histogram<u64>,
@@ -148,6 +152,8 @@ impl Default for CoreSnapshot {
             errors: HashMap::new(),
             room_messages: HashMap::new(),
             mesh_staged: 0,
+            audit_masked: 0,
+            audit_blocked: 0,
             delivery_latency_us: new_histogram(),
         }
     }
@@ -200,6 +206,8 @@ impl CoreSnapshot {
             *self.room_messages.entry(k.clone()).or_insert(0) += v;
         }
         self.mesh_staged += other.mesh_staged;
+        self.audit_masked += other.audit_masked;
+        self.audit_blocked += other.audit_blocked;
         // Same bounds on every core, so adding cannot fail.
         let _ = self.delivery_latency_us.add(&other.delivery_latency_us);
     }
@@ -327,6 +335,22 @@ impl CoreSnapshot {
             "chat_mesh_staged_total",
             "Cross-core messages that waited because a core's channel was full.",
             self.mesh_staged,
+        );
+        header(
+            &mut out,
+            "chat_audit_records_total",
+            "Moderation audit records written, by action.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "chat_audit_records_total{{action=\"masked\"}} {}",
+            self.audit_masked
+        );
+        let _ = writeln!(
+            out,
+            "chat_audit_records_total{{action=\"blocked\"}} {}",
+            self.audit_blocked
         );
         self.render_latency(&mut out);
         out.push_str(extra);

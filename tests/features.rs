@@ -1037,6 +1037,14 @@ fn block_list_masks_whole_words_refuses_only_blocked_and_audits() {
         server.wait_metric("chat_errors_total{code=\"message_blocked\"}", 2.0),
         Some(2.0)
     );
+    assert_eq!(
+        server.metric("chat_audit_records_total{action=\"masked\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric("chat_audit_records_total{action=\"blocked\"}"),
+        Some(2.0)
+    );
 }
 
 #[test]

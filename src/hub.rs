@@ -37,7 +37,7 @@ use crate::outbound::{Outbound, Push};
 use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
 use crate::ratelimit::{Decision, RateLimiter};
-use crate::shard::{Answer, ConnId, FrameKind, Publish, Query, Router, ShardMsg};
+use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router, ShardMsg};
 use crate::ws;
 
 /// Most messages replayed by `join_room` with `since` (contract section 3).
@@ -371,17 +371,15 @@ impl Hub {
     }
 
     /// Member side of a remote owner's join answer.
-    #[allow(clippy::too_many_arguments)]
-    fn joined(
-        &mut self,
-        room: Arc<str>,
-        user: Arc<str>,
-        conn: ConnId,
-        member_count: usize,
-        replay: Vec<Bytes>,
-        counted: bool,
-        now: Instant,
-    ) {
+    fn joined(&mut self, answer: JoinAnswer, now: Instant) {
+        let JoinAnswer {
+            room,
+            user,
+            conn,
+            member_count,
+            replay,
+            counted,
+        } = answer;
         let client = self.clients.get(&conn).cloned();
         let Some(client) = client else {
             if counted {
@@ -789,11 +787,6 @@ impl Hub {
         self.next_req
     }
 
-    /// Drops the waiter of a query whose asker gave up (timeout).
-    pub fn forget_query(&mut self, rx_dropped_req: u64) {
-        self.pending.remove(&rx_dropped_req);
-    }
-
     fn answer(&mut self, query: Query) -> Answer {
         match query {
             Query::Metrics => {
@@ -892,7 +885,7 @@ impl Hub {
             } => {
                 let (member_count, replay) =
                     self.join_owner(&room, user.clone(), from, since, count);
-                let answer = ShardMsg::Joined {
+                let answer = JoinAnswer {
                     room,
                     user,
                     conn,
@@ -900,16 +893,9 @@ impl Hub {
                     replay,
                     counted: count,
                 };
-                self.router.send(from, answer);
+                self.router.send(from, ShardMsg::Joined(Box::new(answer)));
             }
-            ShardMsg::Joined {
-                room,
-                user,
-                conn,
-                member_count,
-                replay,
-                counted,
-            } => self.joined(room, user, conn, member_count, replay, counted, now),
+            ShardMsg::Joined(answer) => self.joined(*answer, now),
             ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
             ShardMsg::Publish(p) => self.publish_user_owner(p, now),
             ShardMsg::Sequence(p) => self.sequence(*p, now),

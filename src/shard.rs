@@ -110,6 +110,23 @@ pub struct Publish {
     pub received_at: Instant,
 }
 
+/// A room owner's answer to a join.
+#[derive(Debug)]
+pub struct JoinAnswer {
+    /// The room joined.
+    pub room: Arc<str>,
+    /// The joining user (to undo the join if the connection is gone).
+    pub user: Arc<str>,
+    /// The joining connection.
+    pub conn: ConnId,
+    /// Distinct users in the room right after the join.
+    pub member_count: usize,
+    /// Recovered messages (WebSocket frames) to send before live ones.
+    pub replay: Vec<Bytes>,
+    /// False for a repeated join that was answered but not counted.
+    pub counted: bool,
+}
+
 /// A socket whose `/ws` request was verified on the accepting core, handed to
 /// the core that owns its initial room. Owns the descriptor: dropping an
 /// `Adoption` that was never taken closes it.
@@ -180,16 +197,8 @@ pub enum ShardMsg {
         since: Option<MessageId>,
         count: bool,
     },
-    /// From a room's owner: the join is registered. `replay` holds the
-    /// recovered messages (WebSocket frames) to send before live ones.
-    Joined {
-        room: Arc<str>,
-        user: Arc<str>,
-        conn: ConnId,
-        member_count: usize,
-        replay: Vec<Bytes>,
-        counted: bool,
-    },
+    /// From a room's owner: the join is registered.
+    Joined(Box<JoinAnswer>),
     /// To a room's owner: a member on the sending core left (or closed).
     Leave { room: Arc<str>, user: Arc<str> },
     /// To the user's owner: rate limit and dedupe a message.

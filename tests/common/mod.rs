@@ -25,8 +25,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server with 2 cores and the given extra environment.
+    /// Starts a server with 2 cores and the given extra environment; its
+    /// log goes to the test's stderr.
     pub fn start(env: &[(&str, &str)]) -> Server {
+        Server::spawn(env, Stdio::inherit())
+    }
+
+    /// Spawns the binary, waits for its "listening" line, and keeps draining
+    /// its stdout so it never blocks on a full pipe.
+    fn spawn(env: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -36,7 +43,7 @@ impl Server {
             .env("CORES", "2")
             .env("LOG_LEVEL", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -52,7 +59,6 @@ impl Server {
                 break addr.parse().expect("address");
             }
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server { child, addr }
     }
@@ -284,21 +290,8 @@ impl Server {
     /// Like [`Server::start`], but the server's stderr (its log) is captured:
     /// each line arrives on the returned channel.
     pub fn start_with_log(env: &[(&str, &str)]) -> (Server, std::sync::mpsc::Receiver<String>) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("JWT_SECRET", SECRET)
-            .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("CORES", "2")
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start chatd");
-        let stderr = child.stderr.take().expect("stderr");
+        let mut server = Server::spawn(env, Stdio::piped());
+        let stderr = server.child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         // Keep draining stderr even after the receiver is gone.
         std::thread::spawn(move || {
@@ -307,19 +300,7 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("chatd exited before listening")
-                .expect("read stdout");
-            if let Some(addr) = line.strip_prefix("chatd listening on ") {
-                break addr.parse().expect("address");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        (Server { child, addr }, rx)
+        (server, rx)
     }
 
     /// Like [`Server::connect`], with `extra` (e.g. `"since=01J..."`)

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Measures every item of the performance budget in one run, against the
+# plain-send() floor measured in the same run (BENCHMARKS.md records the
+# output). Loopback only; every step is bounded in time.
+#
+#   loadgen/budget.sh [OUTPUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/budget}
+mkdir -p "$out"
+cargo build --release -p chatd -p loadgen >/dev/null
+lg=target/release/loadgen
+
+pid=""
+addr=""
+start_server() {
+    local log="$out/server.log"
+    env JWT_SECRET=budget PORT=0 HOST=127.0.0.1 CORES=2 RATE_LIMIT_MAX_MESSAGES=1000000000 \
+        LOG_LEVEL=warn "$@" target/release/chatd >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do
+        grep -q "listening on" "$log" && break
+        sleep 0.1
+    done
+    addr=$(sed -n 's/^chatd listening on //p' "$log")
+    [ -n "$addr" ] || { cat "$log"; exit 1; }
+}
+stop_server() {
+    kill -TERM "$pid"
+    wait "$pid" || true
+}
+run() {
+    local name=$1
+    shift
+    echo "== $name: loadgen $*" | tee -a "$out/summary.txt"
+    "$lg" "$@" --json >"$out/$name.json" 2>"$out/$name.progress"
+    python3 - "$out/$name.json" <<'PY' | tee -a "$out/summary.txt"
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["connections"]
+print("   connections %d/%d, %.0f/s, handshake p50 %.2f p99 %.2f ms" % (
+    c["established"], c["planned"], c["rate_per_s"], c["handshake_ms"]["p50_ms"], c["handshake_ms"]["p99_ms"]))
+d = r.get("delivery")
+if d:
+    l = d["latency_ms"]
+    print("   deliveries/s %.0f, lost %d, reordered %d, latency p50 %.3f p99 %.3f p99.9 %.3f max %.3f ms" % (
+        d["deliveries_per_s"], d["lost"], d["reordered"], l["p50_ms"], l["p99_ms"], l["p999_ms"], l["max_ms"]))
+s = r.get("server")
+if s:
+    per = s.get("cpu_us_per_delivery")
+    print("   server cpu %.2f cores, %s us/delivery, %.1f us/connection, rss %d bytes/connection" % (
+        s["cpu_cores_measured"], "%.3f" % per if per is not None else "-", s["cpu_us_per_connection"],
+        s["rss_bytes_per_connection"]))
+g = r.get("loadgen")
+if g:
+    print("   loadgen cpu %.2f cores" % g["cpu_cores_measured"])
+PY
+}
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+    echo "commit: $(git rev-parse --short HEAD)"
+} | tee "$out/summary.txt"
+
+for n in 1000 5000; do
+    echo "== floor --sockets $n" | tee -a "$out/summary.txt"
+    "$lg" floor --sockets "$n" --frames 500000 --json >"$out/floor-$n.json"
+    python3 -c "import json;r=json.load(open('$out/floor-$n.json'));print('   %.3f us sender CPU per send, %d sockets' % (r['cpu_us_per_send'], r['sockets']))" | tee -a "$out/summary.txt"
+done
+
+start_server
+url="ws://$addr/ws"
+run burst-5000 burst --url "$url" --secret budget --members 5000 --window 64 --duration 10 --warmup 2 --server-pid "$pid"
+stop_server
+
+start_server
+url="ws://$addr/ws"
+for rate in 4 8 16; do
+    run "fanout-100x50-r$rate" fanout --url "$url" --secret budget --rooms 100 --members 50 --senders 1 \
+        --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 --room-prefix "f$rate-" --user-prefix "u$rate-" \
+        --server-pid "$pid"
+done
+stop_server
+
+start_server
+url="ws://$addr/ws"
+run idle-19000 connect --url "$url" --secret budget --connections 19000 --rate 5000 --room-size 1 --hold 35 \
+    --server-pid "$pid"
+stop_server
+
+start_server
+url="ws://$addr/ws"
+run connect-10000 connect --url "$url" --secret budget --connections 10000 --rate 10000 --room-size 1 --hold 1 \
+    --processes 2 --server-pid "$pid"
+stop_server
+echo "results in $out/summary.txt"

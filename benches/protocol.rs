@@ -54,7 +54,7 @@ fn client_frames() -> Vec<(&'static str, String)> {
 /// Checks that both parsers accept `frame` and agree, so the benchmark compares equal work.
 fn check_frame(name: &str, frame: &str) {
     let mut buf = frame.as_bytes().to_vec();
-    let simd = format!("{:?}", protocol::parse_client_frame(&mut buf));
+    let simd = format!("{:?}", protocol::parse_client_frame_simd(&mut buf));
     let serde = format!(
         "{:?}",
         protocol::parse_client_frame_serde_json(frame.as_bytes())
@@ -77,7 +77,7 @@ fn parse(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("simd_json", input.len()), |b| {
             b.iter(|| {
                 buf.copy_from_slice(black_box(input));
-                let frame = protocol::parse_client_frame(&mut buf);
+                let frame = protocol::parse_client_frame_simd(&mut buf);
                 black_box(&frame);
             })
         });

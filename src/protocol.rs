@@ -73,7 +73,7 @@ pub fn parse_message_id(s: &str) -> Option<MessageId> {
 }
 
 /// The `code` of an `error` frame (contract section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame could not be parsed or broke a rule of section 3.
@@ -568,7 +568,7 @@ pub struct ChatMessage {
 }
 
 /// Presence state of a user, as carried by `presence` frames and the user status endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     /// At least one connection of the user is open.
@@ -835,11 +835,15 @@ fn deserialize_message_id<'de, D: Deserializer<'de>>(d: D) -> Result<MessageId, 
 }
 
 /// A `message` frame as decoded by tests and tools (the server never decodes its own frames).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "The fields of a chat message as the server sends it; on the wire the `message` frame adds `\"type\": \"message\"`."
+)]
 pub struct ServerMessage {
     /// `messageId`.
     #[serde(deserialize_with = "deserialize_message_id")]
+    #[schema(value_type = String, format = "ulid", example = "01HQZX3Y7K8M9N0P1Q2R3S4T5V")]
     pub message_id: MessageId,
     /// `userId` of the author.
     pub user_id: String,
@@ -850,13 +854,15 @@ pub struct ServerMessage {
     /// The text, after moderation.
     pub content: String,
     /// Server time, ISO 8601 with milliseconds.
+    #[schema(format = DateTime, example = "2024-01-01T12:00:00.123Z")]
     pub timestamp: String,
 }
 
 /// Any server frame of contract section 4, decoded, for tests and tools:
 /// `serde_json::from_slice::<ServerFrame>(payload)`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[schema(description = "Any frame the server sends on `/ws`, told apart by `type`.")]
 pub enum ServerFrame {
     /// A chat message.
     Message(ServerMessage),
@@ -867,6 +873,7 @@ pub enum ServerFrame {
         client_msg_id: String,
         /// The id the server gave it (the original one for a repeat).
         #[serde(deserialize_with = "deserialize_message_id")]
+        #[schema(value_type = String, format = "ulid", example = "01HQZX3Y7K8M9N0P1Q2R3S4T5V")]
         message_id: MessageId,
         /// Room the message went to.
         room_id: String,
@@ -902,6 +909,7 @@ pub enum ServerFrame {
         user_id: String,
         /// Their display name; an extra field, so optional for other servers' frames.
         #[serde(default)]
+        #[schema(nullable = false)]
         username: Option<String>,
         /// Where.
         room_id: String,
@@ -927,13 +935,15 @@ pub enum ServerFrame {
         message: String,
         /// When to try again; with `rate_limited`.
         #[serde(default)]
+        #[schema(nullable = false)]
         retry_after_ms: Option<u64>,
     },
 }
 
 /// The HTTP history body, `{"roomId":..,"messages":[..]}`, decoded for tests and tools.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(description = "A page of a room's stored messages, oldest first.")]
 pub struct HistoryPage {
     /// The room asked about.
     pub room_id: String,

@@ -138,6 +138,9 @@ pub struct Settings {
     /// Executor cores (default: the machine's available cores).
     #[arg(long, env = "CORES", value_name = "CORES", value_parser = positive)]
     pub cores: Option<u64>,
+    /// Pin each executor thread to its own CPU. Best on dedicated machines; on a machine shared with other busy processes (a load generator, say) unpinned threads let the kernel run an executor wherever a CPU is free.
+    #[arg(long, env = "PIN_CORES", value_name = "PIN_CORES", default_value = "true", value_parser = boolish, action = clap::ArgAction::Set)]
+    pub pin_cores: bool,
     /// Most rooms one connection may be in.
     #[arg(long, env = "MAX_ROOMS_PER_CONNECTION", value_name = "MAX_ROOMS_PER_CONNECTION", default_value_t = 100, value_parser = positive)]
     pub max_rooms_per_connection: u64,

@@ -174,7 +174,9 @@ pub fn run(
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let placement = match std::thread::available_parallelism() {
-        Ok(n) if n.get() >= cores => PoolPlacement::MaxSpread(cores, None),
+        Ok(n) if n.get() >= cores && shared.settings.pin_cores => {
+            PoolPlacement::MaxSpread(cores, None)
+        }
         _ => PoolPlacement::Unbound(cores),
     };
     let fds = Arc::new(std::sync::Mutex::new(fds));

@@ -207,24 +207,38 @@ fn feed(
 fn flush(fd: i32, client: &Client) -> io::Result<bool> {
     let mut out = client.outbound().borrow_mut();
     loop {
-        if out.is_empty() {
-            return Ok(false);
-        }
-        let iov: Vec<libc::iovec> = out
-            .frames()
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr() as *mut libc::c_void,
-                iov_len: f.len(),
-            })
-            .collect();
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len() as _;
-        // SAFETY: the iovecs point into frames kept alive by `out` for the call.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let frames = out.frames();
+        let n = match frames.len() {
+            0 => return Ok(false),
+            // One frame (the common case at chat rates): a plain send.
+            // SAFETY: the frame outlives the call.
+            1 => unsafe {
+                libc::send(
+                    fd,
+                    frames[0].as_ptr() as *const libc::c_void,
+                    frames[0].len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            },
+            _ => {
+                let mut iov = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOVECS];
+                let mut count = 0;
+                for (slot, frame) in iov.iter_mut().zip(frames.iter()) {
+                    slot.iov_base = frame.as_ptr() as *mut libc::c_void;
+                    slot.iov_len = frame.len();
+                    count += 1;
+                }
+                // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = count as _;
+                // SAFETY: the iovecs point into frames kept alive by `out` for the call.
+                unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+            }
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             return match err.kind() {
@@ -233,7 +247,7 @@ fn flush(fd: i32, client: &Client) -> io::Result<bool> {
                 _ => Err(err),
             };
         }
-        let wanted: usize = iov.iter().map(|v| v.iov_len).sum();
+        let wanted: usize = frames.iter().take(MAX_IOVECS).map(|f| f.len()).sum();
         out.consume(n as usize, Instant::now());
         if (n as usize) < wanted {
             return Ok(true);

@@ -202,11 +202,13 @@ pub fn parse_client_frame(buf: &mut [u8]) -> Result<ClientFrame<'_>, FrameError>
 }
 
 /// Frames shorter than this are parsed with serde_json, longer ones with
-/// simd-json: `cargo bench --bench protocol` (parse group, 2026-11-24)
-/// measured serde_json faster on `ping` (15 B: 142 vs 175 ns) and `typing`
-/// (52 B: 244 vs 288 ns), simd-json faster on a 177-byte message (416 vs
-/// 521 ns) and on escaped/non-ASCII content (523 vs 785 ns).
-pub const SIMD_JSON_MIN_BYTES: usize = 128;
+/// simd-json. `cargo bench --bench protocol -- parse` on 2026-11-24 (quiet
+/// machine) measured serde_json faster only on `ping` (15 B: 151 vs 167 ns);
+/// simd-json was faster on `typing` (52 B: 240 vs 262 ns), a 177-byte message
+/// (373 vs 442 ns), escaped/non-ASCII content (466 vs 794 ns) and 1,000
+/// characters (945 vs 995 ns). At 16 KiB serde_json won (10.2 vs 11.5 µs),
+/// but chat frames are far shorter at the default MAX_MESSAGE_LENGTH.
+pub const SIMD_JSON_MIN_BYTES: usize = 32;
 
 /// [`parse_client_frame`] with simd-json whatever the size (parses in place).
 pub fn parse_client_frame_simd(buf: &mut [u8]) -> Result<ClientFrame<'_>, FrameError> {

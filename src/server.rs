@@ -403,6 +403,33 @@ pub struct HttpRequest {
     pub authorization: Option<String>,
     /// Whether the client keeps the connection open.
     pub keep_alive: bool,
+    /// Declared body length (no route takes a body).
+    pub content_length: usize,
+    /// `User-Agent`, logged with new WebSocket connections.
+    pub user_agent: Option<String>,
+    /// `Sec-WebSocket-Key`, when present.
+    pub ws_key: Option<String>,
+    /// The headers ask for a WebSocket upgrade.
+    pub is_websocket_upgrade: bool,
+    /// `Sec-WebSocket-Version` is 13.
+    pub websocket_version_ok: bool,
+}
+
+impl From<&http::Request<'_>> for HttpRequest {
+    fn from(r: &http::Request<'_>) -> HttpRequest {
+        HttpRequest {
+            method: r.method.to_string(),
+            path: r.path.to_string(),
+            query: r.query.to_string(),
+            authorization: r.authorization.map(str::to_string),
+            keep_alive: r.keep_alive,
+            content_length: r.content_length,
+            user_agent: r.user_agent.map(str::to_string),
+            ws_key: r.websocket_key.map(str::to_string),
+            is_websocket_upgrade: r.is_websocket_upgrade,
+            websocket_version_ok: r.websocket_version_ok,
+        }
+    }
 }
 
 /// Reads requests from a new connection: plain routes in a keep-alive loop,
@@ -431,30 +458,15 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
             }
             Err(_) => return, // slow or silent client (slowloris) or closed socket
         };
-        let (request, ws_key, upgrade_ok, version_ok, user_agent_len, body_len) =
-            match http::parse_request(&buf[..head_len]) {
-                Ok(Parsed::Complete { request, .. }) => (
-                    HttpRequest {
-                        method: request.method.to_string(),
-                        path: request.path.to_string(),
-                        query: request.query.to_string(),
-                        authorization: request.authorization.map(str::to_string),
-                        keep_alive: request.keep_alive,
-                    },
-                    request.websocket_key.map(str::to_string),
-                    request.is_websocket_upgrade,
-                    request.websocket_version_ok,
-                    request.user_agent.map_or(0, str::len),
-                    request.content_length,
-                ),
-                _ => return,
-            };
-        let _ = user_agent_len;
+        let request = match http::parse_request(&buf[..head_len]) {
+            Ok(Parsed::Complete { request, .. }) => HttpRequest::from(&request),
+            _ => return,
+        };
         if request.path == "/ws" {
             let early = buf[head_len..].to_vec();
-            return upgrade(ctx, stream, request, ws_key, upgrade_ok, version_ok, early).await;
+            return upgrade(ctx, stream, request, early).await;
         }
-        if body_len > 0 {
+        if request.content_length > 0 {
             // No route takes a body; refuse rather than read it.
             let _ = stream
                 .write_all(&http::json_error(
@@ -501,15 +513,7 @@ async fn read_head(
 
 /// Verifies a `/ws` request (token, room) and starts the connection on the
 /// core that owns its room.
-async fn upgrade(
-    ctx: Rc<CoreCtx>,
-    mut stream: TcpStream,
-    request: HttpRequest,
-    ws_key: Option<String>,
-    upgrade_ok: bool,
-    version_ok: bool,
-    early: Vec<u8>,
-) {
+async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, early: Vec<u8>) {
     let refusal = |ctx: &CoreCtx, status: u16| {
         *ctx.hub
             .borrow_mut()
@@ -518,7 +522,7 @@ async fn upgrade(
             .entry(status)
             .or_insert(0) += 1;
     };
-    let reply = match check_upgrade(&ctx, &request, ws_key.as_deref(), upgrade_ok, version_ok) {
+    let reply = match check_upgrade(&ctx, &request) {
         Ok(ok) => ok,
         Err((status, message, extra)) => {
             refusal(&ctx, status);
@@ -537,6 +541,7 @@ async fn upgrade(
         }
     };
     let (identity, room, since, key) = reply;
+    tracing::debug!(user = %identity.user_id, room = %room, user_agent = request.user_agent.as_deref().unwrap_or(""), "WebSocket connection accepted");
     let home = shard_for(&room, ctx.router.cores());
     if home == ctx.router.core() {
         // A task of its own, so this request's buffers are freed now rather
@@ -571,24 +576,24 @@ type Refusal = (u16, String, Vec<(&'static str, String)>);
 fn check_upgrade(
     ctx: &CoreCtx,
     request: &HttpRequest,
-    ws_key: Option<&str>,
-    upgrade_ok: bool,
-    version_ok: bool,
 ) -> Result<(Identity, Arc<str>, Option<MessageId>, String), Refusal> {
+    let (upgrade_ok, version_ok) = (request.is_websocket_upgrade, request.websocket_version_ok);
     if ctx.shutdown.is_triggered() {
         return Err((503, "server is shutting down".into(), vec![]));
     }
     if request.method != "GET" {
         return Err((405, "WebSocket upgrades use GET".into(), vec![]));
     }
-    if !version_ok && upgrade_ok {
+    // http.rs counts a wrong version as "not an upgrade", so a request that
+    // carries a key but the wrong version gets 426, not 400.
+    if !version_ok && request.ws_key.is_some() {
         return Err((
             426,
             "unsupported WebSocket version; use 13".into(),
             vec![("Sec-WebSocket-Version", "13".into())],
         ));
     }
-    let Some(key) = ws_key.filter(|_| upgrade_ok) else {
+    let Some(key) = request.ws_key.as_deref().filter(|_| upgrade_ok) else {
         return Err((400, "expected a WebSocket upgrade request".into(), vec![]));
     };
     let token = http::query_param(&request.query, "token")

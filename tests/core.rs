@@ -54,6 +54,22 @@ fn refusals_before_upgrade_are_json() {
         .err()
         .unwrap();
     assert_eq!(status, 400);
+    // A WebSocket version other than 13: 426 naming the supported one.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    write!(
+        raw,
+        "GET /ws?token={good} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    raw.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 426"), "{text}");
+    assert!(text.contains("Sec-WebSocket-Version: 13"), "{text}");
+    // A plain GET of /ws is not an upgrade: 400.
+    let (status, body) = common::http_get(addr, &format!("/ws?token={good}"), None);
+    assert_eq!(status, 400, "{body}");
     // Header auth works too, and a missing roomId means lobby.
     let stream = TcpStream::connect(addr).unwrap();
     stream

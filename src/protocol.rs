@@ -175,6 +175,49 @@ pub enum ClientFrame<'a> {
     Ping,
 }
 
+impl ClientFrame<'_> {
+    /// The same frame with owned strings, independent of the parse buffer.
+    pub fn into_owned(self) -> ClientFrame<'static> {
+        fn owned(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        match self {
+            ClientFrame::Message {
+                room_id,
+                content,
+                client_msg_id,
+            } => ClientFrame::Message {
+                room_id: room_id.map(owned),
+                content: owned(content),
+                client_msg_id: client_msg_id.map(owned),
+            },
+            ClientFrame::JoinRoom { room_id, since } => ClientFrame::JoinRoom {
+                room_id: owned(room_id),
+                since,
+            },
+            ClientFrame::LeaveRoom { room_id } => ClientFrame::LeaveRoom {
+                room_id: owned(room_id),
+            },
+            ClientFrame::Typing { room_id, is_typing } => ClientFrame::Typing {
+                room_id: room_id.map(owned),
+                is_typing,
+            },
+            ClientFrame::History {
+                room_id,
+                before,
+                after,
+                limit,
+            } => ClientFrame::History {
+                room_id: owned(room_id),
+                before,
+                after,
+                limit,
+            },
+            ClientFrame::Ping => ClientFrame::Ping,
+        }
+    }
+}
+
 /// Why a client frame was refused; always answered with code `invalid_message` and this text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -970,45 +1013,8 @@ mod tests {
         parse_client_frame(&mut buf).map(into_owned)
     }
 
-    fn owned(c: Cow<'_, str>) -> Cow<'static, str> {
-        Cow::Owned(c.into_owned())
-    }
-
     fn into_owned(f: ClientFrame<'_>) -> ClientFrame<'static> {
-        match f {
-            ClientFrame::Message {
-                room_id,
-                content,
-                client_msg_id,
-            } => ClientFrame::Message {
-                room_id: room_id.map(owned),
-                content: owned(content),
-                client_msg_id: client_msg_id.map(owned),
-            },
-            ClientFrame::JoinRoom { room_id, since } => ClientFrame::JoinRoom {
-                room_id: owned(room_id),
-                since,
-            },
-            ClientFrame::LeaveRoom { room_id } => ClientFrame::LeaveRoom {
-                room_id: owned(room_id),
-            },
-            ClientFrame::Typing { room_id, is_typing } => ClientFrame::Typing {
-                room_id: room_id.map(owned),
-                is_typing,
-            },
-            ClientFrame::History {
-                room_id,
-                before,
-                after,
-                limit,
-            } => ClientFrame::History {
-                room_id: owned(room_id),
-                before,
-                after,
-                limit,
-            },
-            ClientFrame::Ping => ClientFrame::Ping,
-        }
+        f.into_owned()
     }
 
     fn c(s: &str) -> Cow<'static, str> {

@@ -13,7 +13,7 @@
 //!    home core = shard_for(initial roomId)                shard.rs
 //!      `-- not local: dup the socket, ShardMsg::Adopt --> home core
 //!  home core: handshake + connection driver               connection.rs, ws.rs
-//!    bytes -> frames -> session (client.rs) -> protocol.rs (simd-json)
+//!    bytes -> frames -> session (client.rs) -> protocol.rs (JSON parse)
 //!    message: length/room checks on the connection's core
 //!      -> user's owner core: dedupe (dedupe.rs), rate limit (ratelimit.rs)
 //!      -> room's owner core: moderation (moderation.rs), id + timestamp,
@@ -24,6 +24,8 @@
 //!  presence: user's owner core counts connections (presence.rs);
 //!    first/last one -> presence frame via each room's owner  hub.rs
 //!  metrics: per-core counters, merged on scrape           metrics.rs
+//!  API docs: OpenAPI document + embedded Swagger UI      openapi.rs
+//!  settings: environment variables and flags             config.rs
 //!  shutdown: SIGTERM -> core 0 -> every core drains       shutdown.rs
 //! ```
 

@@ -361,6 +361,9 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
 
 /// Accepts until shutdown.
 async fn accept_loop(ctx: &Rc<CoreCtx>, listener: &TcpListener) {
+    // Out of descriptors, accept fails until connections close: warn at
+    // most once a second rather than on every retry.
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             ctx.shutdown.wait().await;
@@ -374,7 +377,11 @@ async fn accept_loop(ctx: &Rc<CoreCtx>, listener: &TcpListener) {
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                let now = Instant::now();
+                if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, "accept failed (raise RLIMIT_NOFILE if this is EMFILE)");
+                    last_warning = Some(now);
+                }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }

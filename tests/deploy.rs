@@ -1,0 +1,313 @@
+//! Checks of the deployment files under `deploy/`: the Helm chart's plain
+//! YAML parses and holds what the templates reference, the deployment keeps
+//! its shutdown and probe settings, and every metric the Grafana dashboard
+//! queries is exposed by a real server's `/metrics`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::Server;
+use serde_json::Value;
+use serde_yaml::Value as Yaml;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    root().join("deploy/helm/chatd")
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn yaml(path: &Path) -> Yaml {
+    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+fn dashboard() -> Value {
+    let path = root().join("deploy/grafana/chatd-dashboard.json");
+    serde_json::from_str(&read(&path)).expect("dashboard is JSON")
+}
+
+/// Every template file of the chart, with its text.
+fn templates() -> Vec<(String, String)> {
+    let dir = chart().join("templates");
+    let mut out: Vec<_> = fs::read_dir(&dir)
+        .expect("templates dir")
+        .map(|e| e.expect("dir entry").path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                read(&p),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every panel, including those nested in collapsed rows.
+fn panels(dash: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().expect("panels array") {
+        out.push(p);
+        if let Some(sub) = p["panels"].as_array() {
+            out.extend(sub);
+        }
+    }
+    out
+}
+
+/// Every PromQL expression of the dashboard's panel targets.
+fn exprs(dash: &Value) -> Vec<String> {
+    panels(dash)
+        .into_iter()
+        .filter_map(|p| p["targets"].as_array())
+        .flatten()
+        .map(|t| t["expr"].as_str().expect("target has expr").to_string())
+        .collect()
+}
+
+/// Identifiers in a PromQL expression that name a metric: words outside
+/// braces, quotes and ranges that are followed by `{` or that start with
+/// `chat_`. Function names and `by (...)` labels are skipped.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let (mut i, mut depth_brace, mut in_quote, mut in_range) = (0, 0, false, false);
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if in_quote {
+            if c == '\\' {
+                i += 1;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            '"' => in_quote = true,
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => in_range = true,
+            ']' => in_range = false,
+            _ if depth_brace == 0 && !in_range && (c.is_ascii_alphabetic() || c == '_') => {
+                let start = i;
+                while i < bytes.len()
+                    && ((bytes[i] as char).is_ascii_alphanumeric() || bytes[i] == b'_')
+                {
+                    i += 1;
+                }
+                let word = &expr[start..i];
+                if word.starts_with("chat_") {
+                    names.insert(word.to_string());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    names
+}
+
+/// The metric family a series name belongs to (histogram suffixes stripped).
+fn family(name: &str) -> &str {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return base;
+        }
+    }
+    name
+}
+
+#[test]
+fn metric_name_extraction() {
+    let names = metric_names(
+        r#"histogram_quantile(0.99, sum by (le) (rate(chat_delivery_latency_seconds_bucket{pod=~"chat_x"}[5m]))) + chat_cores"#,
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec!["chat_cores", "chat_delivery_latency_seconds_bucket"]
+    );
+    assert_eq!(
+        family("chat_delivery_latency_seconds_bucket"),
+        "chat_delivery_latency_seconds"
+    );
+    assert_eq!(family("chat_connections"), "chat_connections");
+}
+
+#[test]
+fn chart_plain_yaml_parses() {
+    let chart_yaml = yaml(&chart().join("Chart.yaml"));
+    assert_eq!(chart_yaml["apiVersion"].as_str(), Some("v2"));
+    assert_eq!(chart_yaml["name"].as_str(), Some("chatd"));
+    assert!(
+        chart_yaml["version"].as_str().is_some(),
+        "Chart.yaml version"
+    );
+    let values = yaml(&chart().join("values.yaml"));
+    assert_eq!(values["config"]["port"].as_u64(), Some(8000));
+    assert_eq!(values["config"]["logFormat"].as_str(), Some("json"));
+    assert_eq!(
+        values["podSecurityContext"]["runAsUser"].as_u64(),
+        Some(10001)
+    );
+    assert_eq!(
+        values["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        values["service"]["sessionAffinity"].as_str(),
+        Some("ClientIP")
+    );
+    assert_eq!(
+        values["podDisruptionBudget"]["maxUnavailable"].as_u64(),
+        Some(1)
+    );
+    // Longer than preStop + the server's 5 s drain + 2 s close linger.
+    let grace = values["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    let pre_stop = values["lifecycle"]["preStopSleepSeconds"]
+        .as_u64()
+        .expect("preStop sleep");
+    assert!(
+        grace >= pre_stop + 5 + 2 + 10,
+        "grace {grace}s, preStop {pre_stop}s"
+    );
+    // Redis and Postgres are refused at start-up by this build: off by default.
+    assert_eq!(values["redis"]["enabled"].as_bool(), Some(false));
+    assert_eq!(values["database"]["enabled"].as_bool(), Some(false));
+    for name in [
+        "deployment.yaml",
+        "service.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
+        "secret.yaml",
+    ] {
+        assert!(
+            chart().join("templates").join(name).is_file(),
+            "templates/{name}"
+        );
+    }
+}
+
+#[test]
+fn template_value_references_exist_in_values() {
+    let values = yaml(&chart().join("values.yaml"));
+    let mut checked = 0;
+    for (file, text) in templates() {
+        for (at, _) in text.match_indices(".Values.") {
+            let path: String = text[at + ".Values.".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            let path = path.trim_end_matches('.');
+            let mut node = &values;
+            for key in path.split('.') {
+                node = node.get(key).unwrap_or_else(|| {
+                    panic!("templates/{file} references .Values.{path}, missing in values.yaml at {key:?}")
+                });
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} .Values references found");
+}
+
+#[test]
+fn deployment_probes_and_shutdown() {
+    let text = read(&chart().join("templates/deployment.yaml"));
+    let values = yaml(&chart().join("values.yaml"));
+    assert_eq!(values["probes"]["path"].as_str(), Some("/healthz"));
+    for needle in [
+        "readinessProbe:",
+        "livenessProbe:",
+        "path: {{ .Values.probes.path }}",
+        "preStop:",
+        "terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}",
+        "secretKeyRef:",
+        "name: JWT_SECRET",
+        "name: CORES",
+        "value: {{ .Values.resources.cpu | quote }}",
+        "containerPort: {{ $cfg.port }}",
+    ] {
+        assert!(text.contains(needle), "deployment.yaml lacks {needle:?}");
+    }
+    // Every setting the chart passes is one the server reads.
+    let config = read(&root().join("src/config.rs"));
+    for line in text.lines() {
+        if let Some(var) = line.trim().strip_prefix("- name: ") {
+            if var.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                assert!(
+                    config.contains(&format!("env = \"{var}\"")),
+                    "deployment sets {var}, which src/config.rs does not read"
+                );
+            }
+        }
+    }
+    let hpa = read(&chart().join("templates/hpa.yaml"));
+    assert!(hpa.contains("autoscaling/v2") && hpa.contains("name: chat_connections"));
+    assert!(hpa.contains("type: Pods") && hpa.contains("name: cpu"));
+}
+
+#[test]
+fn dashboard_metrics_are_exposed_by_the_server() {
+    let dash = dashboard();
+    assert_eq!(dash["schemaVersion"].as_u64(), Some(39));
+    assert_eq!(dash["__inputs"][0]["name"].as_str(), Some("DS_PROMETHEUS"));
+    let mut used = BTreeSet::new();
+    for expr in exprs(&dash) {
+        let names = metric_names(&expr);
+        assert!(!names.is_empty(), "no chat_ metric in {expr:?}");
+        used.extend(names.iter().map(|n| family(n).to_string()));
+    }
+    for required in [
+        "chat_connections",
+        "chat_connections_opened_total",
+        "chat_connections_closed_total",
+        "chat_messages_delivered_total",
+        "chat_messages_received_total",
+        "chat_delivery_latency_seconds",
+        "chat_errors_total",
+        "chat_room_messages_total",
+        "chat_mesh_staged_total",
+        "chat_audit_records_total",
+    ] {
+        assert!(
+            used.contains(required),
+            "dashboard has no panel on {required}"
+        );
+    }
+    let server = Server::default_start();
+    let (status, body) = server.get("/metrics", None);
+    assert_eq!(status, 200);
+    let exposed: BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for name in &used {
+        assert!(
+            exposed.contains(name.as_str()),
+            "dashboard queries {name}, not in /metrics:\n{body}"
+        );
+    }
+    let latency = exprs(&dash)
+        .into_iter()
+        .filter(|e| e.contains("histogram_quantile"))
+        .collect::<Vec<_>>();
+    assert!(
+        latency.iter().any(|e| e.contains("0.5,")) && latency.iter().any(|e| e.contains("0.99,"))
+    );
+    assert!(latency
+        .iter()
+        .all(|e| e.contains("chat_delivery_latency_seconds_bucket")));
+}

@@ -236,8 +236,8 @@ fn deployment_probes_and_shutdown() {
         "secretKeyRef:",
         "name: JWT_SECRET",
         "name: CORES",
-        "value: {{ .Values.resources.cpu | quote }}",
-        "containerPort: {{ $cfg.port }}",
+        "value: {{ .Values.resources.cpu | int64 | quote }}",
+        "containerPort: {{ $cfg.port | int64 }}",
     ] {
         assert!(text.contains(needle), "deployment.yaml lacks {needle:?}");
     }
@@ -251,6 +251,23 @@ fn deployment_probes_and_shutdown() {
                     "deployment sets {var}, which src/config.rs does not read"
                 );
             }
+        }
+    }
+    // Helm reads numbers as float64 and prints 1000000 as "1e+06", which the
+    // server refuses: every numeric setting must pass through int64.
+    for line in text.lines() {
+        let Some(at) = line.find("$cfg.") else {
+            continue;
+        };
+        let key: String = line[at + 5..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if values["config"][key.as_str()].is_number() {
+            assert!(
+                line.contains("| int64"),
+                "numeric {key} printed without int64: {line}"
+            );
         }
     }
     let hpa = read(&chart().join("templates/hpa.yaml"));

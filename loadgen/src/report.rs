@@ -42,13 +42,9 @@ pub struct Report {
     pub loadgen: LoadgenReport,
 }
 
-/// Long-lived connections.
+/// Outcome counts of a set of connections.
 #[derive(Clone, Debug, Serialize)]
-pub struct ConnReport {
-    /// Connections planned.
-    pub planned: u32,
-    /// Rooms they are spread over.
-    pub rooms: u32,
+pub struct ConnCounts {
     /// Attempts started.
     pub attempted: u64,
     /// Attempts that got `room_joined`.
@@ -57,10 +53,35 @@ pub struct ConnReport {
     pub failed: u64,
     /// Failures by kind.
     pub failures: BTreeMap<String, u64>,
-    /// Established connections the server or network closed before the end.
+    /// Established connections closed by the server or the network before loadgen closed them.
     pub dropped: u64,
-    /// Connections loadgen closed at the end.
+    /// Connections loadgen closed itself.
     pub closed: u64,
+}
+
+impl From<&ConnTally> for ConnCounts {
+    fn from(t: &ConnTally) -> ConnCounts {
+        ConnCounts {
+            attempted: t.attempted,
+            established: t.established,
+            failed: t.failed,
+            failures: t.failures.clone(),
+            dropped: t.dropped,
+            closed: t.closed,
+        }
+    }
+}
+
+/// Long-lived connections.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnReport {
+    /// Connections planned.
+    pub planned: u32,
+    /// Rooms they are spread over.
+    pub rooms: u32,
+    /// How the connections went (fields inlined in the JSON).
+    #[serde(flatten)]
+    pub counts: ConnCounts,
     /// Established connections per second, first attempt to last `room_joined`.
     pub rate_per_s: f64,
     /// Connect phase length (schedule start to the last settled connection), seconds.
@@ -109,18 +130,10 @@ pub struct DeliveryReport {
 pub struct ChurnReport {
     /// Planned connections per second.
     pub rate_planned: f64,
-    /// Attempts started.
-    pub attempted: u64,
-    /// Attempts that got `room_joined`.
-    pub established: u64,
-    /// Attempts that failed.
-    pub failed: u64,
-    /// Failures by kind.
-    pub failures: BTreeMap<String, u64>,
-    /// Closed by the server before their hold time ended.
-    pub dropped: u64,
-    /// Closed by loadgen after their hold time.
-    pub closed: u64,
+    /// How the connections went; `dropped` are those closed by the server
+    /// before their hold time ended (fields inlined in the JSON).
+    #[serde(flatten)]
+    pub counts: ConnCounts,
     /// Handshake latency of those started in the measured interval, ms.
     pub handshake_ms: LatencySummary,
 }
@@ -211,12 +224,7 @@ pub fn build(plan: &Plan, out: &Outcome) -> Report {
     });
     let churn = plan.churn.as_ref().map(|c| ChurnReport {
         rate_planned: c.rate,
-        attempted: t.churn.attempted,
-        established: t.churn.established,
-        failed: t.churn.failed,
-        failures: t.churn.failures.clone(),
-        dropped: t.churn.dropped,
-        closed: t.churn.closed,
+        counts: ConnCounts::from(&t.churn),
         handshake_ms: LatencySummary::of(&out.churn_handshake),
     });
     let server = match (plan.common.server_pid, out.server) {
@@ -256,12 +264,7 @@ pub fn build(plan: &Plan, out: &Outcome) -> Report {
         connections: ConnReport {
             planned: plan.layout.connections,
             rooms: plan.layout.rooms(),
-            attempted: t.conns.attempted,
-            established: t.conns.established,
-            failed: t.conns.failed,
-            failures: t.conns.failures.clone(),
-            dropped: t.conns.dropped,
-            closed: t.conns.closed,
+            counts: ConnCounts::from(&t.conns),
             rate_per_s: conn_rate(&t.conns),
             connect_phase_s: out.connect_phase_ns as f64 / 1e9,
             handshake_ms: LatencySummary::of(&out.handshake),
@@ -320,16 +323,16 @@ pub fn human(r: &Report) -> String {
     line("connections".into());
     line(format!(
         "  established            {} of {} planned in {} room{} ({} failed, {} dropped later)",
-        c.established,
+        c.counts.established,
         c.planned,
         c.rooms,
         if c.rooms == 1 { "" } else { "s" },
-        c.failed,
-        c.dropped
+        c.counts.failed,
+        c.counts.dropped
     ));
     line(format!(
         "  failures               {}",
-        map_text(&c.failures)
+        map_text(&c.counts.failures)
     ));
     line(format!(
         "  rate achieved          {:.1}/s (connect phase {:.2} s)",
@@ -358,11 +361,15 @@ pub fn human(r: &Report) -> String {
         line(format!("churn ({:.1}/s planned)", ch.rate_planned));
         line(format!(
             "  established            {} of {} attempted ({} failed, {} dropped, {} closed)",
-            ch.established, ch.attempted, ch.failed, ch.dropped, ch.closed
+            ch.counts.established,
+            ch.counts.attempted,
+            ch.counts.failed,
+            ch.counts.dropped,
+            ch.counts.closed
         ));
         line(format!(
             "  failures               {}",
-            map_text(&ch.failures)
+            map_text(&ch.counts.failures)
         ));
         line(latency_row("handshake", &ch.handshake_ms));
     }

@@ -161,6 +161,18 @@ impl Client {
             .map(|(_, m)| *m)
     }
 
+    /// The joined room a `message` or `typing` frame is for: its `roomId`,
+    /// else the initial room. Returns the stored id, so the hot path does
+    /// not allocate one per frame.
+    pub fn joined_room(&self, room_id: Option<&str>) -> Option<Arc<str>> {
+        let wanted = room_id.unwrap_or(&self.home_room);
+        self.rooms
+            .borrow()
+            .iter()
+            .find(|(r, m)| &**r == wanted && *m == Membership::Joined)
+            .map(|(r, _)| r.clone())
+    }
+
     /// Sets the standing in `room` (adding it if new).
     pub fn set_membership(&self, room: &Arc<str>, m: Membership) {
         let mut rooms = self.rooms.borrow_mut();
@@ -209,12 +221,14 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
             content,
             client_msg_id,
         } => {
-            let room = resolve_room(client, room_id.as_deref());
-            if client.membership(&room) != Some(Membership::Joined) {
+            let Some(room) = client.joined_room(room_id.as_deref()) else {
                 hub.metrics.message(Outcome::Invalid);
-                let text = format!("not in room {room}");
+                let text = format!(
+                    "not in room {}",
+                    room_id.as_deref().unwrap_or(&client.home_room)
+                );
                 return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
-            }
+            };
             let max = hub.max_message_chars();
             if content.chars().count() > max {
                 hub.metrics.message(Outcome::Invalid);
@@ -251,11 +265,13 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
             client.push_own(&protocol::encode_room_left(&room), now);
         }
         ClientFrame::Typing { room_id, is_typing } => {
-            let room = resolve_room(client, room_id.as_deref());
-            if client.membership(&room) != Some(Membership::Joined) {
-                let text = format!("not in room {room}");
+            let Some(room) = client.joined_room(room_id.as_deref()) else {
+                let text = format!(
+                    "not in room {}",
+                    room_id.as_deref().unwrap_or(&client.home_room)
+                );
                 return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
-            }
+            };
             if client.allow_typing(now) {
                 let id = &client.identity;
                 let json = protocol::encode_typing(&id.user_id, &id.username, &room, is_typing);
@@ -285,12 +301,4 @@ pub fn on_binary(hub: &mut Hub, client: &Rc<Client>, now: Instant) {
         None,
         now,
     );
-}
-
-/// The frame's room, or the connection's initial room when absent.
-fn resolve_room(client: &Client, room_id: Option<&str>) -> Arc<str> {
-    match room_id {
-        Some(r) if *r != *client.home_room => Arc::from(r),
-        _ => client.home_room.clone(),
-    }
 }

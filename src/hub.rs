@@ -136,7 +136,10 @@ pub struct Hub {
     moderator: Option<Moderator>,
     /// Where masked/blocked messages are recorded.
     audit: MemoryAudit,
-    /// Queries asked by this core, by request id.
+    /// Queries asked by this core, by request id. Bounded by the requests
+    /// in flight: every query is answered by its owner core (the mesh never
+    /// drops), and an HTTP asker that timed out leaves a waiter whose answer
+    /// is discarded on arrival.
     pending: HashMap<u64, Waiter>,
     /// Next query id.
     next_req: u64,
@@ -518,7 +521,7 @@ impl Hub {
             },
         );
         self.metrics.message(Outcome::Accepted);
-        *self.metrics.room_messages.entry(room.clone()).or_insert(0) += 1;
+        self.metrics.room_message(&room);
         self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
         if let Some(cmid) = client_msg_id {
             let ack = protocol::encode_ack(&cmid, id, &room);

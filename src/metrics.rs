@@ -96,6 +96,11 @@ impl CloseReason {
 /// under `room="_other"`, so a million rooms cannot blow up a scrape.
 pub const TOP_ROOMS: usize = 20;
 
+/// Rooms a core keeps a message counter for. Rooms first seen after the map
+/// is full are counted in `room_messages_overflow` (rendered in `_other`),
+/// so the counters' memory stays bounded however many rooms come and go.
+pub const ROOM_COUNTERS: usize = 10_000;
+
 /// Latency histogram range: 1 µs to 60 s, 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
@@ -124,8 +129,11 @@ pub struct CoreSnapshot {
     pub presence_offline: u64,
     /// Error frames sent, by code.
     pub errors: HashMap<ErrorCode, u64>,
-    /// Messages accepted per room owned by this core.
+    /// Messages accepted per room owned by this core (at most
+    /// [`ROOM_COUNTERS`] rooms).
     pub room_messages: HashMap<Arc<str>, u64>,
+    /// Messages accepted in rooms that found the counter map full.
+    pub room_messages_overflow: u64,
     /// Messages staged because a cross-core channel was full.
     pub mesh_staged: u64,
     /// Audit records written for masked messages.
@@ -151,6 +159,7 @@ impl Default for CoreSnapshot {
             presence_offline: 0,
             errors: HashMap::new(),
             room_messages: HashMap::new(),
+            room_messages_overflow: 0,
             mesh_staged: 0,
             audit_masked: 0,
             audit_blocked: 0,
@@ -163,6 +172,17 @@ impl CoreSnapshot {
     /// Counts a message outcome.
     pub fn message(&mut self, outcome: Outcome) {
         *self.messages.entry(outcome).or_insert(0) += 1;
+    }
+
+    /// Counts an accepted message of `room` (bounded: see [`ROOM_COUNTERS`]).
+    pub fn room_message(&mut self, room: &Arc<str>) {
+        if let Some(n) = self.room_messages.get_mut(room) {
+            *n += 1;
+        } else if self.room_messages.len() < ROOM_COUNTERS {
+            self.room_messages.insert(room.clone(), 1);
+        } else {
+            self.room_messages_overflow += 1;
+        }
     }
 
     /// Counts an error frame.
@@ -205,6 +225,7 @@ impl CoreSnapshot {
         for (k, v) in &other.room_messages {
             *self.room_messages.entry(k.clone()).or_insert(0) += v;
         }
+        self.room_messages_overflow += other.room_messages_overflow;
         self.mesh_staged += other.mesh_staged;
         self.audit_masked += other.audit_masked;
         self.audit_blocked += other.audit_blocked;
@@ -319,7 +340,8 @@ impl CoreSnapshot {
         );
         let mut rooms: Vec<_> = self.room_messages.iter().collect();
         rooms.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-        let other: u64 = rooms.iter().skip(TOP_ROOMS).map(|(_, v)| **v).sum();
+        let other: u64 = rooms.iter().skip(TOP_ROOMS).map(|(_, v)| **v).sum::<u64>()
+            + self.room_messages_overflow;
         for (room, v) in rooms.iter().take(TOP_ROOMS) {
             let _ = writeln!(
                 out,
@@ -327,7 +349,7 @@ impl CoreSnapshot {
                 escape_label(room)
             );
         }
-        if rooms.len() > TOP_ROOMS {
+        if rooms.len() > TOP_ROOMS || self.room_messages_overflow > 0 {
             let _ = writeln!(out, "chat_room_messages_total{{room=\"_other\"}} {other}");
         }
         counter(
@@ -442,6 +464,24 @@ mod tests {
         );
         assert!(text.contains("chat_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("chat_delivery_latency_seconds_count 2\n"));
+    }
+
+    #[test]
+    fn room_counters_are_bounded() {
+        let mut s = CoreSnapshot::default();
+        for i in 0..ROOM_COUNTERS + 3 {
+            s.room_message(&Arc::from(format!("r{i}")));
+        }
+        s.room_message(&Arc::from("r0"));
+        assert_eq!(s.room_messages.len(), ROOM_COUNTERS);
+        assert_eq!(s.room_messages[&Arc::from("r0")], 2);
+        assert_eq!(s.room_messages_overflow, 3);
+        let text = s.render("");
+        // 10,000 rooms with one message each: 20 named, 9,980 + 3 in _other.
+        assert!(
+            text.contains("chat_room_messages_total{room=\"_other\"} 9983\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -484,7 +484,13 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
                 .await;
             return;
         }
-        let response = routes::handle(&ctx, &request).await;
+        let mut response = routes::handle(&ctx, &request).await;
+        if request.method == "HEAD" {
+            // Same head (with the GET's Content-Length), no body.
+            if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                response.truncate(end + 4);
+            }
+        }
         if stream.write_all(&response).await.is_err() || !request.keep_alive {
             return;
         }

@@ -482,6 +482,19 @@ fn http_routes_and_sigterm_drain() {
     assert!(body.contains("\"error\""));
     let (status, _) = server.get("/api/chats/rooms/general/messages", None);
     assert_eq!(status, 401);
+    // HEAD: the GET's status and headers, no body.
+    let mut head = TcpStream::connect(server.addr).unwrap();
+    head.set_read_timeout(Some(common::FRAME_TIMEOUT)).unwrap();
+    head.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    head.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body after the head: {text:?}"
+    );
     let (room0, room1) = rooms_on_cores("drain");
     let (mut a, _) = server.connect("a", &room0);
     // Raw clients on both cores that never answer the close: each core keeps

@@ -295,7 +295,8 @@ fn precheck(buf: &[u8]) -> Result<(), FrameError> {
         Some(_) => return Err(FrameError::new("frame must be a JSON object")),
     }
     // Fast path: with few brackets anywhere (even inside strings) the depth cannot be too large.
-    let brackets = buf.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    // memchr's vectorised search: a byte-by-byte count was most of the parse time of long frames.
+    let brackets = memchr::memchr2_iter(b'[', b'{', buf).count();
     if brackets > MAX_FRAME_DEPTH && nesting_depth(buf) > MAX_FRAME_DEPTH {
         return Err(FrameError(format!(
             "frame nested deeper than {MAX_FRAME_DEPTH} levels"

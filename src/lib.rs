@@ -34,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod dedupe;
+pub mod health;
 pub mod history;
 pub mod http;
 pub mod hub;

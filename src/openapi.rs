@@ -226,17 +226,18 @@ mod paths {
 
     /// Health check.
     ///
-    /// `200` while the service takes connections; `503` while it drains on
-    /// shutdown.
+    /// `200` while the service takes connections and every configured
+    /// backend answers; `503` while it drains on shutdown or while a
+    /// configured backend (Redis, Postgres) is down, naming it in `down`.
     #[utoipa::path(
         get,
         path = "/healthz",
         tag = "service",
         responses(
             (status = 200, description = "Serving.", body = Health,
-             example = json!({"status": "ok", "cores": 2, "backends": {"presence": "memory", "history": "memory"}})),
-            (status = 503, description = "Draining on shutdown.", body = Health,
-             example = json!({"status": "draining"})),
+             example = json!({"status": "ok", "cores": 2, "backends": {"redis": "disabled", "postgres": "up"}, "down": []})),
+            (status = 503, description = "Draining on shutdown, or a backend is down.", body = Health,
+             example = json!({"status": "degraded", "cores": 2, "backends": {"redis": "up", "postgres": "down"}, "down": ["postgres"]})),
         )
     )]
     fn healthz() {}
@@ -595,16 +596,22 @@ pub enum ClientFrameDoc {
 /// The body of `/healthz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok` while serving, `draining` during shutdown.
+    /// `ok` while serving, `degraded` while a backend is down, `draining`
+    /// during shutdown.
     pub status: HealthStatus,
     /// Executor cores; with `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub cores: Option<usize>,
-    /// Where presence and history live; with `ok`.
+    /// State of each backend; with `ok` and `degraded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub backends: Option<Backends>,
+    /// Names of the configured backends that are down (`redis`,
+    /// `postgres`); with `ok` and `degraded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub down: Option<Vec<String>>,
 }
 
 /// The `status` of `/healthz`.
@@ -613,19 +620,23 @@ pub struct Health {
 pub enum HealthStatus {
     /// Taking connections.
     Ok,
+    /// Taking connections, live chat works, but a backend is down: writes
+    /// are buffered (bounded) and retried.
+    Degraded,
     /// Shutting down.
     Draining,
 }
 
-/// The storage behind presence and history.
+/// The state of each backend: `disabled` (not configured: kept in memory
+/// on this instance), `up` or `down`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Backends {
-    /// `memory`: presence is kept on this instance.
-    #[schema(example = "memory")]
-    pub presence: String,
-    /// `memory`: history is kept on this instance, bounded.
-    #[schema(example = "memory")]
-    pub history: String,
+    /// Redis: presence and cross-instance fan-out.
+    #[schema(example = "disabled")]
+    pub redis: String,
+    /// Postgres: history and the audit trail.
+    #[schema(example = "up")]
+    pub postgres: String,
 }
 
 /// The body of `/api/chats/rooms/{roomId}/presence`.

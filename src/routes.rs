@@ -85,12 +85,19 @@ fn healthz(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
     if ctx.shutdown.is_triggered() {
         return http::response(503, JSON, br#"{"status":"draining"}"#, keep, &[]);
     }
+    let health = &ctx.shared.health;
+    let down = health.down();
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if down.is_empty() { "ok" } else { "degraded" },
         "cores": ctx.router.cores(),
-        "backends": { "presence": "memory", "history": "memory" },
+        "backends": {
+            "redis": health.redis.get().as_str(),
+            "postgres": health.postgres.get().as_str(),
+        },
+        "down": down,
     });
-    http::response(200, JSON, body.to_string().as_bytes(), keep, &[])
+    let status = if down.is_empty() { 200 } else { 503 };
+    http::response(status, JSON, body.to_string().as_bytes(), keep, &[])
 }
 
 /// Asks a core and waits (bounded) for the answer.

@@ -22,6 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::auth::{Identity, Verifier};
 use crate::config::Settings;
 use crate::connection;
+use crate::health::BackendHealth;
 use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
 use crate::hub::Hub;
 use crate::moderation::Moderator;
@@ -81,6 +82,8 @@ pub struct Shared {
     pub moderation_words: Vec<String>,
     /// The address actually bound (PORT=0 picks a free port).
     pub addr: SocketAddr,
+    /// Backend states, written by the backends' side threads, read by `/healthz`.
+    pub health: Arc<BackendHealth>,
 }
 
 /// One core's context, shared by its tasks through an `Rc`.
@@ -170,6 +173,7 @@ pub fn run(
         verifier,
         moderation_words,
         addr,
+        health: Arc::new(BackendHealth::default()),
     });
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();

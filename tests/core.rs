@@ -476,7 +476,11 @@ fn http_routes_and_sigterm_drain() {
     let mut server = Server::default_start();
     let (status, body) = server.get("/healthz", None);
     assert_eq!(status, 200);
-    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["status"], "ok", "{body}");
+    assert_eq!(health["backends"]["redis"], "disabled", "{body}");
+    assert_eq!(health["backends"]["postgres"], "disabled", "{body}");
+    assert_eq!(health["down"], serde_json::json!([]), "{body}");
     let (status, body) = server.get("/nope", None);
     assert_eq!(status, 404);
     assert!(body.contains("\"error\""));

@@ -15,6 +15,9 @@ use tungstenite::{Message, WebSocket};
 pub const SECRET: &str = "integration-test-secret";
 /// Longest wait for any expected frame; tests fail rather than hang.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a started server's listening line (it takes tens of
+/// milliseconds; the bound only turns a hang into a failure).
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running server process; killed on drop.
 pub struct Server {
@@ -41,7 +44,11 @@ impl Server {
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("CORES", "2")
-            .env("LOG_LEVEL", "warn")
+            // TEST_LOG_LEVEL=debug shows the servers' logs when chasing a failure.
+            .env(
+                "LOG_LEVEL",
+                std::env::var("TEST_LOG_LEVEL").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(stderr);
         for (k, v) in env {
@@ -49,17 +56,30 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start chatd");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("chatd exited before listening")
-                .expect("read stdout");
-            if let Some(addr) = line.strip_prefix("chatd listening on ") {
-                break addr.parse().expect("address");
+        // Read stdout on a thread (it keeps draining it so the server never
+        // blocks on a full pipe) and wait for the listening line with a
+        // deadline: a server that does not come up fails the test instead
+        // of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("chatd listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("chatd did not report listening within {START_TIMEOUT:?} ({e}; exit status {status:?})");
             }
         };
-        std::thread::spawn(move || for _ in lines {});
         Server { child, addr }
     }
 

@@ -25,6 +25,7 @@
 //!    first/last one -> presence frame via each room's owner  hub.rs
 //!  metrics: per-core counters, merged on scrape           metrics.rs
 //!  API docs: OpenAPI document + embedded Swagger UI      openapi.rs
+//!  demo page + JS client modules (clients/js/src)        web.rs
 //!  settings: environment variables and flags             config.rs
 //!  shutdown: SIGTERM -> core 0 -> every core drains       shutdown.rs
 //! ```
@@ -49,4 +50,5 @@ pub mod routes;
 pub mod server;
 pub mod shard;
 pub mod shutdown;
+pub mod web;
 pub mod ws;

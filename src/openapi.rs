@@ -159,6 +159,10 @@ const DOCS_PAGE: &str = r#"<!DOCTYPE html>
         paths::room_presence,
         paths::user_status,
         paths::websocket,
+        paths::demo_page,
+        paths::demo_script,
+        paths::demo_style,
+        paths::client_module,
     ),
     components(schemas(
         ClientFrameDoc,
@@ -180,6 +184,7 @@ const DOCS_PAGE: &str = r#"<!DOCTYPE html>
         (name = "websocket", description = "The real-time chat connection."),
         (name = "service", description = "Health and metrics."),
         (name = "docs", description = "This document and its viewer."),
+        (name = "demo", description = "The demo chat page and the JavaScript client it loads."),
     )
 )]
 struct ApiDoc;
@@ -383,6 +388,55 @@ mod paths {
         security(("bearer" = []), ("queryToken" = []))
     )]
     fn websocket() {}
+
+    /// The demo chat page.
+    ///
+    /// A small chat UI built on the JavaScript client (`/js/client.js`):
+    /// rooms, history on scroll-up, typing indicator, online list and
+    /// connection state. It takes the token from `?token=` (then removed
+    /// from the address bar) or from a field to paste it into.
+    #[utoipa::path(
+        get,
+        path = "/",
+        tag = "demo",
+        responses((status = 200, description = "The page; revalidated on every load (`Cache-Control: no-cache`).",
+                   body = String, content_type = "text/html")),
+    )]
+    fn demo_page() {}
+
+    /// The demo page's script (an ES module).
+    #[utoipa::path(
+        get,
+        path = "/app.js",
+        tag = "demo",
+        responses((status = 200, description = "JavaScript.", body = String, content_type = "text/javascript")),
+    )]
+    fn demo_script() {}
+
+    /// The demo page's style sheet.
+    #[utoipa::path(
+        get,
+        path = "/app.css",
+        tag = "demo",
+        responses((status = 200, description = "CSS.", body = String, content_type = "text/css")),
+    )]
+    fn demo_style() {}
+
+    /// A module of the JavaScript client.
+    ///
+    /// The ES modules of the `chatd-client` package (`clients/js/src`),
+    /// served as they are: `import { ChatClient } from '/js/index.js'`.
+    #[utoipa::path(
+        get,
+        path = "/js/{file}",
+        tag = "demo",
+        params(("file" = String, Path, description = "A module file name.", example = "client.js")),
+        responses(
+            (status = 200, description = "JavaScript.", body = String, content_type = "text/javascript"),
+            (status = 404, description = "No such module.", body = ErrorBody),
+        ),
+    )]
+    fn client_module() {}
 }
 
 /// Adds the security schemes the paths refer to.

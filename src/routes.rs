@@ -1,5 +1,5 @@
 //! Plain HTTP routes, answered on the accepting core: health, metrics,
-//! history, presence, API docs. Answers that live on another core (a room's
+//! history, presence, API docs, the demo page and the JS client. Answers that live on another core (a room's
 //! history, a user's status) are fetched with a mesh query.
 
 use std::borrow::Cow;
@@ -26,6 +26,8 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: &HttpRequest) -> Vec<u8> {
             | ["metrics"]
             | ["api", "chats", "rooms", _, "messages" | "presence"]
             | ["api", "chats", "users", _, "status"]
+            | ["" | "app.js" | "app.css"]
+            | ["js", _]
     );
     if known && req.method != "GET" && req.method != "HEAD" {
         return http::response(
@@ -51,10 +53,20 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: &HttpRequest) -> Vec<u8> {
             Ok(_) => user_status(ctx, &decode(user), keep).await,
             Err(resp) => resp,
         },
+        ["" | "app.js" | "app.css"] => web(req, keep),
+        ["js", _] => web(req, keep),
         _ => match crate::openapi::asset(&req.path) {
             Some((content_type, body)) => http::response(200, content_type, &body, keep, &[]),
             None => http::json_error(404, "not found", keep),
         },
+    }
+}
+
+/// A file of the demo page or the JS client (web.rs).
+fn web(req: &HttpRequest, keep: bool) -> Vec<u8> {
+    match crate::web::asset(&req.path) {
+        Some(a) => http::response(200, a.content_type, a.body, keep, a.headers),
+        None => http::json_error(404, "not found", keep),
     }
 }
 

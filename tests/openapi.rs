@@ -13,7 +13,7 @@ use common::{Client, Server};
 use serde_json::{json, Value};
 
 /// Every route the server answers, as documented (contract section 1).
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 12] = [
     "/healthz",
     "/metrics",
     "/api/chats/openapi.json",
@@ -22,6 +22,10 @@ const ROUTES: [&str; 8] = [
     "/api/chats/rooms/{roomId}/presence",
     "/api/chats/users/{userId}/status",
     "/ws",
+    "/",
+    "/app.js",
+    "/app.css",
+    "/js/{file}",
 ];
 
 /// The routes that need a token.
@@ -86,6 +90,7 @@ fn fetch_document(server: &Server) -> Value {
 fn sample(path: &str) -> String {
     path.replace("{roomId}", "general")
         .replace("{userId}", "user-1")
+        .replace("{file}", "client.js")
 }
 
 #[test]

@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod openapi;
 pub mod outbound;
+pub mod pg;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;

@@ -359,6 +359,38 @@ mod tests {
     }
 
     #[test]
+    fn postgres_settings() {
+        let s = parse(&[]).unwrap().settings;
+        assert_eq!(s.pg_batch_size, 500);
+        assert_eq!(s.pg_flush_interval_ms, 100);
+        assert_eq!(s.pg_buffer_messages, 100_000);
+        assert_eq!(s.pg_shutdown_timeout_ms, 10_000);
+        let err = parse(&["--pg-batch-size", "many"]).unwrap_err().to_string();
+        assert!(err.contains("PG_BATCH_SIZE"), "{err}");
+        let err = parse(&["--pg-buffer-messages", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PG_BUFFER_MESSAGES"), "{err}");
+        let s = parse(&["--pg-flush-interval-ms", "1500"]).unwrap().settings;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("PG_FLUSH_INTERVAL_MS"));
+        let s = parse(&["--database-url", "postgres://u:pw@db:5432/chat"])
+            .unwrap()
+            .settings;
+        assert!(s.validate().is_ok());
+        let s = parse(&["--database-url", "postgres://u:pw@db:port/chat"])
+            .unwrap()
+            .settings;
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.starts_with("DATABASE_URL") && !err.contains("pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn development_and_patterns() {
         let s = parse(&[
             "--app-env",

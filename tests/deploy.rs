@@ -182,7 +182,7 @@ fn chart_plain_yaml_parses() {
         grace >= pre_stop + 5 + 2 + 10,
         "grace {grace}s, preStop {pre_stop}s"
     );
-    // Redis and Postgres are refused at start-up by this build: off by default.
+    // Backends are opt-in (and REDIS_URL is still refused by this build).
     assert_eq!(values["redis"]["enabled"].as_bool(), Some(false));
     assert_eq!(values["database"]["enabled"].as_bool(), Some(false));
     for name in [

@@ -21,6 +21,14 @@ use serde_json::{json, Value};
 
 const SHARED_PG: &str = "127.0.0.1:5432";
 
+/// One test at a time: each starts servers (and one a Postgres cluster) on
+/// a two-core machine, and their timing assertions (the 1 s write bound)
+/// should not compete with each other.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// True when a test needing `what` may run; prints SKIP otherwise, and
 /// fails under CI=true.
 fn available(ok: bool, what: &str) -> bool {
@@ -202,6 +210,7 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 #[test]
 fn five_hundred_messages_survive_sigterm_and_restart() {
+    let _serial = serial();
     let Some(db) = TestDb::create() else { return };
     // Long interval and large batches: what is not written by SIGTERM time
     // must be written by the shutdown flush.
@@ -232,6 +241,7 @@ fn five_hundred_messages_survive_sigterm_and_restart() {
 
 #[test]
 fn broadcast_message_is_in_postgres_within_one_second() {
+    let _serial = serial();
     let Some(db) = TestDb::create() else { return };
     let server = Server::start(&env(&db.url, &[]));
     let (mut alice, _) = server.connect("alice", "quick");
@@ -250,10 +260,23 @@ fn broadcast_message_is_in_postgres_within_one_second() {
         let stored: Value = serde_json::from_str(&stored).unwrap();
         assert_eq!(stored, broadcast);
     }
+    assert_eq!(
+        server.metric("chat_pg_rows_written_total{table=\"messages\"}"),
+        Some(3.0)
+    );
+    assert_eq!(server.metric("chat_pg_flush_rows_sum"), Some(3.0));
+    assert!(
+        server
+            .metric("chat_pg_flush_duration_seconds_count")
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(server.metric("chat_pg_up"), Some(1.0));
 }
 
 #[test]
 fn migrations_by_two_instances_at_once_then_again() {
+    let _serial = serial();
     let Some(db) = TestDb::create() else { return };
     let env = env(&db.url, &[]);
     let (a, b) = std::thread::scope(|s| {
@@ -297,6 +320,7 @@ fn shapes(messages: &[Value]) -> Vec<BTreeSet<String>> {
 
 #[test]
 fn pages_and_recovery_from_postgres_match_the_memory_shape() {
+    let _serial = serial();
     let Some(db) = TestDb::create() else { return };
     // Room owned by core 0; a second connection starts on core 1's room, so
     // its join_room crosses cores.
@@ -388,6 +412,7 @@ fn pages_and_recovery_from_postgres_match_the_memory_shape() {
 
 #[test]
 fn audit_records_survive_a_restart() {
+    let _serial = serial();
     let Some(db) = TestDb::create() else { return };
     let env = env(
         &db.url,
@@ -576,13 +601,18 @@ fn read_log_tail(path: &Path) -> String {
 
 #[test]
 fn postgres_outage_keeps_chat_live_and_loses_nothing() {
+    let _serial = serial();
     let Some(cluster) = PrivateCluster::start() else {
         return;
     };
     let url = cluster.url();
-    let server = Server::start(&env(
+    let (mut server, log) = Server::start_with_log(&env(
         &url,
-        &[("PG_BUFFER_MESSAGES", "8"), ("PG_FLUSH_INTERVAL_MS", "50")],
+        &[
+            ("PG_BUFFER_MESSAGES", "8"),
+            ("PG_FLUSH_INTERVAL_MS", "50"),
+            ("PG_SHUTDOWN_TIMEOUT_MS", "1000"),
+        ],
     ));
     let count = || -> usize {
         column(&url, "SELECT count(*) FROM chat_messages")[0]
@@ -652,12 +682,48 @@ fn postgres_outage_keeps_chat_live_and_loses_nothing() {
         bob.recv_type("message")["messageId"].as_str(),
         Some(after[0].as_str())
     );
+    assert!(poll(Duration::from_secs(2), || (count() == 12).then_some(())).is_some());
     // Reconnected on its own: the first connection and one after the outage.
     assert!(server.metric("chat_pg_connects_total").unwrap() >= 2.0);
+
+    // Down for the whole shutdown wait: the exit says how much was not written.
+    cluster.pg_stop_fast();
+    assert!(poll(Duration::from_secs(10), || (healthz(&server).0 == 503)
+        .then_some(()))
+    .is_some());
+    send_all(&mut alice, "outage", 2, "lost");
+    server.sigterm();
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let lines: Vec<String> = log.try_iter().map(|l| strip_ansi(&l)).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("rows not written") && l.contains("left=2")),
+        "{lines:#?}"
+    );
+}
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[test]
 fn bad_settings_stop_start_up_naming_the_variable() {
+    let _serial = serial();
     for (var, value) in [
         ("PG_BATCH_SIZE", "lots"),
         ("PG_BUFFER_MESSAGES", "0"),

@@ -15,6 +15,8 @@ use tungstenite::{Message, WebSocket};
 pub const SECRET: &str = "integration-test-secret";
 /// Longest wait for any expected frame; tests fail rather than hang.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a started server's "listening" line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running server process; killed on drop.
 pub struct Server {
@@ -49,17 +51,35 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start chatd");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("chatd exited before listening")
-                .expect("read stdout");
-            if let Some(addr) = line.strip_prefix("chatd listening on ") {
-                break addr.parse().expect("address");
+        // Read on a thread so that a server that never gets ready fails the
+        // test after START_TIMEOUT instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let addr = loop {
+                match lines.next() {
+                    Some(Ok(line)) => {
+                        if let Some(addr) = line.strip_prefix("chatd listening on ") {
+                            break Some(addr.to_string());
+                        }
+                    }
+                    _ => break None,
+                }
+            };
+            let _ = tx.send(addr);
+            for _ in lines {}
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(addr)) => addr.parse().expect("address"),
+            Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("chatd exited before listening")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("chatd did not start listening within {START_TIMEOUT:?}")
             }
         };
-        std::thread::spawn(move || for _ in lines {});
         Server { child, addr }
     }
 

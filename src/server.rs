@@ -282,7 +282,21 @@ async fn core_main(
     signals: SignalSlot,
     ready: std::sync::mpsc::Sender<()>,
 ) {
+    // glommio's mesh join can miss a wake-up from another executor when
+    // several processes start at once on a busy machine, leaving every core
+    // asleep in io_uring forever (seen with 16 servers starting together on
+    // two CPUs). A ticker wakes the reactor until the join completes, so a
+    // missed notification is picked up on the next tick.
+    let joined = Rc::new(std::cell::Cell::new(false));
+    let ticker = joined.clone();
+    glommio::spawn_local(async move {
+        while !ticker.get() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .detach();
     let (senders, mut receivers) = mesh.join().await.expect("mesh join");
+    joined.set(true);
     let cores = shared.settings.core_count();
     let router = Rc::new(Router::new(senders, cores));
     let core = router.core();

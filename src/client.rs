@@ -235,6 +235,13 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
                 let text = format!("message longer than {max} characters");
                 return hub.send_error(client, ErrorCode::MessageTooLong, &text, None, now);
             }
+            if hub.durable_full() {
+                // Postgres is down and its buffer full: refuse before the
+                // message is counted, stamped or broadcast.
+                hub.metrics.message(Outcome::Unavailable);
+                let text = crate::hub::UNAVAILABLE_TEXT;
+                return hub.send_error(client, ErrorCode::Unavailable, text, None, now);
+            }
             hub.publish(
                 Box::new(Publish {
                     room,

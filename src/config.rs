@@ -106,6 +106,18 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Postgres: most rows (messages and audit records) written in one batch.
+    #[arg(long, env = "PG_BATCH_SIZE", value_name = "PG_BATCH_SIZE", default_value_t = 500, value_parser = positive)]
+    pub pg_batch_size: u64,
+    /// Postgres: longest a row waits before its batch is flushed, in milliseconds (at most 1000, the contract's durability bound).
+    #[arg(long, env = "PG_FLUSH_INTERVAL_MS", value_name = "PG_FLUSH_INTERVAL_MS", default_value_t = 100, value_parser = positive)]
+    pub pg_flush_interval_ms: u64,
+    /// Postgres: rows (messages and audit records) held while Postgres is slow or down; when full, new messages are refused with `unavailable`.
+    #[arg(long, env = "PG_BUFFER_MESSAGES", value_name = "PG_BUFFER_MESSAGES", default_value_t = 100_000, value_parser = positive)]
+    pub pg_buffer_messages: u64,
+    /// Postgres: how long shutdown waits for the last rows to be written, in milliseconds.
+    #[arg(long, env = "PG_SHUTDOWN_TIMEOUT_MS", value_name = "PG_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000, value_parser = positive)]
+    pub pg_shutdown_timeout_ms: u64,
     /// Window of the per-user message limit, in milliseconds.
     #[arg(long, env = "RATE_LIMIT_WINDOW_MS", value_name = "RATE_LIMIT_WINDOW_MS", default_value_t = 60_000, value_parser = positive)]
     pub rate_limit_window_ms: u64,
@@ -227,6 +239,16 @@ impl Settings {
         Duration::from_millis(self.write_stall_timeout_ms)
     }
 
+    /// Postgres flush interval.
+    pub fn pg_flush_interval(&self) -> Duration {
+        Duration::from_millis(self.pg_flush_interval_ms)
+    }
+
+    /// Postgres shutdown wait.
+    pub fn pg_shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.pg_shutdown_timeout_ms)
+    }
+
     /// Moderation regex sources.
     pub fn patterns(&self) -> Vec<String> {
         self.moderation_patterns
@@ -272,8 +294,17 @@ impl Settings {
         if self.redis_url.is_some() {
             return Err("REDIS_URL: this build keeps presence in memory and has no Redis backend yet; unset REDIS_URL to run a single node".into());
         }
-        if self.database_url.is_some() {
-            return Err("DATABASE_URL: this build keeps history in memory and has no Postgres backend yet; unset DATABASE_URL to run with bounded in-memory history".into());
+        if let Some(url) = &self.database_url {
+            crate::pg::parse_url(url)?;
+        }
+        if self.pg_flush_interval_ms > 1000 {
+            return Err("PG_FLUSH_INTERVAL_MS: at most 1000, so that a broadcast message is in Postgres within 1 s".into());
+        }
+        if self.pg_batch_size > 10_000 {
+            return Err("PG_BATCH_SIZE: at most 10000 rows per batch".into());
+        }
+        if self.pg_buffer_messages > 10_000_000 {
+            return Err("PG_BUFFER_MESSAGES: at most 10000000 rows".into());
         }
         if let Some(secret) = &self.jwt_secret {
             if secret.is_empty() {
@@ -325,6 +356,38 @@ mod tests {
             .unwrap()
             .settings;
         assert!(s.validate().unwrap_err().starts_with("IDLE_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn postgres_settings() {
+        let s = parse(&[]).unwrap().settings;
+        assert_eq!(s.pg_batch_size, 500);
+        assert_eq!(s.pg_flush_interval_ms, 100);
+        assert_eq!(s.pg_buffer_messages, 100_000);
+        assert_eq!(s.pg_shutdown_timeout_ms, 10_000);
+        let err = parse(&["--pg-batch-size", "many"]).unwrap_err().to_string();
+        assert!(err.contains("PG_BATCH_SIZE"), "{err}");
+        let err = parse(&["--pg-buffer-messages", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PG_BUFFER_MESSAGES"), "{err}");
+        let s = parse(&["--pg-flush-interval-ms", "1500"]).unwrap().settings;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("PG_FLUSH_INTERVAL_MS"));
+        let s = parse(&["--database-url", "postgres://u:pw@db:5432/chat"])
+            .unwrap()
+            .settings;
+        assert!(s.validate().is_ok());
+        let s = parse(&["--database-url", "postgres://u:pw@db:port/chat"])
+            .unwrap()
+            .settings;
+        let err = s.validate().unwrap_err();
+        assert!(
+            err.starts_with("DATABASE_URL") && !err.contains("pw"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub trait HistoryStore {
     ) -> Vec<StoredMessage>;
     /// Messages newer than `since`, at most `max` (the newest ones).
     fn since(&self, room: &str, since: Ulid, max: usize) -> Vec<StoredMessage>;
+    /// Id of the oldest message still held for `room`. Evictions take a room's oldest first, so
+    /// everything of the room accepted after it is held too: a read whose lower bound is at or
+    /// past it needs no older store.
+    fn first_id(&self, room: &str) -> Option<Ulid>;
 }
 
 /// Per-room logs with a per-room and a total bound (see the module doc).
@@ -168,6 +172,11 @@ impl MemoryHistory {
         log.range(start..).cloned().collect()
     }
 
+    /// Id of the oldest stored message of `room`.
+    pub fn first_id(&self, room: &str) -> Option<Ulid> {
+        self.rooms.get(room)?.front().map(|m| m.id)
+    }
+
     /// Id of the newest stored message of `room`.
     pub fn last_id(&self, room: &str) -> Option<Ulid> {
         self.rooms.get(room)?.back().map(|m| m.id)
@@ -256,6 +265,10 @@ impl HistoryStore for MemoryHistory {
 
     fn since(&self, room: &str, since: Ulid, max: usize) -> Vec<StoredMessage> {
         MemoryHistory::since(self, room, since, max)
+    }
+
+    fn first_id(&self, room: &str) -> Option<Ulid> {
+        MemoryHistory::first_id(self, room)
     }
 }
 
@@ -401,6 +414,8 @@ mod tests {
         assert_eq!(h.last_id("a"), None);
         assert!(h.page("a", None, None, 10).is_empty());
         assert_eq!(h.last_id("b"), Some(id(3)));
+        assert_eq!(h.first_id("b"), Some(id(2)));
+        assert_eq!(h.first_id("a"), None);
     }
 
     #[test]

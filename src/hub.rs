@@ -40,6 +40,10 @@ use crate::ratelimit::{Decision, RateLimiter};
 use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router, ShardMsg};
 use crate::ws;
 
+mod durable;
+
+pub use durable::UNAVAILABLE_TEXT;
+
 /// Most messages replayed by `join_room` with `since` (contract section 3).
 pub const MAX_REPLAY: usize = 1000;
 /// Dedupe entries a core keeps; beyond it the oldest are forgotten early.
@@ -136,6 +140,12 @@ pub struct Hub {
     moderator: Option<Moderator>,
     /// Where masked/blocked messages are recorded.
     audit: MemoryAudit,
+    /// The Postgres backend, when DATABASE_URL is set (see `hub/durable.rs`).
+    durable: Option<crate::pg::link::Durable>,
+    /// Postgres reads in flight, by request id; at most
+    /// `durable::MAX_PG_READS`, every one answered (a lost reply reads as a
+    /// failure).
+    pg_waits: HashMap<u64, durable::PgWait>,
     /// Queries asked by this core, by request id. Bounded by the requests
     /// in flight: every query is answered by its owner core (the mesh never
     /// drops), and an HTTP asker that timed out leaves a waiter whose answer
@@ -174,6 +184,8 @@ impl Hub {
             )),
             moderator,
             audit: MemoryAudit::new(AUDIT_MEMORY),
+            durable: None,
+            pg_waits: HashMap::new(),
             pending: HashMap::new(),
             next_req: 0,
             next_conn: 0,
@@ -264,6 +276,13 @@ impl Hub {
         let owner = self.owner(&room);
         if owner == self.core {
             let user = client.identity.user_id.clone();
+            if since.is_some_and(|s| self.defer_join(self.core, client.id, &user, &room, s, count))
+            {
+                if count {
+                    client.set_membership(&room, Membership::Pending);
+                }
+                return;
+            }
             let (member_count, replay) = self.join_owner(&room, user, self.core, since, count);
             if count {
                 client.set_membership(&room, Membership::Joined);
@@ -467,6 +486,9 @@ impl Hub {
             conn,
             received_at,
         } = p;
+        if self.durable_full() {
+            return self.refuse_unavailable(user.user_id, conn, client_msg_id, now);
+        }
         let wall = SystemTime::now();
         let id = self
             .ids
@@ -513,13 +535,9 @@ impl Hub {
         let mut buf = Vec::with_capacity(header + json.len());
         ws::encode_text_into(&json, &mut buf);
         let frame = Bytes::from(buf);
-        self.history.append(
-            &room,
-            StoredMessage {
-                id,
-                json: frame.slice(header..),
-            },
-        );
+        let json = frame.slice(header..);
+        self.store_message(&message, &json);
+        self.history.append(&room, StoredMessage { id, json });
         self.metrics.message(Outcome::Accepted);
         self.metrics.room_message(&room);
         self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
@@ -543,14 +561,16 @@ impl Hub {
             AuditAction::Masked => self.metrics.audit_masked += 1,
             AuditAction::Blocked => self.metrics.audit_blocked += 1,
         }
-        self.audit.record(AuditRecord {
+        let record = AuditRecord {
             message_id,
             user_id: user.user_id.clone(),
             room_id: room.clone(),
             action,
             reason,
             at_ms,
-        });
+        };
+        self.store_audit(&record);
+        self.audit.record(record);
     }
 
     /// Tells the user's owner how a publish with a `clientMsgId` ended.
@@ -765,12 +785,17 @@ impl Hub {
 
     /// Asks core `target` a question (answered in place when local).
     pub fn ask(&mut self, target: usize, query: Query) -> Asked {
-        if target == self.core {
+        let deferred = self.has_durable() && matches!(query, Query::History { .. });
+        if target == self.core && !deferred {
             return Asked::Ready(self.answer(query));
         }
         let (tx, rx) = local_channel::new_bounded(1);
         let req = self.register(Waiter::Http(tx));
-        self.router.send(target, ShardMsg::Query { req, query });
+        if target == self.core {
+            self.answer_query(target, req, query, Instant::now());
+        } else {
+            self.router.send(target, ShardMsg::Query { req, query });
+        }
         Asked::Later(rx)
     }
 
@@ -840,7 +865,7 @@ impl Hub {
             after,
             limit,
         };
-        if owner == self.core {
+        if owner == self.core && !self.has_durable() {
             if let Answer::Messages(messages) = self.answer(query) {
                 let body = protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
                 client.push_own(&body, now);
@@ -850,7 +875,11 @@ impl Hub {
                 conn: client.id,
                 room,
             });
-            self.router.send(owner, ShardMsg::Query { req, query });
+            if owner == self.core {
+                self.answer_query(owner, req, query, now);
+            } else {
+                self.router.send(owner, ShardMsg::Query { req, query });
+            }
         }
     }
 
@@ -886,6 +915,9 @@ impl Hub {
                 since,
                 count,
             } => {
+                if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count)) {
+                    return;
+                }
                 let (member_count, replay) =
                     self.join_owner(&room, user.clone(), from, since, count);
                 let answer = JoinAnswer {
@@ -923,10 +955,7 @@ impl Hub {
             ShardMsg::ToConn { conn, frame } => self.send_to_conn(conn, frame, now),
             ShardMsg::UserOnline { user, room } => self.user_online(user, room),
             ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms),
-            ShardMsg::Query { req, query } => {
-                let answer = self.answer(query);
-                self.router.send(from, ShardMsg::Answer { req, answer });
-            }
+            ShardMsg::Query { req, query } => self.answer_query(from, req, query, now),
             ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
             ShardMsg::Adopt(_) | ShardMsg::Shutdown => {
                 debug_assert!(false, "handled by the server loop");

@@ -20,6 +20,13 @@
 //!         encode once, history (history.rs), fan-out (hub.rs):
 //!           local members' outbound queues (outbound.rs)
 //!           + one copy per other core with members (ShardMsg::Deliver)
+//!         + with DATABASE_URL: row to the Postgres writer  hub/durable.rs
+//!  Postgres (pg/): side thread, tokio current-thread runtime  pg/worker.rs
+//!    cores -> bounded channel -> batches (size or interval)   pg/batch.rs
+//!    -> UNNEST insert, retried with backoff; schema      pg/migrate.rs
+//!    reads: oneshot reply -> task on the asking core    pg/link.rs
+//!      -> merged with the owner's memory cache          pg/merge.rs
+//!    counters rendered into /metrics                    pg/stats.rs
 //!    outbound queue -> one gathered sendmsg per wake-up   connection.rs
 //!  presence: user's owner core counts connections (presence.rs);
 //!    first/last one -> presence frame via each room's owner  hub.rs
@@ -28,6 +35,7 @@
 //!  demo page + JS client modules (clients/js/src)        web.rs
 //!  settings: environment variables and flags             config.rs
 //!  shutdown: SIGTERM -> core 0 -> every core drains       shutdown.rs
+//!    then the Postgres writer's final flush             pg/mod.rs
 //! ```
 
 pub mod auth;
@@ -43,6 +51,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod openapi;
 pub mod outbound;
+pub mod pg;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;

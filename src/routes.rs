@@ -132,10 +132,13 @@ async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
             _ => return http::json_error(503, "a core did not answer", keep),
         }
     }
-    let extra = format!(
+    let mut extra = format!(
         "# HELP chat_cores Executor cores.\n# TYPE chat_cores gauge\nchat_cores {}\n",
         ctx.router.cores()
     );
+    if let Some(pg) = &ctx.shared.pg {
+        pg.render_metrics(&mut extra);
+    }
     let body = total.render(&extra);
     http::response(200, "text/plain; version=0.0.4", body.as_bytes(), keep, &[])
 }

@@ -84,6 +84,8 @@ pub struct Shared {
     pub addr: SocketAddr,
     /// Backend states, written by the backends' side threads, read by `/healthz`.
     pub health: Arc<BackendHealth>,
+    /// The Postgres backend, when DATABASE_URL is set.
+    pub pg: Option<Arc<crate::pg::PgHandle>>,
 }
 
 /// One core's context, shared by its tasks through an `Rc`.
@@ -168,12 +170,21 @@ pub fn run(
     // a write to a closed socket must return EPIPE, not kill the process.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
+    let health = Arc::new(BackendHealth::default());
+    let pg = match settings.database_url {
+        Some(_) => Some(Arc::new(
+            crate::pg::PgHandle::start(&settings, health.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        )),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         settings,
         verifier,
         moderation_words,
         addr,
-        health: Arc::new(BackendHealth::default()),
+        health,
+        pg: pg.clone(),
     });
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -207,9 +218,19 @@ pub fn run(
             on_ready(addr);
         }
     });
-    for result in handles.join_all() {
-        result.map_err(|e| StartError::Executors(e.to_string()))?;
+    let joined: Result<Vec<()>, _> = handles.join_all().into_iter().collect();
+    // Every core has drained: nothing more can be accepted, so the final
+    // flush writes everything that was.
+    if let Some(pg) = pg {
+        match pg.finish() {
+            0 => tracing::info!("postgres: every accepted message and audit record is written"),
+            left => tracing::error!(
+                left,
+                "postgres: rows not written before the shutdown wait (PG_SHUTDOWN_TIMEOUT_MS) ran out"
+            ),
+        }
     }
+    joined.map_err(|e| StartError::Executors(e.to_string()))?;
     let _ = ready_thread.join();
     Ok(())
 }
@@ -277,6 +298,7 @@ async fn core_main(
         shared: shared.clone(),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
     });
+    crate::pg::link::attach(&ctx);
     for (peer, rx) in receivers.streams() {
         let ctx = ctx.clone();
         glommio::spawn_local(async move {

@@ -182,7 +182,7 @@ fn chart_plain_yaml_parses() {
         grace >= pre_stop + 5 + 2 + 10,
         "grace {grace}s, preStop {pre_stop}s"
     );
-    // Redis and Postgres are refused at start-up by this build: off by default.
+    // Backends are opt-in (and REDIS_URL is still refused by this build).
     assert_eq!(values["redis"]["enabled"].as_bool(), Some(false));
     assert_eq!(values["database"]["enabled"].as_bool(), Some(false));
     for name in [
@@ -327,4 +327,120 @@ fn dashboard_metrics_are_exposed_by_the_server() {
     assert!(latency
         .iter()
         .all(|e| e.contains("chat_delivery_latency_seconds_bucket")));
+}
+
+/// The compose file's service `name`.
+fn compose_service(name: &str) -> Yaml {
+    let compose = yaml(&root().join("docker-compose.yml"));
+    compose["services"][name].clone()
+}
+
+#[test]
+fn compose_starts_chatd_with_postgres_and_redis() {
+    let compose = yaml(&root().join("docker-compose.yml"));
+    let services: BTreeSet<&str> = compose["services"]
+        .as_mapping()
+        .expect("services")
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(services, BTreeSet::from(["chatd", "postgres", "redis"]));
+    assert!(compose["volumes"]["pgdata"].is_mapping());
+
+    let chatd = compose_service("chatd");
+    assert_eq!(chatd["build"].as_str(), Some("."));
+    for backend in ["postgres", "redis"] {
+        assert_eq!(
+            chatd["depends_on"][backend]["condition"].as_str(),
+            Some("service_healthy"),
+            "{backend}"
+        );
+    }
+    let env = &chatd["environment"];
+    let text = |key: &str| {
+        env[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}"))
+            .to_string()
+    };
+    assert_eq!(text("JWT_SECRET"), "${JWT_SECRET:?set JWT_SECRET}");
+    assert_eq!(text("REDIS_URL"), "redis://redis:6379");
+    assert_eq!(text("PIN_CORES"), "false");
+    // DATABASE_URL names the postgres service and the credentials it creates.
+    let pg = compose_service("postgres");
+    let (user, password, db) = (
+        pg["environment"]["POSTGRES_USER"].as_str().unwrap(),
+        pg["environment"]["POSTGRES_PASSWORD"].as_str().unwrap(),
+        pg["environment"]["POSTGRES_DB"].as_str().unwrap(),
+    );
+    assert_eq!(
+        text("DATABASE_URL"),
+        format!("postgres://{user}:{password}@postgres:5432/{db}")
+    );
+    chatd::pg::parse_url(&text("DATABASE_URL")).expect("DATABASE_URL parses");
+    // Every variable is a setting the binary knows.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("--help")
+        .output()
+        .expect("chatd --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for key in env.as_mapping().unwrap().keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            help.contains(&format!("[env: {key}")),
+            "{key} is not a setting"
+        );
+    }
+    assert_eq!(chatd["ports"][0].as_str(), Some("8000:8000"));
+    assert_eq!(
+        chatd["security_opt"][0].as_str(),
+        Some("seccomp=unconfined")
+    );
+    assert_eq!(chatd["ulimits"]["memlock"]["soft"].as_i64(), Some(-1));
+    assert_eq!(chatd["ulimits"]["nofile"]["hard"].as_u64(), Some(1_048_576));
+    let check = &chatd["healthcheck"]["test"];
+    assert_eq!(check[0].as_str(), Some("CMD"));
+    assert!(
+        check[3].as_str().unwrap().ends_with("/healthz"),
+        "{check:?}"
+    );
+    // Grace: drain 5 s + linger 2 s + the final Postgres flush.
+    let grace: u64 = chatd["stop_grace_period"]
+        .as_str()
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+        .expect("stop_grace_period in seconds");
+    let flush_ms: u64 = text("PG_SHUTDOWN_TIMEOUT_MS").parse().unwrap();
+    assert!(grace >= 5 + 2 + flush_ms / 1000, "grace {grace}s");
+
+    assert_eq!(pg["image"].as_str(), Some("postgres:15"));
+    assert_eq!(
+        pg["healthcheck"]["test"][1].as_str(),
+        Some(format!("pg_isready -U {user} -d {db}").as_str())
+    );
+    assert_eq!(
+        pg["volumes"][0].as_str(),
+        Some("pgdata:/var/lib/postgresql/data")
+    );
+    let redis = compose_service("redis");
+    assert_eq!(redis["image"].as_str(), Some("redis:7"));
+    assert_eq!(redis["healthcheck"]["test"][1].as_str(), Some("redis-cli"));
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_a_health_check() {
+    let text = read(&root().join("Dockerfile"));
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[0].ends_with(" AS build"), "{froms:?}");
+    assert_eq!(froms[1], "FROM debian:bookworm-slim");
+    assert!(text.contains("COPY --from=build /src/target/release/chatd /usr/local/bin/chatd"));
+    assert!(text.lines().any(|l| l == "USER chatd"));
+    assert!(text.contains("useradd --system --uid 10001"));
+    let check = text
+        .lines()
+        .find(|l| l.starts_with("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
+    assert!(check.contains("/healthz"), "{check}");
+    assert!(text.lines().any(|l| l == "STOPSIGNAL SIGTERM"));
 }

@@ -1,0 +1,370 @@
+//! Postgres backend: durable history and the audit trail, written in batches
+//! from a side thread, read back for history pages and recovery.
+//!
+//! The tokio-postgres client needs a tokio runtime, which never runs on an
+//! executor core: one dedicated thread runs a current-thread runtime
+//! ([`worker`]). Cores talk to it through [`PgHandle`]:
+//!
+//! - **Writes**: the room owner hands every accepted message (and every
+//!   audit record) over with a non-blocking `try_send` on a bounded channel
+//!   and counts it in a shared atomic. The writer batches rows and flushes on
+//!   size or interval ([`batch`]), with `INSERT ... SELECT * FROM UNNEST(...)
+//!   ON CONFLICT DO NOTHING`, so a retried batch never duplicates.
+//! - **Outages**: a failed write keeps its rows and retries with exponential
+//!   backoff; the connection is re-established on its own; `/healthz` shows
+//!   Postgres down meanwhile. When the rows waiting reach PG_BUFFER_MESSAGES,
+//!   new messages are refused with `unavailable` before they are stamped, so
+//!   nothing accepted is ever dropped.
+//! - **Reads**: a core sends a read with a oneshot reply and goes on; the
+//!   answer wakes the waiting task on that core ([`link`]), which merges the
+//!   rows with the owner's in-memory cache ([`merge`]).
+//! - **Shutdown**: after every core has drained, [`PgHandle::finish`] writes
+//!   what is left, waiting at most PG_SHUTDOWN_TIMEOUT_MS.
+
+pub mod batch;
+pub mod link;
+pub mod merge;
+pub mod migrate;
+pub mod stats;
+mod worker;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use ulid::Ulid;
+
+use crate::config::Settings;
+use crate::health::{BackendHealth, State};
+use crate::history::StoredMessage;
+use crate::moderation::AuditRecord;
+
+pub use merge::Pick;
+
+/// Longest start-up waits for the first connection and migrations before
+/// serving anyway with Postgres marked down.
+pub const START_WAIT: Duration = Duration::from_secs(10);
+/// Connection timeout when DATABASE_URL sets none.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a history read waits for Postgres before the in-memory answer is
+/// used instead.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// History reads queued for the side thread at once; a read that finds the
+/// queue full is answered from memory (and counted as shed).
+pub const READ_QUEUE: usize = 1024;
+/// Room on top of PG_BUFFER_MESSAGES in the write channel for the overshoot
+/// of cores racing on the last free slot (two rows per core, at most 64
+/// cores; see [`batch::admit`]).
+pub const WRITE_SLACK: usize = 2 * 64;
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// DATABASE_URL does not parse.
+    #[error("DATABASE_URL: {0}")]
+    Url(String),
+    /// The side thread could not be started.
+    #[error("cannot start the Postgres thread: {0}")]
+    Thread(String),
+}
+
+/// Parses DATABASE_URL (a `postgres://` URL or `key=value` pairs). The error
+/// names the variable and never echoes the value, which may hold a password.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| format!("DATABASE_URL: not a valid Postgres connection string ({e})"))?;
+    if config.get_hosts().is_empty() {
+        return Err("DATABASE_URL: names no host".into());
+    }
+    Ok(config)
+}
+
+/// One accepted message on its way to `chat_messages`.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    /// Room.
+    pub room_id: Arc<str>,
+    /// Message id (primary key with the room).
+    pub id: Ulid,
+    /// Author.
+    pub user_id: Arc<str>,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The `message` frame's JSON exactly as broadcast (shared bytes).
+    pub payload: Bytes,
+}
+
+/// A row for the writer.
+#[derive(Debug)]
+pub enum WriteItem {
+    /// An accepted message.
+    Message(MessageRow),
+    /// A moderation audit record.
+    Audit(AuditRecord),
+}
+
+/// A history read: a room's messages with ids strictly between `after` and
+/// `before`, at most `limit`, chosen by `pick`, returned oldest first.
+#[derive(Debug, Clone)]
+pub struct ReadSpec {
+    /// Room.
+    pub room: Arc<str>,
+    /// Exclusive lower bound.
+    pub after: Option<Ulid>,
+    /// Exclusive upper bound.
+    pub before: Option<Ulid>,
+    /// Most rows.
+    pub limit: usize,
+    /// Which end to keep.
+    pub pick: Pick,
+}
+
+/// A read that Postgres could not answer (down, timed out, refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFailed;
+
+/// Rows of a read, oldest first.
+pub type ReadResult = Result<Vec<StoredMessage>, ReadFailed>;
+
+/// The receiving end a core awaits for a read.
+pub type ReadReceiver = futures_channel::oneshot::Receiver<ReadResult>;
+
+/// A read and where to send its rows.
+#[derive(Debug)]
+pub struct ReadRequest {
+    /// What to read.
+    pub spec: ReadSpec,
+    /// Reply; dropping it unanswered wakes the core with a failure.
+    pub reply: futures_channel::oneshot::Sender<ReadResult>,
+}
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// Flush rules.
+    pub policy: batch::FlushPolicy,
+    /// PG_BUFFER_MESSAGES.
+    pub capacity: usize,
+    /// PG_SHUTDOWN_TIMEOUT_MS.
+    pub shutdown_timeout: Duration,
+}
+
+/// State shared by the cores and the side thread.
+#[derive(Debug)]
+pub struct Inner {
+    /// Rows handed to the writer and not yet written (or rejected). Cores
+    /// add, the writer subtracts; one relaxed load decides admission.
+    pub buffered: AtomicUsize,
+    /// Wakes the writer: a batch's worth of rows arrived, or shutdown.
+    pub wake: Notify,
+    /// Set once every core has stopped: write everything, then exit.
+    pub closing: AtomicBool,
+    /// The counters.
+    pub stats: stats::PgStats,
+    /// Where `/healthz` reads Postgres's state.
+    pub health: Arc<BackendHealth>,
+}
+
+/// The cores' handle on the backend (one, shared by every core).
+pub struct PgHandle {
+    /// Rows to write. Bounded at PG_BUFFER_MESSAGES + WRITE_SLACK, which
+    /// admission keeps it under; see [`PgHandle::write`] for a full channel.
+    writes: mpsc::Sender<WriteItem>,
+    /// Reads. Bounded at READ_QUEUE; full: the read is answered from memory.
+    reads: mpsc::Sender<ReadRequest>,
+    /// Shared counters and signals.
+    inner: Arc<Inner>,
+    /// Writer settings.
+    settings: WriterSettings,
+    /// The side thread and its final report (rows left unwritten), taken by
+    /// [`PgHandle::finish`].
+    thread: Mutex<
+        Option<(
+            std::thread::JoinHandle<()>,
+            std::sync::mpsc::Receiver<usize>,
+        )>,
+    >,
+}
+
+impl PgHandle {
+    /// Starts the side thread for DATABASE_URL and waits (at most
+    /// [`START_WAIT`]) for its first connection and migrations; if they
+    /// fail, the server still starts, with Postgres down and retried.
+    pub fn start(settings: &Settings, health: Arc<BackendHealth>) -> Result<PgHandle, PgError> {
+        let url = settings
+            .database_url
+            .as_deref()
+            .ok_or_else(|| PgError::Url("not set".into()))?;
+        let mut config = parse_url(url).map_err(PgError::Url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("chatd");
+        }
+        let writer = WriterSettings {
+            policy: batch::FlushPolicy {
+                batch_size: settings.pg_batch_size as usize,
+                interval: settings.pg_flush_interval(),
+            },
+            capacity: settings.pg_buffer_messages as usize,
+            shutdown_timeout: settings.pg_shutdown_timeout(),
+        };
+        health.postgres.set(State::Down);
+        let inner = Arc::new(Inner {
+            buffered: AtomicUsize::new(0),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            stats: stats::PgStats::default(),
+            health,
+        });
+        let (writes, writes_rx) = mpsc::channel(writer.capacity + WRITE_SLACK);
+        let (reads, reads_rx) = mpsc::channel(READ_QUEUE);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let thread_inner = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("chatd-pg".into())
+            .spawn(move || {
+                worker::run(
+                    config,
+                    thread_inner,
+                    writer,
+                    writes_rx,
+                    reads_rx,
+                    ready_tx,
+                    done_tx,
+                )
+            })
+            .map_err(|e| PgError::Thread(e.to_string()))?;
+        match ready_rx.recv_timeout(START_WAIT) {
+            Ok(true) => tracing::info!("postgres connected, migrations applied"),
+            _ => tracing::warn!(
+                "postgres not reachable at start-up; serving with history in memory and retrying (writes are buffered)"
+            ),
+        }
+        Ok(PgHandle {
+            writes,
+            reads,
+            inner,
+            settings: writer,
+            thread: Mutex::new(Some((thread, done_rx))),
+        })
+    }
+
+    /// Whether a new message may be accepted now (one relaxed load).
+    pub fn admit(&self) -> bool {
+        batch::admit(
+            self.inner.buffered.load(Ordering::Relaxed),
+            self.settings.capacity,
+        )
+    }
+
+    /// Rows accepted and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.inner.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Queues a row for writing. Never blocks.
+    ///
+    /// The channel has room for every row admission lets through, so it is
+    /// never full in practice; if it were, or if the side thread were gone,
+    /// the row is counted in `chat_pg_rows_lost_total` and logged by id
+    /// rather than dropped silently.
+    pub fn write(&self, item: WriteItem) {
+        let n = self.inner.buffered.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.writes.try_send(item) {
+            Ok(()) => {
+                // Wake the writer once per batch's worth; below that it
+                // sleeps until its interval, so a core pays no wake-up per
+                // message.
+                if n.is_multiple_of(self.settings.policy.batch_size) {
+                    self.inner.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                self.inner.buffered.fetch_sub(1, Ordering::Relaxed);
+                stats::bump(&self.inner.stats.rows_lost);
+                let (kind, id) = match e.into_inner() {
+                    WriteItem::Message(m) => ("message", m.id),
+                    WriteItem::Audit(a) => ("audit record", a.message_id),
+                };
+                tracing::error!(%id, kind, "postgres write queue refused a row; it will not be stored");
+            }
+        }
+    }
+
+    /// Sends a read; None when it cannot be sent (Postgres down, queue
+    /// full), in which case the caller answers from memory at once.
+    pub fn read(&self, spec: ReadSpec) -> Option<ReadReceiver> {
+        if self.inner.health.postgres.get() != State::Up {
+            stats::bump(&self.inner.stats.reads_shed);
+            return None;
+        }
+        let (reply, rx) = futures_channel::oneshot::channel();
+        match self.reads.try_send(ReadRequest { spec, reply }) {
+            Ok(()) => Some(rx),
+            Err(_) => {
+                stats::bump(&self.inner.stats.reads_shed);
+                None
+            }
+        }
+    }
+
+    /// Counts a read shed by a core (too many in flight there).
+    pub fn read_shed(&self) {
+        stats::bump(&self.inner.stats.reads_shed);
+    }
+
+    /// Shutdown, once every core has stopped: writes every row still
+    /// buffered, retrying for at most PG_SHUTDOWN_TIMEOUT_MS. Returns the
+    /// rows left unwritten (0 when everything is in Postgres).
+    pub fn finish(&self) -> usize {
+        let Some((thread, done)) = self.thread.lock().expect("pg thread slot").take() else {
+            return 0;
+        };
+        self.inner.closing.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        let wait = self.settings.shutdown_timeout + Duration::from_secs(2);
+        match done.recv_timeout(wait) {
+            Ok(left) => {
+                let _ = thread.join();
+                left
+            }
+            // The thread did not answer in time; its buffer is lost with
+            // the process. Report what the counter says.
+            Err(_) => self.buffered(),
+        }
+    }
+
+    /// Appends the backend's `/metrics` series.
+    pub fn render_metrics(&self, out: &mut String) {
+        let up = self.inner.health.postgres.get() == State::Up;
+        self.inner
+            .stats
+            .render(out, self.buffered(), self.settings.capacity, up);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_without_echoing_them() {
+        assert!(parse_url("postgres://u:secret@127.0.0.1:5432/db").is_ok());
+        assert!(parse_url("host=127.0.0.1 user=root dbname=test").is_ok());
+        for bad in [
+            "postgres://u:secret@127.0.0.1:notaport/db",
+            "host=127.0.0.1 password='secret",
+            "postgres:///db",
+        ] {
+            let err = parse_url(bad).unwrap_err();
+            assert!(err.starts_with("DATABASE_URL: "), "{err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The Postgres side thread: a tokio current-thread runtime running three
+//! tasks, never touching an executor core.
+//!
+//! - **supervisor**: connects, applies migrations, prepares statements,
+//!   publishes the connection, watches it (its driver ending, or a periodic
+//!   probe failing) and reconnects with backoff; it owns `health.postgres`'s
+//!   Up/Down transitions on connection changes.
+//! - **writer**: moves rows from the cores' channel into its batches and
+//!   writes them by the [`FlushPolicy`](super::batch::FlushPolicy), keeping
+//!   failed batches for a retry after a backoff; at shutdown it writes
+//!   everything left, within PG_SHUTDOWN_TIMEOUT_MS.
+//! - **reader**: answers history reads, each in its own task with a timeout.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+use ulid::Ulid;
+
+use super::batch::{Backoff, Next, RETRY_BASE, RETRY_MAX};
+use super::migrate::{self, MigrateError};
+use super::stats::bump;
+use super::{
+    Inner, MessageRow, Pick, ReadFailed, ReadRequest, ReadSpec, WriteItem, WriterSettings,
+    READ_TIMEOUT,
+};
+use crate::health::State;
+use crate::history::StoredMessage;
+use crate::moderation::AuditRecord;
+
+/// How often an idle connection is probed, so a silently dead server shows
+/// as down without waiting for the next write.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound for reads without `before`: above every ULID (whose text
+/// starts with 0-7).
+const ID_CEILING: &str = "8";
+
+const INSERT_MESSAGES: &str =
+    "INSERT INTO chat_messages (room_id, message_id, user_id, sent_at, payload) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
+     ON CONFLICT DO NOTHING";
+const INSERT_AUDIT: &str = "INSERT INTO chat_audit (message_id, action, room_id, user_id, reason, at) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+     ON CONFLICT DO NOTHING";
+const READ_NEWEST: &str = "SELECT message_id, payload FROM chat_messages \
+     WHERE room_id = $1 AND message_id > $2 AND message_id < $3 \
+     ORDER BY message_id DESC LIMIT $4";
+const READ_OLDEST: &str = "SELECT message_id, payload FROM chat_messages \
+     WHERE room_id = $1 AND message_id > $2 AND message_id < $3 \
+     ORDER BY message_id ASC LIMIT $4";
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// Connecting or preparing failed.
+    #[error("{0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+/// A live connection with its prepared statements.
+struct Conn {
+    /// The client (queries are pipelined on one connection).
+    client: Client,
+    /// Batch insert into `chat_messages`.
+    insert_messages: Statement,
+    /// Batch insert into `chat_audit`.
+    insert_audit: Statement,
+    /// Newest-first page.
+    read_newest: Statement,
+    /// Oldest-first page.
+    read_oldest: Statement,
+}
+
+/// A row waiting in the writer, with when the writer took it.
+struct Pending<T> {
+    /// When it left the channel (the flush interval counts from here).
+    at: Instant,
+    /// The row.
+    row: T,
+}
+
+/// Runs the side thread until shutdown; sends the number of rows left
+/// unwritten on `done`.
+pub(super) fn run(
+    config: Config,
+    inner: Arc<Inner>,
+    settings: WriterSettings,
+    writes: mpsc::Receiver<WriteItem>,
+    reads: mpsc::Receiver<ReadRequest>,
+    ready: std::sync::mpsc::Sender<bool>,
+    done: std::sync::mpsc::Sender<usize>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the postgres runtime");
+            let _ = ready.send(false);
+            return;
+        }
+    };
+    let task_inner = inner.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        runtime.block_on(async move {
+            let (conn_tx, conn_rx) = watch::channel(None);
+            tokio::spawn(supervise(config, conn_tx, task_inner.clone(), ready));
+            tokio::spawn(serve_reads(reads, conn_rx.clone(), task_inner.clone()));
+            write_loop(writes, conn_rx, task_inner, settings).await
+        })
+    }));
+    match outcome {
+        Ok(left) => {
+            let _ = done.send(left);
+        }
+        Err(_) => {
+            inner.health.postgres.set(State::Down);
+            tracing::error!("the postgres thread panicked; rows still buffered are lost");
+        }
+    }
+}
+
+/// Connects, migrates and prepares.
+async fn connect(config: &Config) -> Result<(Arc<Conn>, oneshot::Receiver<()>), SetupError> {
+    let (mut client, connection) = config.connect(NoTls).await?;
+    let (lost_tx, lost_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+        let _ = lost_tx.send(());
+    });
+    let applied = migrate::apply(&mut client).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "postgres migrations applied");
+    }
+    let conn = Conn {
+        insert_messages: client.prepare(INSERT_MESSAGES).await?,
+        insert_audit: client.prepare(INSERT_AUDIT).await?,
+        read_newest: client.prepare(READ_NEWEST).await?,
+        read_oldest: client.prepare(READ_OLDEST).await?,
+        client,
+    };
+    Ok((Arc::new(conn), lost_rx))
+}
+
+/// Keeps a connection published on `conn_tx`, reconnecting with backoff.
+/// Reports the first attempt's outcome on `ready`.
+async fn supervise(
+    config: Config,
+    conn_tx: watch::Sender<Option<Arc<Conn>>>,
+    inner: Arc<Inner>,
+    ready: std::sync::mpsc::Sender<bool>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+    let mut last_error: Option<String> = None;
+    loop {
+        match connect(&config).await {
+            Ok((conn, mut lost)) => {
+                bump(&inner.stats.connects);
+                backoff.succeeded();
+                if last_error.take().is_some() {
+                    tracing::info!("postgres reachable again; writing buffered rows");
+                }
+                inner.health.postgres.set(State::Up);
+                conn_tx.send_replace(Some(conn.clone()));
+                if let Some(r) = ready.take() {
+                    let _ = r.send(true);
+                }
+                loop {
+                    tokio::select! {
+                        _ = &mut lost => break,
+                        _ = tokio::time::sleep(PROBE_INTERVAL) => {
+                            let probe = tokio::time::timeout(PROBE_TIMEOUT, conn.client.simple_query("SELECT 1")).await;
+                            if !matches!(probe, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                conn_tx.send_replace(None);
+                inner.health.postgres.set(State::Down);
+                tracing::warn!("postgres connection lost; writes are buffered and retried");
+                last_error = Some("connection lost".into());
+            }
+            Err(e) => {
+                bump(&inner.stats.connect_errors);
+                inner.health.postgres.set(State::Down);
+                let text = e.to_string();
+                if last_error.as_deref() != Some(&text) {
+                    tracing::warn!(error = %text, "postgres unavailable; writes are buffered and retried");
+                } else {
+                    tracing::debug!(error = %text, "postgres still unavailable");
+                }
+                last_error = Some(text);
+                if let Some(r) = ready.take() {
+                    let _ = r.send(false);
+                }
+            }
+        }
+        tokio::time::sleep(backoff.failed(Instant::now())).await;
+    }
+}
+
+/// Answers reads, each in its own task bounded by [`READ_TIMEOUT`].
+async fn serve_reads(
+    mut reads: mpsc::Receiver<ReadRequest>,
+    conn_rx: watch::Receiver<Option<Arc<Conn>>>,
+    inner: Arc<Inner>,
+) {
+    while let Some(req) = reads.recv().await {
+        let conn = conn_rx.borrow().clone();
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let result = match conn {
+                None => Err(ReadFailed),
+                Some(conn) => {
+                    match tokio::time::timeout(READ_TIMEOUT, read(&conn, &req.spec)).await {
+                        Ok(Ok(rows)) => Ok(rows),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "postgres history read failed");
+                            Err(ReadFailed)
+                        }
+                        Err(_) => Err(ReadFailed),
+                    }
+                }
+            };
+            bump(if result.is_ok() {
+                &inner.stats.reads_ok
+            } else {
+                &inner.stats.reads_failed
+            });
+            let _ = req.reply.send(result);
+        });
+    }
+}
+
+/// One history read, oldest first.
+async fn read(conn: &Conn, spec: &ReadSpec) -> Result<Vec<StoredMessage>, tokio_postgres::Error> {
+    let room: &str = &spec.room;
+    let lower = spec.after.map(|u| u.to_string()).unwrap_or_default();
+    let upper = spec
+        .before
+        .map_or_else(|| ID_CEILING.to_string(), |u| u.to_string());
+    let limit = spec.limit as i64;
+    let stmt = match spec.pick {
+        Pick::Newest => &conn.read_newest,
+        Pick::Oldest => &conn.read_oldest,
+    };
+    let rows = conn
+        .client
+        .query(stmt, &[&room, &lower, &upper, &limit])
+        .await?;
+    let mut out: Vec<StoredMessage> = rows
+        .iter()
+        .filter_map(|row| {
+            let id: &str = row.get(0);
+            let payload: String = row.get(1);
+            Some(StoredMessage {
+                id: Ulid::from_string(id).ok()?,
+                json: Bytes::from(payload),
+            })
+        })
+        .collect();
+    if spec.pick == Pick::Newest {
+        out.reverse();
+    }
+    Ok(out)
+}
+
+/// Text Postgres accepts: NUL cannot be stored in `text`. Only identifiers
+/// from tokens and reasons pass through here; message payloads are JSON,
+/// which escapes NUL.
+fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn system_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A row type the writer batches.
+trait Row: Sized {
+    /// Label for logs and metrics.
+    const TABLE: &'static str;
+    /// Id for logs.
+    fn id(&self) -> Ulid;
+    /// One multi-row INSERT of `rows`.
+    async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error>;
+}
+
+impl Row for MessageRow {
+    const TABLE: &'static str = "messages";
+
+    fn id(&self) -> Ulid {
+        self.id
+    }
+
+    async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error> {
+        let rooms: Vec<&str> = rows.iter().map(|p| &*p.row.room_id).collect();
+        let ids: Vec<String> = rows.iter().map(|p| p.row.id.to_string()).collect();
+        let users: Vec<Cow<str>> = rows.iter().map(|p| pg_text(&p.row.user_id)).collect();
+        let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+        let times: Vec<SystemTime> = rows.iter().map(|p| system_time(p.row.sent_at_ms)).collect();
+        let payloads: Vec<Cow<str>> = rows
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.row.payload))
+            .collect();
+        let payloads: Vec<&str> = payloads.iter().map(|p| &**p).collect();
+        conn.client
+            .execute(
+                &conn.insert_messages,
+                &[&rooms, &ids, &users, &times, &payloads],
+            )
+            .await
+    }
+}
+
+impl Row for AuditRecord {
+    const TABLE: &'static str = "audit";
+
+    fn id(&self) -> Ulid {
+        self.message_id
+    }
+
+    async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error> {
+        let ids: Vec<String> = rows.iter().map(|p| p.row.message_id.to_string()).collect();
+        let actions: Vec<&str> = rows.iter().map(|p| p.row.action.as_str()).collect();
+        let rooms: Vec<&str> = rows.iter().map(|p| &*p.row.room_id).collect();
+        let users: Vec<Cow<str>> = rows.iter().map(|p| pg_text(&p.row.user_id)).collect();
+        let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+        let reasons: Vec<Option<Cow<str>>> = rows
+            .iter()
+            .map(|p| p.row.reason.as_deref().map(pg_text))
+            .collect();
+        let reasons: Vec<Option<&str>> = reasons.iter().map(|r| r.as_deref()).collect();
+        let times: Vec<SystemTime> = rows.iter().map(|p| system_time(p.row.at_ms)).collect();
+        conn.client
+            .execute(
+                &conn.insert_audit,
+                &[&ids, &actions, &rooms, &users, &reasons, &times],
+            )
+            .await
+    }
+}
+
+/// Postgres refused the data itself (SQLSTATE classes 22 and 23): retrying
+/// the same row can never succeed.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// Writes up to `batch` rows from the front of `queue`; on success removes
+/// them and returns how many. A batch that Postgres refuses as bad data is
+/// written row by row and the refused rows are dropped with an error log,
+/// so one bad row cannot block every later write.
+async fn flush_one<T: Row>(
+    conn: &Conn,
+    queue: &mut VecDeque<Pending<T>>,
+    batch: usize,
+    inner: &Inner,
+) -> Result<usize, tokio_postgres::Error> {
+    let n = queue.len().min(batch);
+    if n == 0 {
+        return Ok(0);
+    }
+    let rows = &queue.make_contiguous()[..n];
+    let started = Instant::now();
+    match T::insert(conn, rows).await {
+        Ok(_) => inner.stats.flushed(n, started.elapsed()),
+        Err(e) if is_data_error(&e) => {
+            tracing::warn!(error = %e, table = T::TABLE, "postgres refused a batch; writing its rows one by one");
+            for one in rows.chunks(1) {
+                match T::insert(conn, one).await {
+                    Ok(_) => {}
+                    Err(e) if is_data_error(&e) => {
+                        bump(&inner.stats.rows_rejected);
+                        tracing::error!(error = %e, table = T::TABLE, id = %one[0].row.id(), "postgres refused a row; it is not stored");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    queue.drain(..n);
+    inner.buffered.fetch_sub(n, Ordering::Relaxed);
+    let written = match T::TABLE {
+        "messages" => &inner.stats.messages_written,
+        _ => &inner.stats.audit_written,
+    };
+    written.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(n)
+}
+
+/// The writer: batches rows and writes them until shutdown; returns the
+/// number of rows left unwritten when the shutdown wait ran out.
+async fn write_loop(
+    mut rx: mpsc::Receiver<WriteItem>,
+    mut conn_rx: watch::Receiver<Option<Arc<Conn>>>,
+    inner: Arc<Inner>,
+    settings: WriterSettings,
+) -> usize {
+    let batch = settings.policy.batch_size;
+    let mut messages: VecDeque<Pending<MessageRow>> = VecDeque::new();
+    let mut audits: VecDeque<Pending<AuditRecord>> = VecDeque::new();
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        // Read the flag before draining: once it is set every core has
+        // stopped, so this drain sees every row they sent.
+        let closing = inner.closing.load(Ordering::Acquire);
+        let now = Instant::now();
+        while let Ok(item) = rx.try_recv() {
+            push(&mut messages, &mut audits, item, now);
+        }
+        let pending = messages.len() + audits.len();
+        if closing {
+            let end = *deadline.get_or_insert(now + settings.shutdown_timeout);
+            if pending == 0 {
+                return 0;
+            }
+            if now >= end {
+                return pending;
+            }
+        }
+        let conn = conn_rx.borrow_and_update().clone();
+        let oldest = match (messages.front(), audits.front()) {
+            (Some(m), Some(a)) => Some(m.at.min(a.at)),
+            (m, a) => m.map(|p| p.at).or(a.map(|p| p.at)),
+        };
+        let next = match &conn {
+            // No connection: wait for the supervisor (or the next backoff tick).
+            None if pending > 0 => Next::WaitUntil(now + RETRY_MAX),
+            _ => settings
+                .policy
+                .next(pending, oldest, backoff.retry_at(), closing, now),
+        };
+        match (next, conn) {
+            (Next::Flush, Some(conn)) => {
+                if backoff.failures() > 0 {
+                    bump(&inner.stats.write_retries);
+                }
+                let result = async {
+                    flush_one(&conn, &mut messages, batch, &inner).await?;
+                    flush_one(&conn, &mut audits, batch, &inner).await
+                }
+                .await;
+                match result {
+                    Ok(_) => {
+                        backoff.succeeded();
+                        inner.health.postgres.set(State::Up);
+                    }
+                    Err(e) => {
+                        bump(&inner.stats.write_errors);
+                        inner.health.postgres.set(State::Down);
+                        let wait = backoff.failed(Instant::now());
+                        if backoff.failures() == 1 {
+                            tracing::warn!(error = %e, buffered = messages.len() + audits.len(), "postgres write failed; retrying with backoff");
+                        } else {
+                            tracing::debug!(error = %e, ?wait, "postgres write failed again");
+                        }
+                    }
+                }
+            }
+            (Next::Idle, _) => {
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => push(&mut messages, &mut audits, item, Instant::now()),
+                        // Every sender is gone: nothing more can arrive.
+                        None => return messages.len() + audits.len(),
+                    },
+                    _ = inner.wake.notified() => {}
+                }
+            }
+            (next, _) => {
+                let at = match next {
+                    Next::WaitUntil(at) => at,
+                    _ => now + RETRY_MAX,
+                };
+                let at = deadline.map_or(at, |d| at.min(d)).max(now);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = inner.wake.notified() => {}
+                    changed = conn_rx.changed() => {
+                        if changed.is_ok() && conn_rx.borrow().is_some() {
+                            // Back: write now rather than at the end of the backoff.
+                            backoff.retry_now();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push(
+    messages: &mut VecDeque<Pending<MessageRow>>,
+    audits: &mut VecDeque<Pending<AuditRecord>>,
+    item: WriteItem,
+    at: Instant,
+) {
+    match item {
+        WriteItem::Message(row) => messages.push_back(Pending { at, row }),
+        WriteItem::Audit(row) => audits.push_back(Pending { at, row }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_only_when_present() {
+        assert!(matches!(pg_text("alice"), Cow::Borrowed("alice")));
+        assert_eq!(pg_text("a\0b"), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn id_ceiling_is_above_every_ulid() {
+        assert!(
+            Ulid::from_parts(u64::MAX >> 16, u128::MAX)
+                .to_string()
+                .as_str()
+                < ID_CEILING
+        );
+        assert!(String::new().as_str() < Ulid::nil().to_string().as_str());
+    }
+}

@@ -30,10 +30,13 @@
 //! ```
 
 pub mod auth;
+pub mod backoff;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod dedupe;
+pub mod envelope;
 pub mod health;
 pub mod history;
 pub mod http;
@@ -43,9 +46,13 @@ pub mod moderation;
 pub mod openapi;
 pub mod outbound;
 pub mod presence;
+pub mod presence_redis;
 pub mod protocol;
 pub mod ratelimit;
+pub mod redis_keys;
+pub mod redis_metrics;
 pub mod routes;
+pub mod scaleout;
 pub mod server;
 pub mod shard;
 pub mod shutdown;

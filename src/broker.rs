@@ -221,6 +221,23 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link whose commands land in the returned receiver instead of a
+    /// Redis thread (unit tests of the cores' side).
+    pub fn detached(
+        capacity: usize,
+        instance: &str,
+        health: Arc<BackendHealth>,
+    ) -> (Link, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let link = Link {
+            tx,
+            health,
+            metrics: Arc::new(RedisMetrics::default()),
+            instance: Arc::from(instance),
+        };
+        (link, rx)
+    }
+
     /// Whether Redis is up (messages are sequenced there).
     pub fn up(&self) -> bool {
         self.health.redis.get() == State::Up

@@ -23,6 +23,16 @@
 //!    outbound queue -> one gathered sendmsg per wake-up   connection.rs
 //!  presence: user's owner core counts connections (presence.rs);
 //!    first/last one -> presence frame via each room's owner  hub.rs
+//!  REDIS_URL set (scale-out; without it none of this runs):
+//!    per-core side: in-flight messages, pending joins     scaleout.rs
+//!    Redis thread (tokio, bounded queues both ways)       broker.rs
+//!      room owner -> sequence.lua: next id + PUBLISH, atomically
+//!      subscription -> room owner core -> accept_sequenced (hub.rs)
+//!      payloads between instances                         envelope.rs
+//!      this instance's presence sets, heartbeat, reads    presence_redis.rs
+//!      key and channel names                              redis_keys.rs
+//!      reconnection timing                                backoff.rs
+//!      counters for /metrics                              redis_metrics.rs
 //!  metrics: per-core counters, merged on scrape           metrics.rs
 //!  API docs: OpenAPI document + embedded Swagger UI      openapi.rs
 //!  settings: environment variables and flags             config.rs

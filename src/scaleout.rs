@@ -286,6 +286,80 @@ pub fn local_id(generated: Ulid, last: Option<Ulid>) -> Ulid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::{BackendHealth, State};
+
+    fn inflight(now: Instant) -> Inflight {
+        Inflight {
+            room: Arc::from("r"),
+            user: Identity {
+                user_id: Arc::from("ann"),
+                username: Arc::from("Ann"),
+            },
+            content: "hi".into(),
+            masked: false,
+            client_msg_id: None,
+            conn: ConnId::new(0, 1),
+            received_at: now,
+            sent_at: now,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_gives_work_back_and_counts_it() {
+        let health = Arc::new(BackendHealth::default());
+        health.redis.set(State::Up);
+        let (link, mut rx) = Link::detached(1, "0123456789abcdef", health.clone());
+        let metrics = link.metrics.clone();
+        let mut so = ScaleOut::new(link, 0);
+        assert!(so.up());
+        let t0 = Instant::now();
+        assert!(so.publish(inflight(t0), None).is_ok());
+        let back = so.publish(inflight(t0), None).unwrap_err();
+        assert_eq!(back.content, "hi");
+        assert_eq!(metrics.dropped_messages.load(Ordering::Relaxed), 1);
+        // The queued command carries the envelope and the token.
+        let Ok(Command::Publish(p)) = rx.try_recv() else {
+            panic!("expected a publish");
+        };
+        assert_eq!(p.token, 1);
+        assert_eq!(&p.head[..], b"m0123456789abcdef");
+        assert!(so.take_inflight(p.token).is_some());
+        assert!(so.take_inflight(p.token).is_none());
+        // Presence that does not fit: counted, resync asked, rooms given back.
+        assert!(so.offline(Arc::from("ann"), vec![]).is_ok());
+        let rooms = so.offline(Arc::from("bob"), vec![Arc::from("r")]);
+        assert_eq!(rooms, Err(vec![Arc::from("r")]));
+        assert_eq!(metrics.dropped_presence.load(Ordering::Relaxed), 1);
+        assert!(metrics.resync.load(Ordering::Relaxed));
+        // A join that does not fit is answered locally by the caller.
+        let join = PendingJoin {
+            room: Arc::from("r"),
+            user: Arc::from("cat"),
+            conn: ConnId::new(0, 2),
+            from: 0,
+            since: None,
+            count: true,
+        };
+        assert!(so.join(join).is_err());
+        health.redis.set(State::Down);
+        assert!(!so.up());
+    }
+
+    #[test]
+    fn overdue_messages_are_forgotten_and_counted() {
+        let health = Arc::new(BackendHealth::default());
+        let (link, _rx) = Link::detached(8, "0123456789abcdef", health);
+        let metrics = link.metrics.clone();
+        let mut so = ScaleOut::new(link, 0);
+        let t0 = Instant::now();
+        so.publish(inflight(t0), None).unwrap();
+        so.publish(inflight(t0 + Duration::from_secs(5)), None)
+            .unwrap();
+        assert_eq!(so.sweep(t0 + ECHO_TIMEOUT - Duration::from_millis(1)), 0);
+        assert_eq!(so.sweep(t0 + ECHO_TIMEOUT), 1);
+        assert_eq!(metrics.echo_lost.load(Ordering::Relaxed), 1);
+        assert!(so.take_inflight(2).is_some(), "the younger one is kept");
+    }
 
     #[test]
     fn payload_of_every_header_size() {

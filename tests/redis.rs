@@ -262,12 +262,12 @@ fn member_count_and_presence_are_cluster_wide() {
     let a = Server::start(&prefix.env(&[]));
     let b = Server::start(&prefix.env(&[]));
     let room = "count-room";
-    let (_ann, joined) = a.connect("ann", room);
+    let (ann, joined) = a.connect("ann", room);
     assert_eq!(joined["memberCount"], 1);
     let (mut bob, joined) = b.connect("bob", room);
     assert_eq!(joined["memberCount"], 2, "ann on a, bob on b");
     // A second connection of ann, on b: still two users.
-    let (_ann2, joined) = b.connect("ann", room);
+    let (ann2, joined) = b.connect("ann", room);
     assert_eq!(joined["memberCount"], 2);
     // join_room counts across instances too.
     let (mut cat, _) = a.connect("cat", "elsewhere");
@@ -277,6 +277,27 @@ fn member_count_and_presence_are_cluster_wide() {
         (joined["roomId"].as_str(), joined["memberCount"].as_u64()),
         (Some(room), Some(3))
     );
+
+    // Offline only when the user's last connection in the cluster closes:
+    // ann's connection on b closing leaves ann online (she is on a).
+    let (mut watcher, _) = b.connect("watcher", room);
+    ann2.close();
+    watcher.send(message("after ann2"));
+    loop {
+        let f = watcher.recv();
+        assert!(
+            !(f["type"] == "presence" && f["userId"] == "ann"),
+            "ann announced {f} while still on a"
+        );
+        if f["type"] == "message" && f["content"] == "after ann2" {
+            break;
+        }
+    }
+    assert_eq!(wait_status(&b, "ann", "online"), "online");
+    ann.close();
+    assert_eq!(presence_of(&mut watcher, "ann"), "offline");
+    assert_eq!(wait_status(&b, "ann", "offline"), "offline");
+    let (_ann, _) = a.connect("ann", room);
 
     // The presence routes of either instance answer for the cluster.
     assert_eq!(
@@ -290,13 +311,14 @@ fn member_count_and_presence_are_cluster_wide() {
         "bob is on b only"
     );
     assert_eq!(status(&a, "nobody"), "offline");
-    let all = ["ann", "bob", "cat"];
+    let all = ["ann", "bob", "cat", "watcher"];
     assert_eq!(wait_online(&a, room, &all), all);
     assert_eq!(wait_online(&b, room, &all), all);
     // bob leaves the room: gone from its users on both instances.
     bob.send(json!({"type": "leave_room", "roomId": room}));
     bob.recv_type("room_left");
-    assert_eq!(wait_online(&a, room, &["ann", "cat"]), ["ann", "cat"]);
+    let rest = ["ann", "cat", "watcher"];
+    assert_eq!(wait_online(&a, room, &rest), rest);
     assert_eq!(
         wait_status(&a, "bob", "online"),
         "online",

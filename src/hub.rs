@@ -14,6 +14,11 @@
 //! - **Member core**: where a connection runs. Keeps the local member list of
 //!   every room it has members in and hands frames to their outbound queues.
 //!
+//! With REDIS_URL (`scaleout.rs`), the room owner hands each moderated
+//! message to Redis for its id and takes it back, like every other
+//! instance, from its subscription; joins wait for the cluster-wide count;
+//! typing and presence frames also go to the other instances.
+//!
 //! When an owner is the local core the work is a function call; otherwise
 //! it is a [`ShardMsg`] through the [`Router`]. The hub lives in a `RefCell`
 //! on its core and is never borrowed across an await.

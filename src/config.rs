@@ -96,8 +96,27 @@ pub struct Settings {
     #[arg(long, env = "APP_ENV", value_name = "APP_ENV")]
     pub app_env: Option<String>,
     /// Redis URL for presence and cross-instance fan-out (unset: in memory, single node).
-    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel this service uses; instances that share it form one cluster.
+    #[arg(
+        long,
+        env = "REDIS_PREFIX",
+        value_name = "REDIS_PREFIX",
+        default_value = "chatd:"
+    )]
+    pub redis_prefix: String,
+    /// Seconds after which an instance that stopped refreshing its Redis presence (killed, cut off) counts as gone: its users go offline cluster-wide. Live instances refresh every third of it.
+    #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", default_value_t = 30, value_parser = positive)]
+    pub presence_ttl_secs: u64,
+    /// Commands waiting for the Redis thread (messages to sequence, presence changes, reads), and presence changes waiting to be written; a message that finds it full is refused with `unavailable`.
+    #[arg(long, env = "REDIS_BUFFER", value_name = "REDIS_BUFFER", default_value_t = 10_000, value_parser = positive)]
+    pub redis_buffer: u64,
     /// Postgres URL for history and the audit log (unset: in memory, bounded).
     #[arg(
         long,
@@ -249,6 +268,11 @@ impl Settings {
         Duration::from_millis(self.pg_shutdown_timeout_ms)
     }
 
+    /// PRESENCE_TTL_SECS.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_secs)
+    }
+
     /// Moderation regex sources.
     pub fn patterns(&self) -> Vec<String> {
         self.moderation_patterns
@@ -289,10 +313,8 @@ impl Settings {
         if self.history_per_room > self.history_total {
             return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
         }
-        // The Redis and Postgres backends are not part of this build; refuse
-        // rather than silently run without the durability the operator asked for.
-        if self.redis_url.is_some() {
-            return Err("REDIS_URL: this build keeps presence in memory and has no Redis backend yet; unset REDIS_URL to run a single node".into());
+        if let Some(url) = &self.redis_url {
+            crate::redis_keys::check_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         }
         if let Some(url) = &self.database_url {
             crate::pg::parse_url(url)?;
@@ -305,6 +327,20 @@ impl Settings {
         }
         if self.pg_buffer_messages > 10_000_000 {
             return Err("PG_BUFFER_MESSAGES: at most 10000000 rows".into());
+        }
+        crate::redis_keys::check_prefix(&self.redis_prefix)
+            .map_err(|e| format!("REDIS_PREFIX: {e}"))?;
+        if self.presence_ttl_secs < 2 || self.presence_ttl_secs > 86_400 {
+            return Err(format!(
+                "PRESENCE_TTL_SECS: must be from 2 to 86400 seconds, got {}",
+                self.presence_ttl_secs
+            ));
+        }
+        if self.redis_buffer > 1_000_000 {
+            return Err(format!(
+                "REDIS_BUFFER: at most 1000000, got {}",
+                self.redis_buffer
+            ));
         }
         if let Some(secret) = &self.jwt_secret {
             if secret.is_empty() {

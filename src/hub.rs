@@ -14,6 +14,11 @@
 //! - **Member core**: where a connection runs. Keeps the local member list of
 //!   every room it has members in and hands frames to their outbound queues.
 //!
+//! With REDIS_URL (`scaleout.rs`), the room owner hands each moderated
+//! message to Redis for its id and takes it back, like every other
+//! instance, from its subscription; joins wait for the cluster-wide count;
+//! typing and presence frames also go to the other instances.
+//!
 //! When an owner is the local core the work is a function call; otherwise
 //! it is a [`ShardMsg`] through the [`Router`]. The hub lives in a `RefCell`
 //! on its core and is never borrowed across an await.
@@ -27,6 +32,7 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::auth::Identity;
+use crate::broker::{Event, Sequenced};
 use crate::client::{Client, Membership};
 use crate::config::Settings;
 use crate::dedupe::{Begin, Dedupe, DEDUPE_WINDOW};
@@ -37,6 +43,8 @@ use crate::outbound::{Outbound, Push};
 use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
 use crate::ratelimit::{Decision, RateLimiter};
+use crate::redis_metrics::RedisMetrics;
+use crate::scaleout::{self, Inflight, PendingJoin, ScaleOut};
 use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router, ShardMsg};
 use crate::ws;
 
@@ -91,6 +99,18 @@ struct OwnedRoom {
     users: HashMap<Arc<str>, u32>,
     /// Member connections per core: which cores get a copy of each message.
     member_cores: Vec<u32>,
+    /// The room's last accepted id, kept only with Redis: the floor of the
+    /// next id, whether Redis or this core (during an outage) assigns it.
+    last_id: Option<MessageId>,
+}
+
+/// Where an accepted message came from, when it was this instance: who
+/// gets the `ack`.
+pub struct Origin {
+    /// The sending connection.
+    pub conn: ConnId,
+    /// The sender's idempotency key.
+    pub client_msg_id: Option<Box<str>>,
 }
 
 /// Who is waiting for the answer to a query this core asked.
@@ -157,6 +177,8 @@ pub struct Hub {
     next_conn: u64,
     /// This core's metrics (plain integers; merged on scrape).
     pub metrics: CoreSnapshot,
+    /// Redis scale-out (REDIS_URL set); None: single node.
+    scaleout: Option<ScaleOut>,
 }
 
 impl Hub {
@@ -190,7 +212,13 @@ impl Hub {
             next_req: 0,
             next_conn: 0,
             metrics: CoreSnapshot::default(),
+            scaleout: None,
         }
+    }
+
+    /// Turns on Redis scale-out for this core.
+    pub fn set_scaleout(&mut self, scaleout: ScaleOut) {
+        self.scaleout = Some(scaleout);
     }
 
     /// MAX_MESSAGE_LENGTH.
@@ -274,7 +302,21 @@ impl Hub {
         }
         let count = membership.is_none();
         let owner = self.owner(&room);
-        if owner == self.core {
+        if owner == self.core && self.scaleout.is_some() {
+            // The answer waits for the cluster-wide count: pending until then.
+            if count {
+                client.set_membership(&room, Membership::Pending);
+            }
+            let join = PendingJoin {
+                room,
+                user: client.identity.user_id.clone(),
+                conn: client.id,
+                from: self.core,
+                since,
+                count,
+            };
+            self.join_at_owner(join, now);
+        } else if owner == self.core {
             let user = client.identity.user_id.clone();
             if since.is_some_and(|s| self.defer_join(self.core, client.id, &user, &room, s, count))
             {
@@ -340,6 +382,47 @@ impl Hub {
         }
     }
 
+    /// Owner side of a join with Redis: asks for the cluster-wide count
+    /// first (answered by `on_broker_event`), or answers with the local
+    /// count when Redis is down or its queue is full.
+    fn join_at_owner(&mut self, join: PendingJoin, now: Instant) {
+        let join = match self.scaleout.as_mut() {
+            Some(so) if so.up() => match so.join(join) {
+                Ok(()) => return,
+                Err(back) => back,
+            },
+            _ => join,
+        };
+        self.finish_join(join, None, now);
+    }
+
+    /// Registers a join at its owner and answers it (`cluster`: the count
+    /// from Redis).
+    fn finish_join(&mut self, join: PendingJoin, cluster: Option<usize>, now: Instant) {
+        let PendingJoin {
+            room,
+            user,
+            conn,
+            from,
+            since,
+            count,
+        } = join;
+        let (local_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
+        let answer = JoinAnswer {
+            room,
+            user,
+            conn,
+            member_count: cluster.map_or(local_count, |c| c.max(local_count)),
+            replay,
+            counted: count,
+        };
+        if from == self.core {
+            self.joined(answer, now);
+        } else {
+            self.router.send(from, ShardMsg::Joined(Box::new(answer)));
+        }
+    }
+
     /// Owner side of a join: counts the member and collects the replay.
     fn join_owner(
         &mut self,
@@ -353,9 +436,16 @@ impl Hub {
         let entry = self.owned.entry(room.clone()).or_insert_with(|| OwnedRoom {
             users: HashMap::new(),
             member_cores: vec![0; cores],
+            last_id: None,
         });
         if count {
-            *entry.users.entry(user).or_insert(0) += 1;
+            let n = entry.users.entry(user.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                if let Some(so) = &self.scaleout {
+                    so.room_add(room.clone(), user);
+                }
+            }
             entry.member_cores[core] += 1;
         }
         let member_count = entry.users.len();
@@ -384,6 +474,9 @@ impl Hub {
             *n -= 1;
             if *n == 0 {
                 entry.users.remove(&user);
+                if let Some(so) = &self.scaleout {
+                    so.room_remove(room.clone(), user);
+                }
             }
         }
         entry.member_cores[core] = entry.member_cores[core].saturating_sub(1);
@@ -497,11 +590,12 @@ impl Hub {
         let timestamp_ms = wall
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let mut masked = false;
         let content = match self.moderator.as_ref().map(|m| m.moderate(&content)) {
             None | Some(Verdict::Clean) => content,
-            Some(Verdict::Masked(masked)) => {
-                self.record_audit(id, &user, &room, AuditAction::Masked, None, timestamp_ms);
-                masked
+            Some(Verdict::Masked(text)) => {
+                masked = true;
+                text
             }
             Some(Verdict::Blocked(reason)) => {
                 let reason = reason.to_string();
@@ -522,29 +616,124 @@ impl Hub {
                 return;
             }
         };
+        let msg = Inflight {
+            room,
+            user,
+            content,
+            masked,
+            client_msg_id,
+            conn,
+            received_at,
+            sent_at: now,
+        };
+        if self.scaleout.is_some() {
+            return self.sequence_scaled(msg, id, now);
+        }
+        self.accept_local(msg, id, timestamp_ms, now);
+    }
+
+    /// Accepts a moderated message with a locally assigned id.
+    fn accept_local(&mut self, msg: Inflight, id: MessageId, timestamp_ms: u64, now: Instant) {
+        let Inflight {
+            room,
+            user,
+            content,
+            masked,
+            client_msg_id,
+            conn,
+            received_at,
+            ..
+        } = msg;
+        if masked {
+            self.record_audit(id, &user, &room, AuditAction::Masked, None, timestamp_ms);
+        }
         let message = ChatMessage {
             id,
-            room_id: room.clone(),
-            user_id: user.user_id.clone(),
-            username: user.username.clone(),
+            room_id: room,
+            user_id: user.user_id,
+            username: user.username,
             content,
             timestamp_ms,
         };
+        let origin = Origin {
+            conn,
+            client_msg_id,
+        };
+        self.accept_sequenced(message, Some(origin), received_at, now);
+    }
+
+    /// Room owner with Redis: hands the message to Redis for the
+    /// cluster-wide order, or (Redis down) sequences it here above the
+    /// room's last id. A full command queue refuses it with `unavailable`.
+    fn sequence_scaled(&mut self, msg: Inflight, local: MessageId, now: Instant) {
+        let Some(so) = self.scaleout.as_mut() else {
+            return;
+        };
+        let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
+        if !so.up() {
+            RedisMetrics::inc(&so.metrics().local_fallback);
+            let id = scaleout::local_id(local, floor);
+            let timestamp_ms = id.timestamp_ms();
+            return self.accept_local(msg, id, timestamp_ms, now);
+        }
+        let Err(msg) = so.publish(msg, floor) else {
+            return;
+        };
+        let msg = *msg;
+        self.metrics.message(Outcome::Unavailable);
+        let text = "the message could not be accepted: the Redis queue is full; retry later";
+        self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
+        if let Some(cmid) = msg.client_msg_id {
+            self.published(msg.user.user_id, cmid, None, now);
+        }
+    }
+
+    /// A sequenced message accepted at its room's owner: stored in history,
+    /// encoded once, fanned out, and acknowledged when `origin` (this
+    /// instance took it from a client) is given. Every accepted message
+    /// passes here exactly once per instance that delivers it: the
+    /// single-node path, Redis's copies (this instance's and others'), and
+    /// the local fallback during an outage. A durable history store writes
+    /// only messages with an `origin`, so a message is stored once in the
+    /// cluster; the in-memory store keeps every message this instance
+    /// delivers.
+    pub fn accept_sequenced(
+        &mut self,
+        message: ChatMessage,
+        origin: Option<Origin>,
+        received_at: Instant,
+        now: Instant,
+    ) {
+        let id = message.id;
+        let room = message.room_id.clone();
         let json = protocol::encode_message(&message);
         let header = ws::text_header_len(json.len());
         let mut buf = Vec::with_capacity(header + json.len());
         ws::encode_text_into(&json, &mut buf);
         let frame = Bytes::from(buf);
         let json = frame.slice(header..);
-        self.store_message(&message, &json);
+        if origin.is_some() {
+            self.store_message(&message, &json);
+        }
         self.history.append(&room, StoredMessage { id, json });
-        self.metrics.message(Outcome::Accepted);
-        self.metrics.room_message(&room);
+        if self.scaleout.is_some() {
+            if let Some(r) = self.owned.get_mut(&room) {
+                r.last_id = r.last_id.max(Some(id));
+            }
+        }
+        if origin.is_some() {
+            self.metrics.message(Outcome::Accepted);
+            self.metrics.room_message(&room);
+        }
         self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
-        if let Some(cmid) = client_msg_id {
+        if let Some(Origin {
+            conn,
+            client_msg_id: Some(cmid),
+        }) = origin
+        {
             let ack = protocol::encode_ack(&cmid, id, &room);
             self.send_to_conn(conn, Bytes::from(ws::encode_text(&ack)), now);
-            self.published(user.user_id, cmid, Some((id, room)), now);
+            self.published(message.user_id, cmid, Some((id, room)), now);
         }
     }
 
@@ -628,7 +817,7 @@ impl Hub {
     ) {
         let owner = self.owner(&room);
         if owner == self.core {
-            self.fan_out(&room, frame, kind, exclude, now, now);
+            self.relay_owner(room, frame, kind, exclude, now);
         } else {
             let msg = ShardMsg::Relay {
                 room,
@@ -638,6 +827,22 @@ impl Hub {
             };
             self.router.send(owner, msg);
         }
+    }
+
+    /// Room owner: a typing or presence frame from this instance, to its
+    /// members here and (with Redis) on the other instances.
+    fn relay_owner(
+        &mut self,
+        room: Arc<str>,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        now: Instant,
+    ) {
+        if let Some(so) = &self.scaleout {
+            so.relay(&room, kind, &frame);
+        }
+        self.fan_out(&room, frame, kind, exclude, now, now);
     }
 
     /// Room owner: local delivery plus one copy per other core with members.
@@ -754,6 +959,9 @@ impl Hub {
         }
         if self.presence.set_online(&user) {
             self.metrics.presence_online += 1;
+            if let Some(so) = &self.scaleout {
+                so.online(user.clone());
+            }
             let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
                 &user, true, &room,
             )));
@@ -772,6 +980,19 @@ impl Hub {
             return;
         }
         self.metrics.presence_offline += 1;
+        let rooms = match &self.scaleout {
+            // The answer says whether the user is still online elsewhere.
+            Some(so) => match so.offline(user.clone(), rooms) {
+                Ok(()) => return,
+                Err(rooms) => rooms,
+            },
+            None => rooms,
+        };
+        self.announce_offline(user, rooms);
+    }
+
+    /// Sends `offline` presence frames for `user` to `rooms`.
+    fn announce_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>) {
         let now = Instant::now();
         for room in rooms {
             let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
@@ -918,17 +1139,19 @@ impl Hub {
                 if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count)) {
                     return;
                 }
-                let (member_count, replay) =
-                    self.join_owner(&room, user.clone(), from, since, count);
-                let answer = JoinAnswer {
+                let join = PendingJoin {
                     room,
                     user,
                     conn,
-                    member_count,
-                    replay,
-                    counted: count,
+                    from,
+                    since,
+                    count,
                 };
-                self.router.send(from, ShardMsg::Joined(Box::new(answer)));
+                if self.scaleout.is_some() {
+                    self.join_at_owner(join, now);
+                } else {
+                    self.finish_join(join, None, now);
+                }
             }
             ShardMsg::Joined(answer) => self.joined(*answer, now),
             ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
@@ -944,7 +1167,7 @@ impl Hub {
                 frame,
                 kind,
                 exclude,
-            } => self.fan_out(&room, frame, kind, exclude, now, now),
+            } => self.relay_owner(room, frame, kind, exclude, now),
             ShardMsg::Deliver {
                 room,
                 frame,
@@ -992,6 +1215,96 @@ impl Hub {
         }
         self.limiter.sweep(now);
         self.dedupe.sweep(now);
+        if let Some(so) = self.scaleout.as_mut() {
+            so.sweep(now);
+        }
+    }
+
+    // ---- Redis ---------------------------------------------------------
+
+    /// Handles what the Redis thread sends this core.
+    pub fn on_broker_event(&mut self, event: Event, now: Instant) {
+        let Some(so) = self.scaleout.as_mut() else {
+            return;
+        };
+        match event {
+            Event::Message(sequenced) => {
+                let Sequenced {
+                    room,
+                    id,
+                    own_token,
+                    user_id,
+                    username,
+                    content,
+                    arrived,
+                } = *sequenced;
+                let mut origin = None;
+                let mut received_at = arrived;
+                // Unknown own token: it timed out or failed first; deliver
+                // anyway (a duplicate beats a loss).
+                if let Some(msg) = own_token.and_then(|t| so.take_inflight(t)) {
+                    if msg.masked {
+                        let at = id.timestamp_ms();
+                        self.record_audit(id, &msg.user, &room, AuditAction::Masked, None, at);
+                    }
+                    received_at = msg.received_at;
+                    origin = Some(Origin {
+                        conn: msg.conn,
+                        client_msg_id: msg.client_msg_id,
+                    });
+                }
+                let message = ChatMessage {
+                    id,
+                    room_id: room,
+                    user_id,
+                    username,
+                    content,
+                    timestamp_ms: id.timestamp_ms(),
+                };
+                self.accept_sequenced(message, origin, received_at, now);
+            }
+            Event::Relay { room, kind, frame } => {
+                self.fan_out(&room, frame, kind, None, now, now);
+            }
+            Event::PublishFailed(token) => {
+                let Some(msg) = so.take_inflight(token) else {
+                    return;
+                };
+                RedisMetrics::inc(&so.metrics().local_fallback);
+                let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
+                let wall = SystemTime::now();
+                let generated = self
+                    .ids
+                    .generate_from_datetime(wall)
+                    .unwrap_or_else(|_| ulid::Ulid::from_datetime(wall));
+                let id = scaleout::local_id(generated, floor);
+                self.accept_local(msg, id, id.timestamp_ms(), now);
+            }
+            Event::JoinCounted { token, count } => {
+                if let Some(join) = so.take_join(token) {
+                    self.finish_join(join, count, now);
+                }
+            }
+            Event::OfflineChecked {
+                user,
+                rooms,
+                elsewhere,
+            } => {
+                // Reconnected here meanwhile, or still online elsewhere: the
+                // users' last state is online, so no offline frame.
+                if !elsewhere && self.presence.user_status(&user) == Status::Offline {
+                    self.announce_offline(user, rooms);
+                }
+            }
+            Event::Resync => {
+                let rooms = self
+                    .owned
+                    .iter()
+                    .map(|(room, r)| (room.clone(), r.users.keys().cloned().collect()))
+                    .collect();
+                so.snapshot(self.presence.online_users(), rooms);
+            }
+        }
     }
 
     /// Asks every connection on this core to close with `code`.

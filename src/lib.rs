@@ -30,6 +30,16 @@
 //!    outbound queue -> one gathered sendmsg per wake-up   connection.rs
 //!  presence: user's owner core counts connections (presence.rs);
 //!    first/last one -> presence frame via each room's owner  hub.rs
+//!  REDIS_URL set (scale-out; without it none of this runs):
+//!    per-core side: in-flight messages, pending joins     scaleout.rs
+//!    Redis thread (tokio, bounded queues both ways)       broker.rs
+//!      room owner -> sequence.lua: next id + PUBLISH, atomically
+//!      subscription -> room owner core -> accept_sequenced (hub.rs)
+//!      payloads between instances                         envelope.rs
+//!      this instance's presence sets, heartbeat, reads    presence_redis.rs
+//!      key and channel names                              redis_keys.rs
+//!      reconnection timing                                backoff.rs
+//!      counters for /metrics                              redis_metrics.rs
 //!  metrics: per-core counters, merged on scrape           metrics.rs
 //!  API docs: OpenAPI document + embedded Swagger UI      openapi.rs
 //!  demo page + JS client modules (clients/js/src)        web.rs
@@ -39,10 +49,13 @@
 //! ```
 
 pub mod auth;
+pub mod backoff;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod dedupe;
+pub mod envelope;
 pub mod health;
 pub mod history;
 pub mod http;
@@ -53,9 +66,13 @@ pub mod openapi;
 pub mod outbound;
 pub mod pg;
 pub mod presence;
+pub mod presence_redis;
 pub mod protocol;
 pub mod ratelimit;
+pub mod redis_keys;
+pub mod redis_metrics;
 pub mod routes;
+pub mod scaleout;
 pub mod server;
 pub mod shard;
 pub mod shutdown;

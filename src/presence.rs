@@ -5,12 +5,12 @@
 //! the last one's close makes it offline, and only those transitions are
 //! broadcast. The operations are the original service's PresenceService
 //! (`setOnline`, `setOffline`, `getOnlineUsers`, `getUserStatus`); the
-//! in-memory store is the single-node default, and a shared store (Redis)
-//! implements the same trait.
+//! in-memory store counts this instance's connections.
 //!
 //! Online users of a room are known by the room's owner core (its member
-//! counts), so `online_users(Some(room))` is answered there; a store shared
-//! between instances answers it for the whole cluster.
+//! counts), so `online_users(Some(room))` is answered there. With REDIS_URL
+//! the counts stay here and the Redis thread mirrors their transitions into
+//! Redis, where the cluster-wide answers come from (`presence_redis.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

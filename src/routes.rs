@@ -5,8 +5,10 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::Identity;
+use crate::broker::Link;
 use crate::http;
 use crate::hub::Asked;
 use crate::metrics::CoreSnapshot;
@@ -15,6 +17,8 @@ use crate::server::{CoreCtx, HttpRequest, QUERY_TIMEOUT};
 use crate::shard::{Answer, Query};
 
 const JSON: &str = "application/json";
+/// Longest wait for a cluster-wide presence read before answering locally.
+const REDIS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answers one plain HTTP request with a complete response.
 pub async fn handle(ctx: &Rc<CoreCtx>, req: &HttpRequest) -> Vec<u8> {
@@ -124,6 +128,22 @@ async fn ask(ctx: &CoreCtx, target: usize, query: Query) -> Option<Answer> {
     }
 }
 
+/// A cluster-wide read from Redis (bounded); None without Redis, while it
+/// is down, or when it does not answer in time: the caller then answers from
+/// this instance's own state.
+async fn redis_read<T, F, Fut>(ctx: &CoreCtx, read: F) -> Option<T>
+where
+    F: FnOnce(&Link) -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let redis = ctx.shared.redis.as_ref().filter(|r| r.up())?;
+    let fut = read(redis);
+    glommio::timer::timeout(REDIS_READ_TIMEOUT, async { Ok(fut.await) })
+        .await
+        .ok()
+        .flatten()
+}
+
 async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
     let mut total = CoreSnapshot::default();
     for core in 0..ctx.router.cores() {
@@ -138,6 +158,9 @@ async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
     );
     if let Some(pg) = &ctx.shared.pg {
         pg.render_metrics(&mut extra);
+    }
+    if let Some(redis) = &ctx.shared.redis {
+        extra.push_str(&redis.metrics.render(redis.queued()));
     }
     let body = total.render(&extra);
     http::response(200, "text/plain; version=0.0.4", body.as_bytes(), keep, &[])
@@ -196,6 +219,10 @@ async fn room_presence(ctx: &CoreCtx, room: &str, keep: bool) -> Vec<u8> {
     if !protocol::valid_room_id(room) {
         return http::json_error(400, "invalid roomId", keep);
     }
+    if let Some(users) = redis_read(ctx, |r| r.room_users(Arc::from(room))).await {
+        let body = serde_json::json!({ "roomId": room, "online": users });
+        return http::response(200, JSON, body.to_string().as_bytes(), keep, &[]);
+    }
     let owner = ctx.hub.borrow().owner_of(room);
     match ask(ctx, owner, Query::RoomOnline(Arc::from(room))).await {
         Some(Answer::Users(users)) => {
@@ -210,6 +237,11 @@ async fn room_presence(ctx: &CoreCtx, room: &str, keep: bool) -> Vec<u8> {
 async fn user_status(ctx: &CoreCtx, user: &str, keep: bool) -> Vec<u8> {
     if user.is_empty() || user.len() > 128 {
         return http::json_error(400, "invalid userId", keep);
+    }
+    if let Some(online) = redis_read(ctx, |r| r.user_status(Arc::from(user))).await {
+        let status = if online { "online" } else { "offline" };
+        let body = serde_json::json!({ "userId": user, "status": status });
+        return http::response(200, JSON, body.to_string().as_bytes(), keep, &[]);
     }
     let owner = ctx.hub.borrow().owner_of(user);
     match ask(ctx, owner, Query::UserOnline(Arc::from(user))).await {

@@ -20,6 +20,7 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{Identity, Verifier};
+use crate::broker;
 use crate::config::Settings;
 use crate::connection;
 use crate::health::BackendHealth;
@@ -28,6 +29,7 @@ use crate::hub::Hub;
 use crate::moderation::Moderator;
 use crate::protocol::{self, MessageId};
 use crate::routes;
+use crate::scaleout::ScaleOut;
 use crate::shard::{shard_for, Adoption, Router, ShardMsg, MESH_CAPACITY};
 use crate::shutdown::Shutdown;
 
@@ -54,6 +56,8 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a draining core waits for its connections to close.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the exit waits for the Redis thread's goodbye.
+pub const REDIS_SHUTDOWN: Duration = Duration::from_secs(3);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +90,8 @@ pub struct Shared {
     pub health: Arc<BackendHealth>,
     /// The Postgres backend, when DATABASE_URL is set.
     pub pg: Option<Arc<crate::pg::PgHandle>>,
+    /// The Redis thread (REDIS_URL set).
+    pub redis: Option<broker::Link>,
 }
 
 /// One core's context, shared by its tasks through an `Rc`.
@@ -178,6 +184,25 @@ pub fn run(
         )),
         None => None,
     };
+    let mut redis = match settings.redis_url {
+        Some(_) => Some(
+            broker::start(&settings, cores, health.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    // Each core takes its own event queue at start.
+    let redis_events: RedisEvents = Arc::new(std::sync::Mutex::new(
+        redis
+            .as_mut()
+            .map(|r| {
+                std::mem::take(&mut r.events)
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    ));
     let shared = Arc::new(Shared {
         settings,
         verifier,
@@ -185,6 +210,7 @@ pub fn run(
         addr,
         health,
         pg: pg.clone(),
+        redis: redis.as_ref().map(|r| r.link.clone()),
     });
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -209,7 +235,8 @@ pub fn run(
             let fds = fds.clone();
             let signals = signals.clone();
             let ready = ready_tx.clone();
-            async move { core_main(shared, mesh, fds, signals, ready).await }
+            let redis_events = redis_events.clone();
+            async move { core_main(shared, mesh, fds, signals, ready, redis_events).await }
         })
         .map_err(|e| StartError::Executors(e.to_string()))?;
     let ready_thread = std::thread::spawn(move || {
@@ -219,6 +246,11 @@ pub fn run(
         }
     });
     let joined: Result<Vec<()>, _> = handles.join_all().into_iter().collect();
+    if let Some(redis) = redis {
+        // After the drain: presence changes of the closed connections are
+        // written and this instance leaves Redis.
+        redis.shutdown(REDIS_SHUTDOWN);
+    }
     // Every core has drained: nothing more can be accepted, so the final
     // flush writes everything that was.
     if let Some(pg) = pg {
@@ -272,6 +304,8 @@ fn moderation_words(settings: &Settings) -> Result<Vec<String>, StartError> {
 }
 
 type SignalSlot = Arc<std::sync::Mutex<Option<signal_hook::iterator::Signals>>>;
+/// Per-core Redis event queues, taken once by each core at start.
+type RedisEvents = Arc<std::sync::Mutex<Vec<Option<broker::EventReceiver>>>>;
 
 /// One core's life: join the mesh, start the helper tasks, accept until
 /// shutdown, drain.
@@ -281,6 +315,7 @@ async fn core_main(
     fds: Arc<std::sync::Mutex<Vec<i32>>>,
     signals: SignalSlot,
     ready: std::sync::mpsc::Sender<()>,
+    redis_events: RedisEvents,
 ) {
     let (senders, mut receivers) = mesh.join().await.expect("mesh join");
     let cores = shared.settings.core_count();
@@ -290,7 +325,10 @@ async fn core_main(
         Moderator::new(shared.moderation_words.clone(), &shared.settings.patterns())
             .expect("validated at start-up")
     });
-    let hub = Hub::new(router.clone(), &shared.settings, moderator);
+    let mut hub = Hub::new(router.clone(), &shared.settings, moderator);
+    if let Some(link) = &shared.redis {
+        hub.set_scaleout(ScaleOut::new(link.clone(), core));
+    }
     let ctx = Rc::new(CoreCtx {
         hub: RefCell::new(hub),
         router: router.clone(),
@@ -312,6 +350,21 @@ async fn core_main(
         glommio::spawn_local(router.clone().forward(peer)).detach();
     }
     glommio::spawn_local(sweeper(ctx.clone())).detach();
+    let events = redis_events
+        .lock()
+        .expect("redis event queues")
+        .get_mut(core)
+        .and_then(Option::take);
+    if let Some(mut events) = events {
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            use futures_lite::StreamExt as _;
+            while let Some(event) = events.next().await {
+                ctx.hub.borrow_mut().on_broker_event(event, Instant::now());
+            }
+        })
+        .detach();
+    }
     if core == 0 {
         glommio::spawn_local(wait_for_signal(ctx.clone(), signals)).detach();
     }

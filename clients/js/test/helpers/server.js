@@ -29,31 +29,16 @@ export function mintToken(user, { secret = SECRET, name, ttlSeconds = 3600 } = {
   return `${head}.${sig}`;
 }
 
-/** How long one start may take before it counts as hung. */
-const START_DEADLINE_MS = 5_000;
-/** Starts tried before giving up. */
-const START_TRIES = 3;
+/** How long a start may take before the test fails (a start takes tens of ms). */
+const START_DEADLINE_MS = 10_000;
 
 /**
  * Starts chatd on 127.0.0.1 (`port` 0 picks a free one) and resolves once it
- * listens. Its log goes to this process's stderr.
- *
- * A start that prints no "listening" line within 5 s is killed and tried
- * again (3 tries), with a line on stderr saying so: with CORES=2 on a loaded
- * machine chatd sometimes parks both executors before listening (seen in
- * about 1 of 40 starts), and one hung start must not hang the suite.
+ * listens; rejects when no "listening" line comes within 10 s. Its log goes
+ * to this process's stderr.
  */
 export async function startServer({ port = 0, env = {} } = {}) {
-  let lastError;
-  for (let i = 1; i <= START_TRIES; i++) {
-    try {
-      return await startOnce(port, env);
-    } catch (err) {
-      lastError = err;
-      process.stderr.write(`chatd start ${i} of ${START_TRIES} failed: ${err.message}\n`);
-    }
-  }
-  throw lastError;
+  return startOnce(port, env);
 }
 
 async function startOnce(port, env) {

@@ -1,0 +1,1064 @@
+//! The Redis side thread: one OS thread with a single-threaded tokio
+//! runtime, the only place the redis client runs (no tokio on executor
+//! threads). It sequences and publishes room messages, relays typing and
+//! presence frames between instances, keeps this instance's presence in
+//! Redis, answers cluster-wide reads, and survives outages.
+//!
+//! # Channels
+//! - Cores → thread: one bounded queue of [`Command`]s (`REDIS_BUFFER`),
+//!   sent with `try_send`, so a core never waits. When it is full, a message
+//!   is refused with `unavailable` and a presence change is counted as
+//!   dropped and repaired by a resync (every core resends its state).
+//! - Thread → each core: a bounded queue of [`Event`]s ([`EVENT_QUEUE`]).
+//!   When a core's queue is full the thread waits for it, which stops it
+//!   reading its subscription: backpressure lands on Redis's output buffer
+//!   for this client, never on a core.
+//! - Reads asked by HTTP routes get their answer on a oneshot channel that
+//!   the asking task awaits (glommio tasks can be woken from this thread).
+//!
+//! # Ordering
+//! A message is sequenced by `sequence.lua` (EVALSHA), which assigns the
+//! room's next id and PUBLISHes the message on the room's channel in one
+//! atomic step. Every instance, the publisher included, delivers what its
+//! subscription receives through the room owner core's normal fan-out, so a
+//! room has exactly one order, Redis's, and ids sort in it. Messages waiting
+//! in the queue go out in one pipeline per wake-up, in queue order.
+//!
+//! # Outages
+//! Any failed operation marks Redis down (`/healthz` 503 naming redis),
+//! drops both connections and retries with backoff ([`Backoff`]). While down,
+//! publishes are answered at once with [`Event::PublishFailed`] (the owner
+//! core then sequences locally), reads with "unknown" (callers fall back to
+//! the local answer), and presence changes only update the mirror. A
+//! reconnection resubscribes every room with local members, reloads the
+//! script, rewrites this instance's presence and refreshes its heartbeat,
+//! and only then reports Redis up again.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::mpsc as fmpsc;
+use futures_channel::oneshot;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use tokio::sync::mpsc;
+use ulid::Ulid;
+
+use crate::backoff::Backoff;
+use crate::config::Settings;
+use crate::envelope::{self, Envelope};
+use crate::health::{BackendHealth, State};
+use crate::presence_redis::{self, Mirror};
+use crate::redis_keys::{self, Keys};
+use crate::redis_metrics::{Batch, RedisMetrics};
+use crate::shard::{shard_for, FrameKind};
+use crate::ws;
+
+/// The sequencing script (see the file for its contract).
+pub const SEQUENCE_SCRIPT: &str = include_str!("sequence.lua");
+/// Events queued per core before the thread waits for that core.
+pub const EVENT_QUEUE: usize = 4096;
+/// Commands taken from the queue per wake-up (one pipeline).
+pub const MAX_BATCH: usize = 1024;
+/// Time allowed to connect, and for any reply, before Redis counts as down.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// Start-up waits this long for the first connection before listening
+/// anyway (with Redis down).
+pub const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// Expiry of a room's last-id key after its last message.
+pub const LAST_ID_TTL: Duration = Duration::from_secs(86_400);
+/// Subscriptions per SUBSCRIBE command when resubscribing.
+const SUBSCRIBE_CHUNK: usize = 500;
+
+/// A chat message for the sequencing script.
+#[derive(Debug)]
+pub struct PublishCmd {
+    /// The room owner core that sent it (gets the failure, if any).
+    pub core: usize,
+    /// The owner's in-flight key, echoed back in the envelope.
+    pub token: u64,
+    /// The room.
+    pub room: Arc<str>,
+    /// Envelope head (`m` + instance).
+    pub head: Vec<u8>,
+    /// Envelope tail (token + JSON body).
+    pub tail: Vec<u8>,
+    /// The owner's last id of the room; the new id is greater.
+    pub floor: Option<Ulid>,
+}
+
+/// Work for the Redis thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Sequence and publish a chat message.
+    Publish(Box<PublishCmd>),
+    /// Publish a typing or presence envelope to other instances.
+    Relay {
+        /// The room.
+        room: Arc<str>,
+        /// Typing or presence (for the metrics).
+        kind: FrameKind,
+        /// The envelope.
+        payload: Vec<u8>,
+    },
+    /// A user has a connection on this instance.
+    Online(Arc<str>),
+    /// A user's last connection here closed; answered with
+    /// [`Event::OfflineChecked`] to `core` once Redis says whether the user
+    /// is still online on another instance.
+    Offline {
+        /// The user's owner core.
+        core: usize,
+        /// The user.
+        user: Arc<str>,
+        /// Rooms the closed connection was in (for the presence frames).
+        rooms: Vec<Arc<str>>,
+    },
+    /// A user is in a room on this instance.
+    RoomAdd(Arc<str>, Arc<str>),
+    /// A user left a room on this instance.
+    RoomRemove(Arc<str>, Arc<str>),
+    /// A join at a room owner: add the user, subscribe if needed, and answer
+    /// the cluster-wide member count with [`Event::JoinCounted`].
+    Join {
+        /// The owner core.
+        core: usize,
+        /// The owner's pending-join key.
+        token: u64,
+        /// The room.
+        room: Arc<str>,
+        /// The joining user.
+        user: Arc<str>,
+    },
+    /// One core's whole presence state (answer to [`Event::Resync`]).
+    Snapshot {
+        /// The core.
+        core: usize,
+        /// Users it owns that are online.
+        online: Vec<Arc<str>>,
+        /// Rooms it owns, with their users on this instance.
+        rooms: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    },
+    /// Users in a room, cluster-wide (None: Redis unavailable).
+    RoomUsers(Arc<str>, oneshot::Sender<Option<Vec<String>>>),
+    /// Whether a user is online anywhere (None: Redis unavailable).
+    UserStatus(Arc<str>, oneshot::Sender<Option<bool>>),
+    /// Write what is pending, remove this instance from Redis, stop.
+    Shutdown,
+}
+
+/// What the Redis thread tells a core.
+#[derive(Debug)]
+pub enum Event {
+    /// A sequenced message of a room this core owns.
+    Message(Box<Sequenced>),
+    /// Another instance's typing or presence frame (a WebSocket frame).
+    Relay {
+        /// The room.
+        room: Arc<str>,
+        /// Typing or presence.
+        kind: FrameKind,
+        /// The frame, ready to queue.
+        frame: Bytes,
+    },
+    /// A publish did not reach Redis: sequence it locally.
+    PublishFailed(u64),
+    /// Answer to [`Command::Join`] (None: Redis unavailable).
+    JoinCounted {
+        /// The pending-join key.
+        token: u64,
+        /// Distinct users in the room cluster-wide.
+        count: Option<usize>,
+    },
+    /// Answer to [`Command::Offline`].
+    OfflineChecked {
+        /// The user.
+        user: Arc<str>,
+        /// Rooms for the presence frames.
+        rooms: Vec<Arc<str>>,
+        /// Still online on another live instance.
+        elsewhere: bool,
+    },
+    /// Send a [`Command::Snapshot`] of this core's presence state.
+    Resync,
+}
+
+/// A message as sequenced by Redis.
+#[derive(Debug)]
+pub struct Sequenced {
+    /// The room.
+    pub room: Arc<str>,
+    /// Its id.
+    pub id: Ulid,
+    /// The in-flight key when this instance published it.
+    pub own_token: Option<u64>,
+    /// Author.
+    pub user_id: Arc<str>,
+    /// Author's display name.
+    pub username: Arc<str>,
+    /// Content after moderation.
+    pub content: String,
+    /// When the subscription delivered it (latency starts here for other
+    /// instances' messages).
+    pub arrived: Instant,
+}
+
+/// The receiving end of one core's events.
+pub type EventReceiver = fmpsc::Receiver<Event>;
+
+/// What cores and routes hold to talk to the Redis thread.
+#[derive(Clone)]
+pub struct Link {
+    /// The command queue.
+    tx: mpsc::Sender<Command>,
+    /// Redis up or down.
+    health: Arc<BackendHealth>,
+    /// Counters.
+    pub metrics: Arc<RedisMetrics>,
+    /// This instance's id.
+    instance: Arc<str>,
+}
+
+impl Link {
+    /// A link whose commands land in the returned receiver instead of a
+    /// Redis thread (unit tests of the cores' side).
+    pub fn detached(
+        capacity: usize,
+        instance: &str,
+        health: Arc<BackendHealth>,
+    ) -> (Link, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let link = Link {
+            tx,
+            health,
+            metrics: Arc::new(RedisMetrics::default()),
+            instance: Arc::from(instance),
+        };
+        (link, rx)
+    }
+
+    /// Whether Redis is up (messages are sequenced there).
+    pub fn up(&self) -> bool {
+        self.health.redis.get() == State::Up
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Queues a command without waiting; gives it back when the queue is
+    /// full or the thread is gone.
+    pub fn try_send(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        })
+    }
+
+    /// Commands waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Users of `room` cluster-wide; None when Redis cannot answer. The
+    /// question is queued now; the future only waits for the answer.
+    pub fn room_users(
+        &self,
+        room: Arc<str>,
+    ) -> impl std::future::Future<Output = Option<Vec<String>>> + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.try_send(Command::RoomUsers(room, tx)).is_ok();
+        async move {
+            if sent {
+                rx.await.ok().flatten()
+            } else {
+                None
+            }
+        }
+    }
+
+    /// Whether `user` is online anywhere; None when Redis cannot answer.
+    pub fn user_status(
+        &self,
+        user: Arc<str>,
+    ) -> impl std::future::Future<Output = Option<bool>> + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.try_send(Command::UserStatus(user, tx)).is_ok();
+        async move {
+            if sent {
+                rx.await.ok().flatten()
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Why the Redis thread could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// REDIS_URL did not parse.
+    #[error("REDIS_URL: {0}")]
+    Url(String),
+    /// The thread or its runtime could not be created.
+    #[error("cannot start the Redis thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running Redis thread.
+pub struct Started {
+    /// For cores and routes.
+    pub link: Link,
+    /// One event queue per core, taken by each core at start.
+    pub events: Vec<EventReceiver>,
+    /// The thread.
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Started {
+    /// Asks the thread to write what is pending and remove this instance
+    /// from Redis, and waits for it at most `limit`.
+    pub fn shutdown(self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        // The queue may be full for a moment; retry until the deadline.
+        let mut cmd = Command::Shutdown;
+        loop {
+            match self.link.try_send(cmd) {
+                Ok(()) => break,
+                Err(back) if Instant::now() < deadline => {
+                    cmd = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// Starts the Redis thread for `cores` executor cores and waits (at most
+/// [`FIRST_CONNECT_WAIT`]) for its first connection attempt, so an instance
+/// whose Redis is reachable starts with Redis up.
+pub fn start(
+    settings: &Settings,
+    cores: usize,
+    health: Arc<BackendHealth>,
+) -> Result<Started, StartError> {
+    let url = settings.redis_url.clone().unwrap_or_default();
+    let client = redis::Client::open(url.as_str()).map_err(|e| StartError::Url(e.to_string()))?;
+    let instance = redis_keys::instance_id();
+    let keys = Keys::new(&settings.redis_prefix, &instance);
+    let buffer = settings.redis_buffer as usize;
+    // Bounded by REDIS_BUFFER; full: see the module doc.
+    let (tx, rx) = mpsc::channel(buffer);
+    let mut senders = Vec::with_capacity(cores);
+    let mut events = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        // Bounded; full: the thread waits (see the module doc).
+        let (etx, erx) = fmpsc::channel(EVENT_QUEUE);
+        senders.push(etx);
+        events.push(erx);
+    }
+    let metrics = Arc::new(RedisMetrics::default());
+    health.redis.set(State::Down);
+    let link = Link {
+        tx,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        instance: Arc::from(instance.as_str()),
+    };
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let broker = Broker {
+        client,
+        mirror: Mirror::new(keys.clone(), buffer),
+        keys,
+        ttl: settings.presence_ttl(),
+        cores,
+        rx,
+        events: senders,
+        health,
+        metrics,
+        conn: None,
+        backoff: Backoff::default(),
+        script: redis::Script::new(SEQUENCE_SCRIPT),
+        subscribed: HashSet::new(),
+        next_heartbeat: Instant::now(),
+        ever_connected: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("chatd-redis".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the Redis thread's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(broker.run(first_tx));
+        })
+        .map_err(StartError::Thread)?;
+    let _ = first_rx.recv_timeout(FIRST_CONNECT_WAIT);
+    tracing::info!(instance = %instance, up = link.up(), "Redis backend started");
+    Ok(Started {
+        link,
+        events,
+        thread,
+    })
+}
+
+/// A live connection to Redis.
+struct Conn {
+    /// Commands, scripts and pipelines.
+    cmd: MultiplexedConnection,
+    /// Subscribe and unsubscribe.
+    sink: PubSubSink,
+    /// Fires when the subscription stream ends (connection lost).
+    lost: tokio::sync::oneshot::Receiver<()>,
+    /// The task reading the subscription.
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// Reads collected from one batch of commands, answered after the batch's
+/// writes.
+enum Read {
+    Join {
+        core: usize,
+        token: u64,
+        room: Arc<str>,
+    },
+    Offline {
+        core: usize,
+        user: Arc<str>,
+        rooms: Vec<Arc<str>>,
+    },
+    RoomUsers(Arc<str>, oneshot::Sender<Option<Vec<String>>>),
+    UserStatus(Arc<str>, oneshot::Sender<Option<bool>>),
+}
+
+/// An entry of the publish pipeline.
+enum Outgoing {
+    Message(Box<PublishCmd>),
+    Relay {
+        room: Arc<str>,
+        kind: FrameKind,
+        payload: Vec<u8>,
+    },
+}
+
+/// The Redis thread's state.
+struct Broker {
+    /// The client (connection parameters).
+    client: redis::Client,
+    /// Key names.
+    keys: Keys,
+    /// PRESENCE_TTL_SECS.
+    ttl: Duration,
+    /// Executor cores (event routing).
+    cores: usize,
+    /// Commands from cores and routes.
+    rx: mpsc::Receiver<Command>,
+    /// Events to each core.
+    events: Vec<fmpsc::Sender<Event>>,
+    /// Redis up or down.
+    health: Arc<BackendHealth>,
+    /// Counters.
+    metrics: Arc<RedisMetrics>,
+    /// This instance's presence.
+    mirror: Mirror,
+    /// The connection, while up.
+    conn: Option<Conn>,
+    /// Reconnection timing.
+    backoff: Backoff,
+    /// The sequencing script.
+    script: redis::Script,
+    /// Room channels subscribed on the current connection.
+    subscribed: HashSet<Arc<str>>,
+    /// When the next heartbeat is due.
+    next_heartbeat: Instant,
+    /// Whether a connection ever succeeded (reconnects are counted after it).
+    ever_connected: bool,
+}
+
+/// Sends an event to a core, waiting while its queue is full.
+async fn deliver(tx: &mut fmpsc::Sender<Event>, event: Event) {
+    if std::future::poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
+        let _ = tx.start_send(event);
+    }
+    // Err: the core is gone (the process is stopping).
+}
+
+/// Reads the subscription and hands what it receives to the room owner
+/// cores; ends (firing `lost`) when the connection closes.
+async fn pump(
+    mut stream: PubSubStream,
+    keys: Keys,
+    mut events: Vec<fmpsc::Sender<Event>>,
+    metrics: Arc<RedisMetrics>,
+    lost: tokio::sync::oneshot::Sender<()>,
+) {
+    use futures_lite::StreamExt as _;
+    let cores = events.len();
+    while let Some(msg) = stream.next().await {
+        let arrived = Instant::now();
+        let channel = msg.get_channel_name().to_string();
+        let Some(room) = keys.room_of_channel(&channel) else {
+            continue;
+        };
+        let event = match envelope::decode(msg.get_payload_bytes()) {
+            Ok(Envelope::Message {
+                instance,
+                id,
+                token,
+                user_id,
+                username,
+                content,
+            }) => {
+                let own = instance == keys.instance();
+                if !own {
+                    metrics.received(FrameKind::Message);
+                }
+                Event::Message(Box::new(Sequenced {
+                    room: Arc::from(room),
+                    id,
+                    own_token: own.then_some(token),
+                    user_id: Arc::from(user_id),
+                    username: Arc::from(username),
+                    content,
+                    arrived,
+                }))
+            }
+            Ok(Envelope::Relay {
+                instance,
+                kind,
+                json,
+            }) => {
+                if instance == keys.instance() {
+                    continue; // delivered locally when it was sent
+                }
+                metrics.received(kind);
+                Event::Relay {
+                    room: Arc::from(room),
+                    kind,
+                    frame: Bytes::from(ws::encode_text(json)),
+                }
+            }
+            Err(e) => {
+                RedisMetrics::inc(&metrics.errors);
+                tracing::warn!(%channel, error = %e, "ignoring a malformed frame from Redis");
+                continue;
+            }
+        };
+        let core = shard_for(room, cores);
+        deliver(&mut events[core], event).await;
+    }
+    let _ = lost.send(());
+}
+
+impl Broker {
+    /// The thread's loop: commands, connection upkeep, flushes, heartbeats.
+    async fn run(mut self, first: std::sync::mpsc::Sender<()>) {
+        self.connect().await;
+        let _ = first.send(());
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let wake = self.next_wake();
+            let lost = async {
+                match self.conn.as_mut() {
+                    Some(c) => {
+                        let _ = (&mut c.lost).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        return; // every sender is gone
+                    }
+                    if self.handle(&mut batch).await {
+                        return;
+                    }
+                }
+                () = lost => self.lose("subscription connection closed"),
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            self.upkeep().await;
+        }
+    }
+
+    /// The earliest of: flush deadline, heartbeat, reconnection attempt.
+    fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        if self.conn.is_some() {
+            let flush = if self.mirror.pending() {
+                self.mirror.flush_deadline().unwrap_or_else(Instant::now)
+            } else {
+                far
+            };
+            flush.min(self.next_heartbeat)
+        } else {
+            self.backoff.next_attempt().unwrap_or_else(Instant::now)
+        }
+    }
+
+    /// Reconnects when due, flushes presence when due, heartbeats, resyncs.
+    async fn upkeep(&mut self) {
+        let now = Instant::now();
+        if self.conn.is_none() && self.backoff.due(now) {
+            self.connect().await;
+        }
+        if self.conn.is_some() && self.mirror.flush_due(now) {
+            self.flush().await;
+        }
+        if self.conn.is_some() && Instant::now() >= self.next_heartbeat {
+            self.heartbeat().await;
+        }
+        if self
+            .metrics
+            .resync
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            for tx in self.events.iter_mut() {
+                deliver(tx, Event::Resync).await;
+            }
+        }
+        self.metrics.buffered.store(
+            self.mirror.buffered() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Marks Redis down after a failure and schedules a reconnection.
+    fn lose(&mut self, why: &str) {
+        RedisMetrics::inc(&self.metrics.errors);
+        if self.conn.take().is_some() {
+            tracing::warn!(reason = why, "Redis connection lost; retrying with backoff");
+        }
+        self.subscribed.clear();
+        self.health.redis.set(State::Down);
+        let delay = self.backoff.failed(Instant::now());
+        tracing::debug!(?delay, reason = why, "next Redis attempt");
+    }
+
+    /// Connects, resubscribes, rewrites presence; Up only if all of it worked.
+    async fn connect(&mut self) {
+        match self.try_connect().await {
+            Ok(()) => {
+                self.backoff.succeeded();
+                self.health.redis.set(State::Up);
+                if self.ever_connected {
+                    RedisMetrics::inc(&self.metrics.reconnects);
+                    tracing::info!("Redis is back");
+                }
+                self.ever_connected = true;
+            }
+            Err(e) => {
+                self.conn = None;
+                self.lose(&e.to_string());
+            }
+        }
+    }
+
+    async fn try_connect(&mut self) -> redis::RedisResult<()> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(IO_TIMEOUT))
+            .set_response_timeout(Some(IO_TIMEOUT));
+        let mut cmd = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let pubsub = tokio::time::timeout(IO_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| timeout_error())??;
+        let (mut sink, stream) = pubsub.split();
+        self.script.load_async(&mut cmd).await?;
+        let rooms: Vec<Arc<str>> = self.mirror.rooms().cloned().collect();
+        for chunk in rooms.chunks(SUBSCRIBE_CHUNK) {
+            let channels: Vec<String> = chunk.iter().map(|r| self.keys.channel(r)).collect();
+            tokio::time::timeout(IO_TIMEOUT, sink.subscribe(channels))
+                .await
+                .map_err(|_| timeout_error())??;
+        }
+        let (lost_tx, lost) = tokio::sync::oneshot::channel();
+        let pump = tokio::spawn(pump(
+            stream,
+            self.keys.clone(),
+            self.events.clone(),
+            self.metrics.clone(),
+            lost_tx,
+        ));
+        self.subscribed = rooms.into_iter().collect();
+        self.conn = Some(Conn {
+            cmd,
+            sink,
+            lost,
+            pump,
+        });
+        self.mirror.rewrite_all();
+        self.write_presence().await?;
+        self.beat().await?;
+        Ok(())
+    }
+
+    /// Handles one batch of commands; true on shutdown.
+    async fn handle(&mut self, batch: &mut Vec<Command>) -> bool {
+        let now = Instant::now();
+        let mut outgoing = Vec::new();
+        let mut reads = Vec::new();
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut shutdown = false;
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::Publish(p) => outgoing.push(Outgoing::Message(p)),
+                Command::Relay {
+                    room,
+                    kind,
+                    payload,
+                } => outgoing.push(Outgoing::Relay {
+                    room,
+                    kind,
+                    payload,
+                }),
+                Command::Online(user) => self.mirror.online(user, now),
+                Command::Offline { core, user, rooms } => {
+                    self.mirror.offline(user.clone(), now);
+                    reads.push(Read::Offline { core, user, rooms });
+                }
+                Command::RoomAdd(room, user) => {
+                    if self.mirror.room_add(room.clone(), user, now) {
+                        touched.push(room);
+                    }
+                }
+                Command::RoomRemove(room, user) => {
+                    if self.mirror.room_remove(&room, &user, now) {
+                        touched.push(room);
+                    }
+                }
+                Command::Join {
+                    core,
+                    token,
+                    room,
+                    user,
+                } => {
+                    if self.mirror.room_add(room.clone(), user, now) {
+                        touched.push(room.clone());
+                    }
+                    reads.push(Read::Join { core, token, room });
+                }
+                Command::Snapshot {
+                    core,
+                    online,
+                    rooms,
+                } => {
+                    let cores = self.cores;
+                    let (added, removed) =
+                        self.mirror
+                            .replace_core(|id| shard_for(id, cores) == core, online, rooms);
+                    touched.extend(added);
+                    touched.extend(removed);
+                }
+                Command::RoomUsers(room, reply) => reads.push(Read::RoomUsers(room, reply)),
+                Command::UserStatus(user, reply) => reads.push(Read::UserStatus(user, reply)),
+                Command::Shutdown => shutdown = true,
+            }
+        }
+        if !touched.is_empty() && self.conn.is_some() {
+            if let Err(e) = self.reconcile_subscriptions(touched).await {
+                self.lose(&e.to_string());
+            }
+        }
+        if !outgoing.is_empty() {
+            self.publish(outgoing).await;
+        }
+        if !reads.is_empty() {
+            // Reads see this instance's own changes.
+            if self.conn.is_some() && self.mirror.pending() {
+                self.flush().await;
+            }
+            self.answer(reads).await;
+        }
+        if shutdown {
+            self.goodbye().await;
+        }
+        shutdown
+    }
+
+    /// Subscribes rooms that got their first member, unsubscribes emptied ones.
+    async fn reconcile_subscriptions(&mut self, touched: Vec<Arc<str>>) -> redis::RedisResult<()> {
+        let live: HashSet<&Arc<str>> = self.mirror.rooms().collect();
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        for room in touched {
+            let wanted = live.contains(&room);
+            if wanted && !self.subscribed.contains(&room) {
+                subscribe.push(room);
+            } else if !wanted && self.subscribed.contains(&room) {
+                unsubscribe.push(room);
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        for room in subscribe {
+            tokio::time::timeout(IO_TIMEOUT, conn.sink.subscribe(self.keys.channel(&room)))
+                .await
+                .map_err(|_| timeout_error())??;
+            self.subscribed.insert(room);
+        }
+        for room in unsubscribe {
+            tokio::time::timeout(IO_TIMEOUT, conn.sink.unsubscribe(self.keys.channel(&room)))
+                .await
+                .map_err(|_| timeout_error())??;
+            self.subscribed.remove(&room);
+        }
+        Ok(())
+    }
+
+    /// Sends messages and relays in one pipeline, in queue order.
+    async fn publish(&mut self, outgoing: Vec<Outgoing>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return self.fail_publishes(outgoing).await;
+        };
+        let started = Instant::now();
+        let ttl_ms = LAST_ID_TTL.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        let mut messages = 0;
+        for out in &outgoing {
+            match out {
+                Outgoing::Message(p) => {
+                    messages += 1;
+                    let floor = p.floor.map(|f| f.to_string()).unwrap_or_default();
+                    pipe.cmd("EVALSHA")
+                        .arg(self.script.get_hash())
+                        .arg(2)
+                        .arg(self.keys.last_id(&p.room))
+                        .arg(self.keys.channel(&p.room))
+                        .arg(&p.head[..])
+                        .arg(&p.tail[..])
+                        .arg(floor)
+                        .arg(random_base32())
+                        .arg(ttl_ms)
+                        .ignore();
+                }
+                Outgoing::Relay { room, payload, .. } => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.keys.channel(room))
+                        .arg(&payload[..])
+                        .ignore();
+                }
+            }
+        }
+        let mut result = pipe.query_async::<()>(&mut conn.cmd).await;
+        if let Err(e) = &result {
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                // SCRIPT FLUSH under us: reload once and resend.
+                result = match self.script.load_async(&mut conn.cmd).await {
+                    Ok(_) => pipe.query_async::<()>(&mut conn.cmd).await,
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        match result {
+            Ok(()) => {
+                if messages > 0 {
+                    self.metrics
+                        .batch(Batch::Messages, messages, started.elapsed());
+                }
+                for out in &outgoing {
+                    match out {
+                        Outgoing::Message(_) => self.metrics.published(FrameKind::Message, 1),
+                        Outgoing::Relay { kind, .. } => self.metrics.published(*kind, 1),
+                    }
+                }
+            }
+            Err(e) => {
+                self.lose(&e.to_string());
+                self.fail_publishes(outgoing).await;
+            }
+        }
+    }
+
+    /// Tells the owner cores that these messages were not published.
+    async fn fail_publishes(&mut self, outgoing: Vec<Outgoing>) {
+        for out in outgoing {
+            if let Outgoing::Message(p) = out {
+                deliver(&mut self.events[p.core], Event::PublishFailed(p.token)).await;
+            }
+            // A relay (typing, presence) is best effort across instances:
+            // it was already delivered within this one.
+        }
+    }
+
+    /// Writes pending presence changes.
+    async fn flush(&mut self) {
+        if let Err(e) = self.write_presence().await {
+            self.mirror.rewrite_all();
+            self.lose(&e.to_string());
+        }
+    }
+
+    async fn write_presence(&mut self) -> redis::RedisResult<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let plan = self.mirror.take_plan();
+        if plan.replace.is_empty() && plan.add.is_empty() && plan.remove.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        presence_redis::execute(&mut conn.cmd, &plan, self.ttl).await?;
+        self.metrics
+            .batch(Batch::Presence, plan.entries, started.elapsed());
+        self.metrics.overflows.store(
+            self.mirror.overflows(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Refreshes this instance's expiry; a key found missing is rewritten.
+    async fn heartbeat(&mut self) {
+        if let Err(e) = self.beat().await {
+            self.lose(&e.to_string());
+        }
+    }
+
+    async fn beat(&mut self) -> redis::RedisResult<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let live = self.mirror.live_keys();
+        let intact = presence_redis::heartbeat(&mut conn.cmd, &self.keys, &live, self.ttl).await?;
+        if !intact {
+            tracing::warn!("Redis lost presence keys of this instance; rewriting them");
+            self.mirror.rewrite_all();
+        }
+        self.next_heartbeat = Instant::now() + self.ttl / 3;
+        Ok(())
+    }
+
+    /// Answers the reads of a batch (Redis down: the callers fall back).
+    async fn answer(&mut self, reads: Vec<Read>) {
+        for read in reads {
+            match read {
+                Read::Join { core, token, room } => {
+                    let count = self.query_room(&room).await.map(|u| u.len());
+                    deliver(&mut self.events[core], Event::JoinCounted { token, count }).await;
+                }
+                Read::Offline { core, user, rooms } => {
+                    let elsewhere = self.query_user(&user, true).await.unwrap_or(false);
+                    let event = Event::OfflineChecked {
+                        user,
+                        rooms,
+                        elsewhere,
+                    };
+                    deliver(&mut self.events[core], event).await;
+                }
+                Read::RoomUsers(room, reply) => {
+                    let _ = reply.send(self.query_room(&room).await);
+                }
+                Read::UserStatus(user, reply) => {
+                    let _ = reply.send(self.query_user(&user, false).await);
+                }
+            }
+        }
+    }
+
+    async fn query_room(&mut self, room: &str) -> Option<Vec<String>> {
+        let conn = self.conn.as_mut()?;
+        match presence_redis::room_users(&mut conn.cmd, &self.keys, room).await {
+            Ok(users) => Some(users),
+            Err(e) => {
+                self.lose(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Whether the user is online on a live instance (`others_only`: on
+    /// another one than this).
+    async fn query_user(&mut self, user: &str, others_only: bool) -> Option<bool> {
+        let conn = self.conn.as_mut()?;
+        let except = others_only.then(|| self.keys.instance().to_string());
+        match presence_redis::user_online(&mut conn.cmd, &self.keys, user, except.as_deref()).await
+        {
+            Ok(online) => Some(online),
+            Err(e) => {
+                self.lose(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Clean shutdown: write what is pending, then remove this instance.
+    async fn goodbye(&mut self) {
+        if self.conn.is_some() && self.mirror.pending() {
+            self.flush().await;
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            if let Err(e) = presence_redis::goodbye(&mut conn.cmd, &self.mirror).await {
+                tracing::warn!(error = %e, "could not remove this instance from Redis");
+            }
+        }
+    }
+}
+
+/// 16 random Crockford base32 characters: the random part of a ULID.
+fn random_base32() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut bits: u128 = rand::random::<u128>();
+    let mut out = String::with_capacity(16);
+    for _ in 0..16 {
+        out.push(ALPHABET[(bits & 31) as usize] as char);
+        bits >>= 5;
+    }
+    out
+}
+
+fn timeout_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis did not answer in time",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_parts_are_base32_and_differ() {
+        let (a, b) = (random_base32(), random_base32());
+        assert_eq!(a.len(), 16);
+        assert!(a
+            .bytes()
+            .all(|c| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&c)));
+        assert_ne!(a, b);
+        // A ULID's time part followed by it parses as a ULID.
+        let id = format!("01JD000000{a}");
+        assert!(Ulid::from_string(&id).is_ok());
+    }
+
+    #[test]
+    fn the_script_declares_its_keys() {
+        assert!(SEQUENCE_SCRIPT.contains("KEYS[1]") && SEQUENCE_SCRIPT.contains("KEYS[2]"));
+        assert!(SEQUENCE_SCRIPT.contains("redis.call('PUBLISH', KEYS[2]"));
+    }
+}

@@ -1,0 +1,649 @@
+//! Redis backend against a real Redis: ordering across instances, typing and
+//! presence across instances, cluster-wide memberCount and presence, expiry
+//! after SIGKILL, an outage and its recovery, and bad settings.
+//!
+//! The shared Redis is 127.0.0.1:6379; each test works under its own random
+//! key prefix and deletes its keys at the end. The outage test starts a
+//! private `redis-server` on a free port and stops only that one. Without a
+//! reachable Redis (or `redis-server` for the outage test) a test prints a
+//! line starting with `SKIP` and returns, except under `CI=true`, where it
+//! fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, SECRET};
+use serde_json::{json, Value};
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// Whether the test may run; under CI=true a missing Redis fails the test.
+fn redis_reachable(test: &str) -> bool {
+    let ok = TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1))
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: Redis is not reachable on 127.0.0.1:6379 (required under CI=true)"
+        );
+        println!("SKIP {test}: Redis is not reachable on 127.0.0.1:6379");
+    }
+    ok
+}
+
+/// A random key prefix whose keys are deleted when it drops.
+struct Prefix {
+    /// The prefix.
+    name: String,
+    /// The Redis holding the keys.
+    url: String,
+}
+
+impl Prefix {
+    fn new(test: &str, url: &str) -> Prefix {
+        Prefix {
+            name: format!("chatdtest:{test}:{:08x}:", rand::random::<u32>()),
+            url: url.to_string(),
+        }
+    }
+
+    /// The settings of an instance under this prefix.
+    fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![
+            ("REDIS_URL", self.url.as_str()),
+            ("REDIS_PREFIX", self.name.as_str()),
+            ("RATE_LIMIT_MAX_MESSAGES", "10000"),
+        ];
+        env.extend_from_slice(extra);
+        env
+    }
+
+    /// Keys under the prefix now.
+    fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+            return Vec::new();
+        };
+        let pattern = format!("{}*", self.name);
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut con).unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let keys = self.keys();
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(client) = redis::Client::open(self.url.as_str()) {
+            if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut con);
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns Some or `limit` passes.
+fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn message(content: &str) -> Value {
+    json!({"type": "message", "content": content})
+}
+
+/// The next `n` chat messages a client receives, as (id, user, content).
+fn messages(client: &mut Client, n: usize) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|_| {
+            let m = client.recv_type("message");
+            (
+                m["messageId"].as_str().unwrap().to_string(),
+                m["userId"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The next presence frame about `user`.
+fn presence_of(client: &mut Client, user: &str) -> String {
+    loop {
+        let p = client.recv_type("presence");
+        if p["userId"] == user {
+            return p["status"].as_str().unwrap().to_string();
+        }
+    }
+}
+
+fn status(server: &Server, user: &str) -> String {
+    let token = server.token("reader");
+    let (code, body) = server.get(&format!("/api/chats/users/{user}/status"), Some(&token));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["status"].as_str().unwrap().to_string()
+}
+
+/// Polls a user's status on `server` until it is `want` (writes are batched
+/// for a few milliseconds); returns the last status seen.
+fn wait_status(server: &Server, user: &str, want: &str) -> String {
+    poll(Duration::from_secs(5), || {
+        let s = status(server, user);
+        (s == want).then_some(s)
+    })
+    .unwrap_or_else(|| status(server, user))
+}
+
+/// Polls a room's online users on `server` until they are `want`.
+fn wait_online(server: &Server, room: &str, want: &[&str]) -> Vec<String> {
+    poll(Duration::from_secs(5), || {
+        let users = room_online(server, room);
+        (users == want).then_some(users)
+    })
+    .unwrap_or_else(|| room_online(server, room))
+}
+
+fn room_online(server: &Server, room: &str) -> Vec<String> {
+    let token = server.token("reader");
+    let (code, body) = server.get(&format!("/api/chats/rooms/{room}/presence"), Some(&token));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn two_instances_deliver_one_order_with_typing_and_presence() {
+    if !redis_reachable("two_instances_deliver_one_order_with_typing_and_presence") {
+        return;
+    }
+    let prefix = Prefix::new("order", SHARED_REDIS);
+    let a = Server::start(&prefix.env(&[]));
+    let b = Server::start(&prefix.env(&[]));
+    let room = "order-room";
+    let (mut r1, _) = a.connect("r1", room);
+    let (mut r2, _) = b.connect("r2", room);
+    let (mut s1, _) = a.connect("s1", room);
+    let (mut s2, _) = b.connect("s2", room);
+    let (mut s3, _) = a.connect("s3", room);
+
+    const EACH: usize = 20;
+    for i in 0..EACH {
+        s1.send(message(&format!("s1-{i}")));
+        s2.send(message(&format!("s2-{i}")));
+        s3.send(message(&format!("s3-{i}")));
+    }
+    let seen: Vec<Vec<(String, String, String)>> = [&mut r1, &mut r2, &mut s1, &mut s2, &mut s3]
+        .into_iter()
+        .map(|c| messages(c, 3 * EACH))
+        .collect();
+    for (i, other) in seen.iter().enumerate().skip(1) {
+        assert_eq!(&seen[0], other, "receiver {i} saw another order");
+    }
+    let ids: Vec<&String> = seen[0].iter().map(|m| &m.0).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids do not sort in delivery order: {ids:?}"
+    );
+    for sender in ["s1", "s2", "s3"] {
+        let contents: Vec<&String> = seen[0]
+            .iter()
+            .filter(|m| m.1 == sender)
+            .map(|m| &m.2)
+            .collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("{sender}-{i}")).collect();
+        assert_eq!(
+            contents,
+            expected.iter().collect::<Vec<_>>(),
+            "{sender}'s own order"
+        );
+    }
+    // Every instance got the other's messages through Redis.
+    assert!(
+        a.metric("chat_redis_received_total{kind=\"message\"}")
+            .unwrap()
+            >= EACH as f64
+    );
+    assert!(
+        b.metric("chat_redis_received_total{kind=\"message\"}")
+            .unwrap()
+            >= 2.0 * EACH as f64
+    );
+
+    // Typing crosses instances, both ways.
+    s1.send(json!({"type": "typing", "isTyping": true}));
+    let t = r2.recv_type("typing_indicator");
+    assert_eq!(
+        (t["userId"].as_str(), t["isTyping"].as_bool()),
+        (Some("s1"), Some(true))
+    );
+    s2.send(json!({"type": "typing", "isTyping": false}));
+    // r1 shares instance a with s1, whose indicator came first.
+    let t = r1.recv_type("typing_indicator");
+    assert_eq!(t["userId"], "s1");
+    let t = r1.recv_type("typing_indicator");
+    assert_eq!(
+        (t["userId"].as_str(), t["isTyping"].as_bool()),
+        (Some("s2"), Some(false))
+    );
+
+    // Presence crosses instances: online on connect, offline on close.
+    let (late, _) = b.connect("late", room);
+    assert_eq!(presence_of(&mut r1, "late"), "online");
+    late.close();
+    assert_eq!(presence_of(&mut r1, "late"), "offline");
+}
+
+#[test]
+fn member_count_and_presence_are_cluster_wide() {
+    if !redis_reachable("member_count_and_presence_are_cluster_wide") {
+        return;
+    }
+    let prefix = Prefix::new("count", SHARED_REDIS);
+    let a = Server::start(&prefix.env(&[]));
+    let b = Server::start(&prefix.env(&[]));
+    let room = "count-room";
+    let (ann, joined) = a.connect("ann", room);
+    assert_eq!(joined["memberCount"], 1);
+    let (mut bob, joined) = b.connect("bob", room);
+    assert_eq!(joined["memberCount"], 2, "ann on a, bob on b");
+    // A second connection of ann, on b: still two users.
+    let (ann2, joined) = b.connect("ann", room);
+    assert_eq!(joined["memberCount"], 2);
+    // join_room counts across instances too.
+    let (mut cat, _) = a.connect("cat", "elsewhere");
+    cat.send(json!({"type": "join_room", "roomId": room}));
+    let joined = cat.recv_type("room_joined");
+    assert_eq!(
+        (joined["roomId"].as_str(), joined["memberCount"].as_u64()),
+        (Some(room), Some(3))
+    );
+
+    // Offline only when the user's last connection in the cluster closes:
+    // ann's connection on b closing leaves ann online (she is on a).
+    let (mut watcher, _) = b.connect("watcher", room);
+    ann2.close();
+    watcher.send(message("after ann2"));
+    loop {
+        let f = watcher.recv();
+        assert!(
+            !(f["type"] == "presence" && f["userId"] == "ann"),
+            "ann announced {f} while still on a"
+        );
+        if f["type"] == "message" && f["content"] == "after ann2" {
+            break;
+        }
+    }
+    assert_eq!(wait_status(&b, "ann", "online"), "online");
+    ann.close();
+    assert_eq!(presence_of(&mut watcher, "ann"), "offline");
+    assert_eq!(wait_status(&b, "ann", "offline"), "offline");
+    let (_ann, _) = a.connect("ann", room);
+
+    // The presence routes of either instance answer for the cluster.
+    assert_eq!(
+        wait_status(&b, "cat", "online"),
+        "online",
+        "cat is on a only"
+    );
+    assert_eq!(
+        wait_status(&a, "bob", "online"),
+        "online",
+        "bob is on b only"
+    );
+    assert_eq!(status(&a, "nobody"), "offline");
+    let all = ["ann", "bob", "cat", "watcher"];
+    assert_eq!(wait_online(&a, room, &all), all);
+    assert_eq!(wait_online(&b, room, &all), all);
+    // bob leaves the room: gone from its users on both instances.
+    bob.send(json!({"type": "leave_room", "roomId": room}));
+    bob.recv_type("room_left");
+    let rest = ["ann", "cat", "watcher"];
+    assert_eq!(wait_online(&a, room, &rest), rest);
+    assert_eq!(
+        wait_status(&a, "bob", "online"),
+        "online",
+        "still connected"
+    );
+}
+
+#[test]
+fn a_killed_instance_leaves_its_users_offline_after_the_expiry() {
+    if !redis_reachable("a_killed_instance_leaves_its_users_offline_after_the_expiry") {
+        return;
+    }
+    let prefix = Prefix::new("kill", SHARED_REDIS);
+    let env = prefix.env(&[("PRESENCE_TTL_SECS", "2")]);
+    let mut a = Server::start(&env);
+    let b = Server::start(&env);
+    let room = "kill-room";
+    let (_u, _) = a.connect("victim", room);
+    let (mut watcher, _) = b.connect("watcher", room);
+    assert_eq!(wait_status(&b, "victim", "online"), "online");
+    assert_eq!(
+        wait_online(&b, room, &["victim", "watcher"]),
+        ["victim", "watcher"]
+    );
+    let online_keys = |prefix: &Prefix| {
+        prefix
+            .keys()
+            .iter()
+            .filter(|k| k.contains(":online:"))
+            .count()
+    };
+    assert_eq!(online_keys(&prefix), 2, "one online set per instance");
+    // The live instance keeps its users online past the expiry (heartbeats).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(status(&b, "victim"), "online", "refreshed by a's heartbeat");
+
+    a.child.kill().unwrap(); // SIGKILL: no goodbye
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    let gone = poll(Duration::from_secs(8), || {
+        (status(&b, "victim") == "offline").then_some(killed.elapsed())
+    });
+    let after = gone.expect("victim still online 8 s after its instance was killed");
+    assert!(
+        after <= Duration::from_secs(3),
+        "offline after {after:?}, expiry is 2 s"
+    );
+    assert_eq!(room_online(&b, room), vec!["watcher"]);
+    // b's own user is still there, and b keeps working.
+    assert_eq!(status(&b, "watcher"), "online");
+    watcher.send(message("still here"));
+    assert_eq!(watcher.recv_type("message")["content"], "still here");
+    // The dead instance's keys expire too: one online set is left, b's.
+    let left = poll(Duration::from_secs(5), || {
+        (online_keys(&prefix) == 1).then_some(())
+    });
+    assert!(left.is_some(), "keys: {:?}", prefix.keys());
+}
+
+/// A private redis-server on a free port, killed on drop.
+struct PrivateRedis {
+    /// The process.
+    child: Child,
+    /// Its port.
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts one on `port` (0: a free one); None when redis-server is missing.
+    fn start(port: u16) -> Option<PrivateRedis> {
+        let port = if port == 0 {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            port
+        };
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let up = poll(Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        assert!(up.is_some(), "private redis-server did not start on {port}");
+        Some(PrivateRedis { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn healthz(server: &Server) -> (u16, Value) {
+    let (code, body) = server.get("/healthz", None);
+    (code, serde_json::from_str(&body).unwrap())
+}
+
+#[test]
+fn redis_outage_keeps_local_chat_and_recovers_without_restart() {
+    let test = "redis_outage_keeps_local_chat_and_recovers_without_restart";
+    let Some(redis) = PrivateRedis::start(0) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: redis-server is not installed (required under CI=true)"
+        );
+        println!("SKIP {test}: redis-server is not installed");
+        return;
+    };
+    let prefix = Prefix::new("outage", &redis.url());
+    let a = Server::start(&prefix.env(&[]));
+    let b = Server::start(&prefix.env(&[]));
+    let room = "outage-room";
+    let (mut x1, _) = a.connect("x1", room);
+    let (mut x2, _) = a.connect("x2", room);
+    let (mut y, _) = b.connect("y", room);
+    assert_eq!(healthz(&a).0, 200);
+
+    x1.send(message("m1 before"));
+    for c in [&mut x1, &mut x2, &mut y] {
+        assert_eq!(c.recv_type("message")["content"], "m1 before");
+    }
+
+    let port = redis.stop();
+    for server in [&a, &b] {
+        let down = poll(Duration::from_secs(5), || {
+            let (code, body) = healthz(server);
+            (code == 503).then_some(body)
+        })
+        .expect("/healthz did not report the outage");
+        assert_eq!(down["down"], json!(["redis"]));
+        assert_eq!(down["backends"]["redis"], "down");
+    }
+    // Live chat within the instance goes on.
+    x1.send(message("m2 during"));
+    for c in [&mut x1, &mut x2] {
+        assert_eq!(c.recv_type("message")["content"], "m2 during");
+    }
+    assert_eq!(a.metric("chat_redis_local_fallback_total"), Some(1.0));
+    // Presence routes answer from the instance's own state meanwhile.
+    assert_eq!(status(&a, "x2"), "online");
+
+    let _redis = PrivateRedis::start(port).expect("restart redis-server");
+    for server in [&a, &b] {
+        let up = poll(Duration::from_secs(8), || {
+            let (code, body) = healthz(server);
+            (code == 200).then_some(body)
+        })
+        .expect("/healthz did not recover");
+        assert_eq!(up["backends"]["redis"], "up");
+    }
+    assert!(a.metric("chat_redis_reconnects_total").unwrap() >= 1.0);
+    // Cross-instance delivery works again, both ways.
+    x1.send(message("m3 after"));
+    for c in [&mut x1, &mut x2, &mut y] {
+        assert_eq!(c.recv_type("message")["content"], "m3 after");
+    }
+    y.send(message("m4 from b"));
+    for c in [&mut x1, &mut x2, &mut y] {
+        assert_eq!(c.recv_type("message")["content"], "m4 from b");
+    }
+    // Presence was rewritten into the restarted (empty) Redis.
+    assert_eq!(status(&b, "x1"), "online");
+    assert_eq!(room_online(&b, room), ["x1", "x2", "y"]);
+
+    // Nothing was lost from the history, in order.
+    let token = a.token("x1");
+    let (code, body) = a.get(&format!("/api/chats/rooms/{room}/messages"), Some(&token));
+    assert_eq!(code, 200);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let stored: Vec<(&str, &str)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["messageId"].as_str().unwrap(),
+                m["content"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let contents: Vec<&str> = stored.iter().map(|m| m.1).collect();
+    assert_eq!(
+        contents,
+        ["m1 before", "m2 during", "m3 after", "m4 from b"]
+    );
+    assert!(stored.windows(2).all(|w| w[0].0 < w[1].0), "{stored:?}");
+}
+
+#[test]
+fn the_sequencing_script_is_monotonic_per_room_and_publishes_its_id() {
+    if !redis_reachable("the_sequencing_script_is_monotonic_per_room_and_publishes_its_id") {
+        return;
+    }
+    let prefix = Prefix::new("script", SHARED_REDIS);
+    let client = redis::Client::open(SHARED_REDIS).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut sub = client.get_connection().unwrap();
+    let mut pubsub = sub.as_pubsub();
+    let (last, channel) = (
+        format!("{}last", prefix.name),
+        format!("{}chan", prefix.name),
+    );
+    pubsub.subscribe(&channel).unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let script = redis::Script::new(chatd::broker::SEQUENCE_SCRIPT);
+    let head = "m0123456789abcdef";
+    let run = |con: &mut redis::Connection, floor: &str| -> String {
+        script
+            .key(&last)
+            .key(&channel)
+            .arg(head)
+            .arg("TAIL")
+            .arg(floor)
+            .arg("ABCDEFGHJKMNPQRS")
+            .arg(60_000)
+            .invoke(con)
+            .unwrap()
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A fresh room: Redis's time and the caller's random part.
+    let first = run(&mut con, "");
+    let id = ulid::Ulid::from_string(&first).unwrap();
+    assert!(id.timestamp_ms().abs_diff(now_ms) < 5_000, "{first}");
+    assert!(first.ends_with("ABCDEFGHJKMNPQRS"));
+    let msg = pubsub.get_message().unwrap();
+    assert_eq!(
+        msg.get_payload::<String>().unwrap(),
+        format!("{head}{first}TAIL")
+    );
+    // A floor ahead of the clock (local ids during an outage): floor + 1.
+    let floor = ulid::Ulid::from_parts(now_ms + 3_600_000, u128::from(u64::MAX));
+    let second = run(&mut con, &floor.to_string());
+    assert_eq!(second, floor.increment().unwrap().to_string());
+    // The room's last id now leads: every next id is one more, in order.
+    let mut prev = second.clone();
+    for _ in 0..50 {
+        let next = run(&mut con, "");
+        assert!(next > prev, "{next} after {prev}");
+        assert_eq!(
+            ulid::Ulid::from_string(&next).unwrap(),
+            ulid::Ulid::from_string(&prev).unwrap().increment().unwrap()
+        );
+        prev = next;
+    }
+    // A carry through the whole random part into the time part.
+    let full = ulid::Ulid::from_parts(now_ms + 7_200_000, (1u128 << 80) - 1);
+    let carried = run(&mut con, &full.to_string());
+    assert_eq!(
+        carried,
+        ulid::Ulid::from_parts(now_ms + 7_200_001, 0).to_string()
+    );
+}
+
+/// Runs the binary with `env` and returns its exit code and stderr.
+fn start_failure(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JWT_SECRET", SECRET)
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("CORES", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let status = child.wait().unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn bad_redis_settings_stop_start_up_naming_the_variable() {
+    for (env, name) in [
+        (vec![("REDIS_URL", "not a url")], "REDIS_URL"),
+        (vec![("REDIS_URL", "http://127.0.0.1:6379")], "REDIS_URL"),
+        (vec![("PRESENCE_TTL_SECS", "0")], "PRESENCE_TTL_SECS"),
+        (vec![("PRESENCE_TTL_SECS", "soon")], "PRESENCE_TTL_SECS"),
+        (vec![("PRESENCE_TTL_SECS", "1")], "PRESENCE_TTL_SECS"),
+        (vec![("REDIS_BUFFER", "0")], "REDIS_BUFFER"),
+        (vec![("REDIS_PREFIX", "a{b}")], "REDIS_PREFIX"),
+    ] {
+        let (code, stderr) = start_failure(&env);
+        assert_ne!(code, Some(0), "{env:?} started");
+        assert!(code.is_some(), "{env:?} was killed instead of exiting");
+        assert!(stderr.contains(name), "{env:?}: {stderr}");
+    }
+}

@@ -41,7 +41,13 @@ impl Shutdown {
             if self.triggered.get() {
                 Poll::Ready(())
             } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
+                // One entry per waiting task: the accept loop polls a new
+                // `wait()` on every accept, and pushing on each poll would
+                // grow this list (and the task's waker count) without bound.
+                let mut waiters = self.waiters.borrow_mut();
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
@@ -67,5 +73,21 @@ mod tests {
         s.trigger();
         assert!(s.is_triggered());
         assert!(fut.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_task_polling_many_waits_is_registered_once() {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let s = Shutdown::default();
+        let waker = Waker::from(std::sync::Arc::new(Task));
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..1000 {
+            let mut fut = pin!(s.wait());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(s.waiters.borrow().len(), 1);
     }
 }

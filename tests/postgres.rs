@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{rooms_on_cores, Client, Server};
+use common::{poll, rooms_on_cores, Client, Server};
 use serde_json::{json, Value};
 
 const SHARED_PG: &str = "127.0.0.1:5432";
@@ -192,20 +192,6 @@ fn stop(server: &mut Server) {
 fn healthz(server: &Server) -> (u16, Value) {
     let (status, body) = server.get("/healthz", None);
     (status, serde_json::from_str(&body).expect("healthz JSON"))
-}
-
-/// Polls `f` until it returns Some or `limit` passes.
-fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

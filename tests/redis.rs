@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, SECRET};
+use common::{poll, Client, Server, SECRET};
 use serde_json::{json, Value};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
@@ -86,20 +86,6 @@ impl Drop for Prefix {
                 let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut con);
             }
         }
-    }
-}
-
-/// Polls `f` until it returns Some or `limit` passes.
-fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

@@ -344,3 +344,18 @@ impl Server {
         (client, first)
     }
 }
+
+/// Polls `f` every 20 ms until it returns Some or `limit` passes (for state
+/// that settles shortly after the event a test observed).
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

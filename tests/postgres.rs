@@ -721,18 +721,8 @@ fn bad_settings_stop_start_up_naming_the_variable() {
         ),
         ("DATABASE_URL", "postgres:///nohost"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .env_clear()
-            .env("JWT_SECRET", "s")
-            .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("CORES", "1")
-            .env(var, value)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run chatd");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{var}={value} was accepted");
+        let (code, stderr) = common::start_refused(&[(var, value)]);
+        assert_ne!(code, Some(0), "{var}={value} was accepted");
         assert!(stderr.contains(var), "{var}={value}: {stderr}");
         assert!(
             !stderr.contains("secret"),

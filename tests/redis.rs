@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{poll, Client, Server, SECRET};
+use common::{poll, Client, Server};
 use serde_json::{json, Value};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
@@ -592,30 +591,6 @@ fn the_sequencing_script_is_monotonic_per_room_and_publishes_its_id() {
     );
 }
 
-/// Runs the binary with `env` and returns its exit code and stderr.
-fn start_failure(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JWT_SECRET", SECRET)
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("CORES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .collect::<Vec<_>>()
-        .join("\n");
-    let status = child.wait().unwrap();
-    (status.code(), stderr)
-}
-
 #[test]
 fn bad_redis_settings_stop_start_up_naming_the_variable() {
     for (env, name) in [
@@ -627,7 +602,7 @@ fn bad_redis_settings_stop_start_up_naming_the_variable() {
         (vec![("REDIS_BUFFER", "0")], "REDIS_BUFFER"),
         (vec![("REDIS_PREFIX", "a{b}")], "REDIS_PREFIX"),
     ] {
-        let (code, stderr) = start_failure(&env);
+        let (code, stderr) = common::start_refused(&env);
         assert_ne!(code, Some(0), "{env:?} started");
         assert!(code.is_some(), "{env:?} was killed instead of exiting");
         assert!(stderr.contains(name), "{env:?}: {stderr}");

@@ -211,13 +211,14 @@ fn make_members(core: usize, room_size: usize, room: &Arc<str>) -> Vec<Rc<Client
                 username: user_id.clone(),
                 user_id,
             };
-            Rc::new(Client::new(
+            Client::new(
                 ConnId::new(core, i as u64),
                 identity,
                 room.clone(),
                 Outbound::new(OUTBOUND_BYTES, STALL_TIMEOUT),
                 now,
-            ))
+                None,
+            )
         })
         .collect()
 }

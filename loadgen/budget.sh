@@ -69,19 +69,27 @@ for n in 1000 5000; do
     python3 -c "import json;r=json.load(open('$out/floor-$n.json'));print('   %.3f us sender CPU per send, %d sockets' % (r['cpu_us_per_send'], r['sockets']))" | tee -a "$out/summary.txt"
 done
 
-start_server
-url="ws://$addr/ws"
-run burst-5000 burst --url "$url" --secret budget --members 5000 --window 64 --duration 10 --warmup 2 --server-pid "$pid"
-stop_server
-
-start_server
-url="ws://$addr/ws"
-for rate in 4 8 16; do
-    run "fanout-100x50-r$rate" fanout --url "$url" --secret budget --rooms 100 --members 50 --senders 1 \
-        --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 --room-prefix "f$rate-" --user-prefix "u$rate-" \
-        --server-pid "$pid"
+# Items 1a and 1b, each with the batched writer (the default) and without it
+# (BATCHED_SENDS=false, every connection sending its own frames): the
+# baseline of the same run.
+for batched in true false; do
+    start_server BATCHED_SENDS=$batched
+    url="ws://$addr/ws"
+    run "burst-5000-batched-$batched" burst --url "$url" --secret budget --members 5000 --window 64 \
+        --duration 10 --warmup 2 --server-pid "$pid"
+    stop_server
 done
-stop_server
+
+for batched in true false; do
+    start_server BATCHED_SENDS=$batched
+    url="ws://$addr/ws"
+    for rate in 4 8 16; do
+        run "fanout-100x50-r$rate-batched-$batched" fanout --url "$url" --secret budget --rooms 100 --members 50 \
+            --senders 1 --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 --room-prefix "f$rate-" \
+            --user-prefix "u$rate-" --server-pid "$pid"
+    done
+    stop_server
+done
 
 start_server
 url="ws://$addr/ws"

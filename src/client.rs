@@ -6,7 +6,8 @@
 //! (local, or a message to the owner core) and answered within one call.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::os::fd::RawFd;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::outbound::{Outbound, Push, SLOW_CONSUMER_CLOSE};
 use crate::protocol::{self, ClientFrame, ErrorCode};
 use crate::ratelimit::TypingThrottle;
 use crate::shard::{ConnId, FrameKind, Publish};
+use crate::writer::Writer;
 use crate::ws;
 
 /// Typing events a connection may send in a burst before throttling.
@@ -58,18 +60,30 @@ pub struct Client {
     last_ping: Cell<Instant>,
     /// Typing flood bound.
     typing: Cell<TypingThrottle>,
+    /// This core's batched writer; `None` sends from the driver only.
+    writer: Option<Rc<Writer>>,
+    /// This client, for registering with the writer from `&self`.
+    me: Weak<Client>,
+    /// The socket while the driver runs its read/write loop, -1 before and
+    /// once it starts closing: the writer never touches a socket the driver
+    /// is closing, or a descriptor number reused after the close.
+    socket: Cell<RawFd>,
+    /// Registered with the writer and not yet sent by it (registered once).
+    in_batch: Cell<bool>,
 }
 
 impl Client {
-    /// A new session with an empty queue.
+    /// A new session with an empty queue whose frames go out through
+    /// `writer` when there is one, else through its driver alone.
     pub fn new(
         id: ConnId,
         identity: Identity,
         home_room: Arc<str>,
         outbound: Outbound,
         now: Instant,
-    ) -> Client {
-        Client {
+        writer: Option<Rc<Writer>>,
+    ) -> Rc<Client> {
+        Rc::new_cyclic(|me| Client {
             id,
             identity,
             home_room,
@@ -80,14 +94,19 @@ impl Client {
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
             typing: Cell::new(TypingThrottle::new(TYPING_BURST, TYPING_INTERVAL, now)),
-        }
+            writer,
+            me: me.clone(),
+            socket: Cell::new(-1),
+            in_batch: Cell::new(false),
+        })
     }
 
-    /// Queues a frame, applying the slow-consumer policy, and wakes the driver.
+    /// Queues a frame, applying the slow-consumer policy, and hands the
+    /// connection to the writer (or wakes the driver).
     pub fn push(&self, frame: Bytes, kind: FrameKind, now: Instant) -> Push {
         let result = self.out.borrow_mut().push(frame, kind, now);
         match result {
-            Push::Queued { was_empty: true } => self.wake(),
+            Push::Queued { was_empty: true } => self.ready(),
             Push::Overflow => self.request_close(SLOW_CONSUMER_CLOSE, CloseReason::SlowConsumer),
             _ => {}
         }
@@ -121,10 +140,48 @@ impl Client {
         self.waker.set(Some(waker.clone()));
     }
 
+    /// The queue just became non-empty: the writer sends it with the rest
+    /// of the fan-out when the driver's loop is running, else the driver.
+    fn ready(&self) {
+        match &self.writer {
+            Some(writer) if self.socket.get() >= 0 => {
+                if !self.in_batch.replace(true) {
+                    writer.enqueue(self.me.clone());
+                }
+            }
+            _ => self.wake(),
+        }
+    }
+
+    /// Wakes the driver (the writer hands back what it could not finish).
+    pub fn wake_driver(&self) {
+        self.wake();
+    }
+
     fn wake(&self) {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// The driver's read/write loop runs on `fd`: the writer may send on it.
+    pub fn attach_socket(&self, fd: RawFd) {
+        self.socket.set(fd);
+    }
+
+    /// The driver is closing: from now on only it writes.
+    pub fn detach_socket(&self) {
+        self.socket.set(-1);
+    }
+
+    /// The socket the writer may send on, or -1.
+    pub fn socket(&self) -> RawFd {
+        self.socket.get()
+    }
+
+    /// The writer took this connection off its list.
+    pub fn left_batch(&self) {
+        self.in_batch.set(false);
     }
 
     /// The outbound queue, for the driver.

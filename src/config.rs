@@ -172,6 +172,9 @@ pub struct Settings {
     /// Pin each executor thread to its own CPU. Best on dedicated machines; on a machine shared with other busy processes (a load generator, say) unpinned threads let the kernel run an executor wherever a CPU is free.
     #[arg(long, env = "PIN_CORES", value_name = "PIN_CORES", default_value = "true", value_parser = boolish, action = clap::ArgAction::Set)]
     pub pin_cores: bool,
+    /// Send each core's fan-out with one io_uring submission per pass (src/writer.rs). `false` leaves every connection's driver to send its own frames, one `send()` each: the baseline the batched-send benchmark compares against.
+    #[arg(long, env = "BATCHED_SENDS", value_name = "BATCHED_SENDS", default_value = "true", value_parser = boolish, action = clap::ArgAction::Set)]
+    pub batched_sends: bool,
     /// Most rooms one connection may be in.
     #[arg(long, env = "MAX_ROOMS_PER_CONNECTION", value_name = "MAX_ROOMS_PER_CONNECTION", default_value_t = 100, value_parser = positive)]
     pub max_rooms_per_connection: u64,
@@ -388,6 +391,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ENABLE_MODERATION"), "{err}");
+        let err = parse(&["--batched-sends", "sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BATCHED_SENDS"), "{err}");
+        assert!(parse(&[]).unwrap().settings.batched_sends);
+        assert!(
+            !parse(&["--batched-sends", "off"])
+                .unwrap()
+                .settings
+                .batched_sends
+        );
         let s = parse(&["--idle-timeout-ms", "1000", "--ping-interval-ms", "2000"])
             .unwrap()
             .settings;

@@ -5,9 +5,11 @@
 //!   the decoding of what it returned happen within one poll, so one buffer
 //!   serves every connection of the core); only an incomplete frame tail is
 //!   copied into the connection's decoder.
-//! - **Writes** gather every queued frame into one `sendmsg` per wake-up.
-//!   When the socket is full, the driver waits for writability through
-//!   glommio (io_uring poll) and keeps reading meanwhile.
+//! - **Writes**: the core's batched writer (`writer.rs`) sends a queue that
+//!   just became non-empty along with the rest of the fan-out; the driver
+//!   gathers what remains (a full socket, a backlog) into one `sendmsg` per
+//!   wake-up. When the socket is full, the driver waits for writability
+//!   through glommio (io_uring poll) and keeps reading meanwhile.
 //! - **Backpressure**: while the cross-core staging queues are over their
 //!   soft limit, the driver stops reading its socket.
 //!
@@ -109,6 +111,20 @@ async fn drive(
     decoder: &mut Decoder,
 ) -> CloseReason {
     let fd = stream.as_raw_fd();
+    client.attach_socket(fd);
+    let reason = drive_attached(ctx, client, stream, decoder, fd).await;
+    client.detach_socket();
+    reason
+}
+
+/// [`drive`] while the writer may send on the socket.
+async fn drive_attached(
+    ctx: &Rc<CoreCtx>,
+    client: &Rc<Client>,
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    fd: i32,
+) -> CloseReason {
     loop {
         if let Some((_, reason)) = client.close_request() {
             return reason;
@@ -204,7 +220,7 @@ fn feed(
 
 /// Writes as much of the queue as the socket takes, in one gathered
 /// `sendmsg`. Returns true when the socket is full and frames remain.
-fn flush(fd: i32, client: &Client) -> io::Result<bool> {
+pub(crate) fn flush(fd: i32, client: &Client) -> io::Result<bool> {
     let mut out = client.outbound().borrow_mut();
     loop {
         let frames = out.frames();

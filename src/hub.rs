@@ -179,6 +179,8 @@ pub struct Hub {
     pub metrics: CoreSnapshot,
     /// Redis scale-out (REDIS_URL set); None: single node.
     scaleout: Option<ScaleOut>,
+    /// This core's batched writer (`BATCHED_SENDS`); None: each driver sends.
+    writer: Option<Rc<crate::writer::Writer>>,
 }
 
 impl Hub {
@@ -213,7 +215,13 @@ impl Hub {
             next_conn: 0,
             metrics: CoreSnapshot::default(),
             scaleout: None,
+            writer: None,
         }
+    }
+
+    /// Sends the fan-outs of this core's connections through `writer`.
+    pub fn set_writer(&mut self, writer: Rc<crate::writer::Writer>) {
+        self.writer = Some(writer);
     }
 
     /// Turns on Redis scale-out for this core.
@@ -260,7 +268,14 @@ impl Hub {
         self.next_conn += 1;
         let id = ConnId::new(self.core, self.next_conn);
         let outbound = Outbound::new(self.limits.outbound_bytes, self.limits.stall_timeout);
-        let client = Rc::new(Client::new(id, identity, room.clone(), outbound, now));
+        let client = Client::new(
+            id,
+            identity,
+            room.clone(),
+            outbound,
+            now,
+            self.writer.clone(),
+        );
         self.clients.insert(id, client.clone());
         self.metrics.connections_opened += 1;
         self.join(&client, room.clone(), since, now);
@@ -1042,6 +1057,10 @@ impl Hub {
                 let mut snapshot = self.metrics.clone();
                 snapshot.connections = self.clients.len() as u64;
                 snapshot.mesh_staged = self.router.staged_total();
+                if let Some(writer) = &self.writer {
+                    snapshot.send_batches = writer.batches();
+                    snapshot.send_batched = writer.sends();
+                }
                 Answer::Metrics(Box::new(snapshot))
             }
             Query::RoomOnline(room) => {

@@ -21,13 +21,15 @@
 //!           local members' outbound queues (outbound.rs)
 //!           + one copy per other core with members (ShardMsg::Deliver)
 //!         + with DATABASE_URL: row to the Postgres writer  hub/durable.rs
+//!  delivering core: a queue that became non-empty -> the core's writer:
+//!    one io_uring submission sends a pass's whole fan-out    writer.rs
+//!    what it cannot finish -> driver: gathered sendmsg       connection.rs
 //!  Postgres (pg/): side thread, tokio current-thread runtime  pg/worker.rs
 //!    cores -> bounded channel -> batches (size or interval)   pg/batch.rs
 //!    -> UNNEST insert, retried with backoff; schema      pg/migrate.rs
 //!    reads: oneshot reply -> task on the asking core    pg/link.rs
 //!      -> merged with the owner's memory cache          pg/merge.rs
 //!    counters rendered into /metrics                    pg/stats.rs
-//!    outbound queue -> one gathered sendmsg per wake-up   connection.rs
 //!  presence: user's owner core counts connections (presence.rs);
 //!    first/last one -> presence frame via each room's owner  hub.rs
 //!  REDIS_URL set (scale-out; without it none of this runs):
@@ -77,4 +79,5 @@ pub mod server;
 pub mod shard;
 pub mod shutdown;
 pub mod web;
+pub mod writer;
 pub mod ws;

@@ -136,6 +136,10 @@ pub struct CoreSnapshot {
     pub room_messages_overflow: u64,
     /// Messages staged because a cross-core channel was full.
     pub mesh_staged: u64,
+    /// Submissions of the batched writer (one per pass of up to 256 sockets).
+    pub send_batches: u64,
+    /// Socket writes made by the batched writer.
+    pub send_batched: u64,
     /// Audit records written for masked messages.
     pub audit_masked: u64,
     /// Audit records written for blocked messages.
@@ -161,6 +165,8 @@ impl Default for CoreSnapshot {
             room_messages: HashMap::new(),
             room_messages_overflow: 0,
             mesh_staged: 0,
+            send_batches: 0,
+            send_batched: 0,
             audit_masked: 0,
             audit_blocked: 0,
             delivery_latency_us: new_histogram(),
@@ -227,6 +233,8 @@ impl CoreSnapshot {
         }
         self.room_messages_overflow += other.room_messages_overflow;
         self.mesh_staged += other.mesh_staged;
+        self.send_batches += other.send_batches;
+        self.send_batched += other.send_batched;
         self.audit_masked += other.audit_masked;
         self.audit_blocked += other.audit_blocked;
         // Same bounds on every core, so adding cannot fail.
@@ -357,6 +365,18 @@ impl CoreSnapshot {
             "chat_mesh_staged_total",
             "Cross-core messages that waited because a core's channel was full.",
             self.mesh_staged,
+        );
+        counter(
+            &mut out,
+            "chat_send_batches_total",
+            "Submissions of the batched writer: one io_uring_enter for a pass's sockets.",
+            self.send_batches,
+        );
+        counter(
+            &mut out,
+            "chat_send_batched_total",
+            "Socket writes made by the batched writer (divide by the batches for the batch size).",
+            self.send_batched,
         );
         header(
             &mut out,

@@ -32,6 +32,7 @@ use crate::routes;
 use crate::scaleout::ScaleOut;
 use crate::shard::{shard_for, Adoption, Router, ShardMsg, MESH_CAPACITY};
 use crate::shutdown::Shutdown;
+use crate::writer::Writer;
 
 /// io_uring registered-buffer memory per executor. Every executor's share is
 /// locked memory, and `RLIMIT_MEMLOCK` is often 8 MiB: 512 KiB each leaves
@@ -328,6 +329,11 @@ async fn core_main(
     let mut hub = Hub::new(router.clone(), &shared.settings, moderator);
     if let Some(link) = &shared.redis {
         hub.set_scaleout(ScaleOut::new(link.clone(), core));
+    }
+    if shared.settings.batched_sends {
+        let writer = Rc::new(Writer::new());
+        hub.set_writer(writer.clone());
+        glommio::spawn_local(writer.run()).detach();
     }
     let ctx = Rc::new(CoreCtx {
         hub: RefCell::new(hub),

@@ -168,7 +168,33 @@ fn a_user_in_rooms_of_both_cores_gets_both_in_order() {
 
 #[test]
 fn three_senders_four_receivers_see_one_order() {
-    let server = Server::start(&[("RATE_LIMIT_MAX_MESSAGES", "1000")]);
+    let server = one_order_of_three_senders(&[("RATE_LIMIT_MAX_MESSAGES", "1000")]);
+    // 7 members x 300 messages went out, mostly through the batched writer.
+    let writes = server.metric("chat_send_batched_total").unwrap();
+    let batches = server.metric("chat_send_batches_total").unwrap();
+    assert!(writes > 0.0 && batches > 0.0, "{writes} {batches}");
+    assert!(
+        batches <= writes,
+        "{batches} submissions for {writes} writes"
+    );
+    assert!(writes <= 2100.0, "{writes}");
+}
+
+#[test]
+fn without_batched_sends_every_driver_sends_and_the_order_holds() {
+    let server = one_order_of_three_senders(&[
+        ("RATE_LIMIT_MAX_MESSAGES", "1000"),
+        ("BATCHED_SENDS", "false"),
+    ]);
+    assert_eq!(server.metric("chat_send_batched_total"), Some(0.0));
+    assert_eq!(server.metric("chat_send_batches_total"), Some(0.0));
+}
+
+/// Three senders on both cores, 100 messages each, into a room four
+/// receivers share: every receiver sees the same order, ids sort in it, and
+/// each sender's own messages keep their order.
+fn one_order_of_three_senders(env: &[(&str, &str)]) -> Server {
+    let server = Server::start(env);
     let (room0, room1) = rooms_on_cores("order");
     let room = room1; // owned by core 1; members spread over both cores
                       // Receivers connect with initial rooms on both cores, then join `room`.
@@ -243,6 +269,7 @@ fn three_senders_four_receivers_see_one_order() {
             (0..100).map(|n| format!("s{i}-{n}")).collect::<Vec<_>>()
         );
     }
+    server
 }
 
 #[test]

@@ -38,7 +38,7 @@ use crate::shard::FrameKind;
 use crate::ws::{self, Decoder, WsEvent, MAX_MESSAGE_SIZE};
 
 /// Frames gathered into one `sendmsg`.
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 

@@ -50,10 +50,12 @@ use crate::client::Client;
 /// a millisecond of kernel work.
 pub const RING_ENTRIES: usize = 256;
 
-/// Frames gathered into one SENDMSG. At chat rates a connection has one
-/// frame per pass; a connection with more is behind, and the rest goes out
-/// from its driver's own gathered write.
-pub const MAX_IOVECS: usize = 8;
+/// Frames gathered into one SENDMSG, as many as the driver gathers. At chat
+/// rates a connection has one frame per pass; in `loadgen burst` (a sender
+/// pipelining 64 messages) a pass finds several per member, and with 8 here
+/// the driver had to send the rest in a second call: 0.33-0.36 µs of server
+/// CPU per delivery against 0.24-0.25 without the writer.
+pub const MAX_IOVECS: usize = crate::connection::MAX_IOVECS;
 
 /// Flags of every send: never block the core, never raise SIGPIPE.
 const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;

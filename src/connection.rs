@@ -112,9 +112,19 @@ async fn drive(
 ) -> CloseReason {
     let fd = stream.as_raw_fd();
     client.attach_socket(fd);
-    let reason = drive_attached(ctx, client, stream, decoder, fd).await;
-    client.detach_socket();
-    reason
+    // Detached on every way out, a dropped task included: the descriptor
+    // number may belong to another connection once the stream is closed.
+    let _attached = Attached(client);
+    drive_attached(ctx, client, stream, decoder, fd).await
+}
+
+/// Detaches the client's socket from the writer when dropped.
+struct Attached<'a>(&'a Client);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.detach_socket();
+    }
 }
 
 /// [`drive`] while the writer may send on the socket.

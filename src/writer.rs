@@ -36,6 +36,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -215,15 +216,9 @@ impl Writer {
         let mut entries = self.entries.borrow_mut();
         entries.clear();
         for weak in chunk {
-            let Some(client) = weak.upgrade() else {
+            let Some((client, fd)) = take_off(weak) else {
                 continue;
             };
-            client.left_batch();
-            let fd = client.socket();
-            if fd < 0 {
-                client.wake_driver();
-                continue;
-            }
             let out = client.outbound().borrow();
             let frames = out.frames();
             if frames.is_empty() {
@@ -326,15 +321,9 @@ impl Writer {
     fn send_plain(&self, chunk: &[Weak<Client>]) {
         self.batches.set(self.batches.get() + 1);
         for weak in chunk {
-            let Some(client) = weak.upgrade() else {
+            let Some((client, fd)) = take_off(weak) else {
                 continue;
             };
-            client.left_batch();
-            let fd = client.socket();
-            if fd < 0 {
-                client.wake_driver();
-                continue;
-            }
             let before = client.outbound().borrow().bytes();
             if before == 0 {
                 continue;
@@ -348,6 +337,19 @@ impl Writer {
             }
         }
     }
+}
+
+/// Takes a connection off the writer's list: the client and its socket, or
+/// `None` when it is gone or its driver is closing (woken to finish alone).
+fn take_off(weak: &Weak<Client>) -> Option<(Rc<Client>, RawFd)> {
+    let client = weak.upgrade()?;
+    client.left_batch();
+    let fd = client.socket();
+    if fd < 0 {
+        client.wake_driver();
+        return None;
+    }
+    Some((client, fd))
 }
 
 impl Default for Writer {
@@ -411,6 +413,20 @@ mod tests {
         (client, count)
     }
 
+    /// A session and the count of its driver's wake-ups.
+    type Session = (Rc<Client>, Arc<Count>);
+
+    /// `n` loopback pairs and a session on the server side of each.
+    fn sessions(writer: &Rc<Writer>, n: usize) -> (Vec<(TcpStream, TcpStream)>, Vec<Session>) {
+        let pairs: Vec<_> = (0..n).map(|_| pair()).collect();
+        let sessions = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| session(writer, s, i as u64))
+            .collect();
+        (pairs, sessions)
+    }
+
     fn frame(text: &str) -> Bytes {
         Bytes::from(crate::ws::encode_text(text.as_bytes()))
     }
@@ -433,12 +449,7 @@ mod tests {
     #[test]
     fn one_pass_sends_every_pending_connection_in_one_submission() {
         for writer in writers() {
-            let pairs: Vec<_> = (0..3).map(|_| pair()).collect();
-            let sessions: Vec<_> = pairs
-                .iter()
-                .enumerate()
-                .map(|(i, (s, _))| session(&writer, s, i as u64))
-                .collect();
+            let (pairs, sessions) = sessions(&writer, 3);
             let now = Instant::now();
             for (i, (client, _)) in sessions.iter().enumerate() {
                 client.push(frame(&format!("hello {i}")), FrameKind::Message, now);
@@ -556,12 +567,7 @@ mod tests {
     fn more_connections_than_the_ring_holds_take_several_submissions() {
         let writer = Rc::new(Writer::new());
         let n = RING_ENTRIES + 44;
-        let pairs: Vec<_> = (0..n).map(|_| pair()).collect();
-        let sessions: Vec<_> = pairs
-            .iter()
-            .enumerate()
-            .map(|(i, (s, _))| session(&writer, s, i as u64))
-            .collect();
+        let (pairs, sessions) = sessions(&writer, n);
         let now = Instant::now();
         let f = frame("to everyone");
         for (client, _) in &sessions {

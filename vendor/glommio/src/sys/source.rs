@@ -224,6 +224,12 @@ impl Source {
         })
     }
 
+    /// Whether the kernel has completed this source (without consuming the
+    /// result or recording latency statistics, unlike `result`).
+    pub(crate) fn is_completed(&self) -> bool {
+        self.inner.borrow().wakers.result.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

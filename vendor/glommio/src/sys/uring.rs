@@ -37,8 +37,8 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
-        PollableStatus, Source, SourceType, Statx, TimeSpec64,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer, PollableStatus, Source,
+        SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
     GlommioError, IoRequirements, IoStats, ReactorErrorKind, RingIoStats, TaskQueueHandle,
@@ -1222,7 +1222,19 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// The instant the preemption timer above fires. Lets `wait` keep a
+    /// pending preemption timer instead of cancelling and re-arming it on
+    /// every pass of the run loop, which cost several `io_uring_enter`
+    /// calls per pass.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// The timer that wakes a sleeping executor for its earliest user timer
+    /// (on the latency ring, beside the preemption timer), and the instant
+    /// it fires. It stays armed across passes while that instant is still
+    /// the one needed, instead of being armed before every sleep and
+    /// cancelled after it.
+    user_timeout_src: Cell<Option<Source>>,
+    user_timeout_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
 
@@ -1278,6 +1290,12 @@ macro_rules! flush_rings {
         io::Result::Ok(ret)
     }}
 }
+
+/// How much earlier than needed the kept user timer may fire.
+const USER_TIMEOUT_EARLY: Duration = Duration::from_millis(1);
+/// How much later than needed the kept user timer may fire: the imprecision
+/// of computing the same deadline from two readings of the clock.
+const USER_TIMEOUT_LATE: Duration = Duration::from_micros(50);
 
 fn align_up(v: usize, align: usize) -> usize {
     (v + align - 1) & !(align - 1)
@@ -1353,7 +1371,10 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            user_timeout_src: Cell::new(None),
+            user_timeout_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1814,22 +1835,58 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
+        // A preemption timer armed by an earlier pass that has not fired yet
+        // and fires no later than a new one would is kept when we won't
+        // sleep: the task queues' time slice only gets shorter, and a pass
+        // that neither sleeps nor fires the timer costs no system call for it.
         //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Otherwise cancel the old timer: if we won't sleep, we will register
+        // the new timer with its new value. But if we will sleep, there might
+        // be a timer registered that needs to be removed otherwise we'll wake
+        // up when it expires.
+        let keep_latency_timer = match (preempt_timer(), self.latency_preemption_deadline.get()) {
+            (Some(preempt), Some(deadline)) => {
+                deadline <= Instant::now() + preempt
+                    && Self::pending(&self.latency_preemption_timeout_src)
+            }
+            _ => false,
+        };
+        if !keep_latency_timer {
+            self.latency_preemption_deadline.set(None);
+            drop(self.latency_preemption_timeout_src.take());
+        }
+
+        // The user timer armed before an earlier sleep is kept while it fires
+        // close enough to the earliest user timer's deadline: up to
+        // `USER_TIMEOUT_EARLY` before it (an early wake-up finds nothing to
+        // do and sleeps again) or `USER_TIMEOUT_LATE` after it. Cancelled
+        // here otherwise, so that the cancellation completes before we
+        // decide whether to sleep.
+        let user_deadline = user_timer.map(|dur| Instant::now() + dur);
+        let keep_user_timer = match (user_deadline, self.user_timeout_deadline.get()) {
+            (Some(wanted), Some(armed)) => {
+                armed <= wanted + USER_TIMEOUT_LATE
+                    && wanted <= armed + USER_TIMEOUT_EARLY
+                    && Self::pending(&self.user_timeout_src)
+            }
+            _ => false,
+        };
+        if !keep_user_timer {
+            self.user_timeout_deadline.set(None);
+            drop(self.user_timeout_src.take());
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. One that has not fired yet (it fires after `ring_depth`
+        // completions since it was armed) is kept.
+        if !Self::pending(&self.throughput_preemption_timeout_src) {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,8 +1907,10 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
+            if let (Some(dur), Some(deadline), false) = (user_timer, user_deadline, keep_user_timer)
+            {
+                self.user_timeout_deadline.set(Some(deadline));
+                self.user_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
@@ -1860,10 +1919,15 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // The store above must be visible before we look at the channels
+            // again, and a sender's push before it looks at the flag: a
+            // sequentially consistent fence on each side (here and in
+            // `SleepNotifier::notify`). The scheme of
+            // https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/
+            // (`membarrier::heavy()` here, nothing on the sender) interrupts
+            // every core running one of our threads each time a core parks,
+            // which in a VM costs far more than a fence per notification.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1880,8 +1944,12 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !keep_latency_timer {
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + preempt));
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1893,6 +1961,14 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Whether the timer in `cell` is armed and has not completed yet.
+    fn pending(cell: &Cell<Option<Source>>) -> bool {
+        let source = cell.take();
+        let pending = source.as_ref().is_some_and(|s| !s.is_completed());
+        cell.set(source);
+        pending
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {

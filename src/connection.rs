@@ -135,6 +135,8 @@ async fn drive_attached(
     decoder: &mut Decoder,
     fd: i32,
 ) -> CloseReason {
+    // The round this reader last paused in while the mesh was congested.
+    let mut paused = None;
     loop {
         if let Some((_, reason)) = client.close_request() {
             return reason;
@@ -166,7 +168,7 @@ async fn drive_attached(
                 }
             }
             if ctx.router.congested() {
-                ctx.router.pause_reader(cx.waker());
+                ctx.router.pause_reader(cx.waker(), &mut paused);
                 return Poll::Pending;
             }
             let mut scratch = ctx.scratch.borrow_mut();

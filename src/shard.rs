@@ -291,7 +291,7 @@ pub struct Router {
     /// Wakes the forwarder of each peer when its staging queue fills.
     forwarder_wakers: Vec<Cell<Option<Waker>>>,
     /// Connection readers paused because staging passed its soft limit.
-    paused_readers: RefCell<Vec<Waker>>,
+    paused_readers: PausedReaders,
     /// Messages ever staged (a metric: non-zero means the mesh was full).
     staged_total: Cell<u64>,
 }
@@ -306,7 +306,7 @@ impl Router {
             senders,
             staging: (0..cores).map(|_| RefCell::new(VecDeque::new())).collect(),
             forwarder_wakers: (0..cores).map(|_| Cell::new(None)).collect(),
-            paused_readers: RefCell::new(Vec::new()),
+            paused_readers: PausedReaders::default(),
             staged_total: Cell::new(0),
         }
     }
@@ -357,8 +357,10 @@ impl Router {
     }
 
     /// Registers a paused reader, woken when staging drains below the limit.
-    pub fn pause_reader(&self, waker: &Waker) {
-        self.paused_readers.borrow_mut().push(waker.clone());
+    /// `registered` is the reader's own record of its registration (see
+    /// [`PausedReaders::pause`]).
+    pub fn pause_reader(&self, waker: &Waker, registered: &mut Option<u64>) {
+        self.paused_readers.pause(waker, registered);
     }
 
     /// Messages ever staged because a mesh channel was full.
@@ -378,9 +380,7 @@ impl Router {
                         return; // peer gone: the process is stopping
                     }
                     if !self.congested() {
-                        for waker in self.paused_readers.borrow_mut().drain(..) {
-                            waker.wake();
-                        }
+                        self.paused_readers.wake_all();
                     }
                 }
                 None => {
@@ -399,9 +399,94 @@ impl Router {
     }
 }
 
+/// Connection readers waiting for the mesh to drain, each at most once.
+///
+/// A paused reader's task is polled again whenever something else wakes it
+/// (a frame for its client, a close request); each poll finds the mesh still
+/// congested and pauses again. Registering every time would grow the list by
+/// one waker per such wake-up for as long as the congestion lasts. Instead
+/// each reader remembers the round it registered in, and registers again only
+/// after [`PausedReaders::wake_all`] has started a new round: the list never
+/// holds more wakers than the core has connections.
+#[derive(Default)]
+pub struct PausedReaders {
+    /// Incremented by every `wake_all`; a registration is valid for one round.
+    round: Cell<u64>,
+    /// The wakers of this round's paused readers.
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl PausedReaders {
+    /// Registers `waker` unless `registered` says this reader is already
+    /// registered in the current round; records the round in `registered`.
+    pub fn pause(&self, waker: &Waker, registered: &mut Option<u64>) {
+        let round = self.round.get();
+        if *registered != Some(round) {
+            self.wakers.borrow_mut().push(waker.clone());
+            *registered = Some(round);
+        }
+    }
+
+    /// Wakes every paused reader and starts a new round.
+    pub fn wake_all(&self) {
+        self.round.set(self.round.get() + 1);
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Readers registered in the current round.
+    pub fn len(&self) -> usize {
+        self.wakers.borrow().len()
+    }
+
+    /// Whether no reader is registered.
+    pub fn is_empty(&self) -> bool {
+        self.wakers.borrow().is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    /// Counts wake-ups.
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_reader_polled_again_while_paused_is_registered_once() {
+        let paused = PausedReaders::default();
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let (mut ra, mut rb) = (None, None);
+        for _ in 0..100 {
+            paused.pause(&wa, &mut ra);
+        }
+        paused.pause(&wb, &mut rb);
+        assert_eq!(paused.len(), 2);
+        paused.wake_all();
+        assert!(paused.is_empty());
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        // Woken, polled, still congested: registers again in the new round.
+        paused.pause(&wa, &mut ra);
+        paused.pause(&wa, &mut ra);
+        assert_eq!(paused.len(), 1);
+        paused.wake_all();
+        assert_eq!(a.0.load(Ordering::SeqCst), 2);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn shard_for_is_stable_and_spreads() {

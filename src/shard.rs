@@ -406,8 +406,9 @@ impl Router {
 /// congested and pauses again. Registering every time would grow the list by
 /// one waker per such wake-up for as long as the congestion lasts. Instead
 /// each reader remembers the round it registered in, and registers again only
-/// after [`PausedReaders::wake_all`] has started a new round: the list never
-/// holds more wakers than the core has connections.
+/// after [`PausedReaders::wake_all`] has started a new round: the list holds
+/// at most one waker per connection that paused in the current round (a
+/// connection that closes meanwhile leaves its waker until the round ends).
 #[derive(Default)]
 pub struct PausedReaders {
     /// Incremented by every `wake_all`; a registration is valid for one round.
@@ -437,13 +438,9 @@ impl PausedReaders {
     }
 
     /// Readers registered in the current round.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.wakers.borrow().len()
-    }
-
-    /// Whether no reader is registered.
-    pub fn is_empty(&self) -> bool {
-        self.wakers.borrow().is_empty()
     }
 }
 
@@ -476,7 +473,7 @@ mod tests {
         paused.pause(&wb, &mut rb);
         assert_eq!(paused.len(), 2);
         paused.wake_all();
-        assert!(paused.is_empty());
+        assert_eq!(paused.len(), 0);
         assert_eq!(a.0.load(Ordering::SeqCst), 1);
         assert_eq!(b.0.load(Ordering::SeqCst), 1);
         // Woken, polled, still congested: registers again in the new round.

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Measures every item of the performance budget in one run, against the
 # plain-send() floor measured in the same run (BENCHMARKS.md records the
-# output). Loopback only; every step is bounded in time.
+# output). Loopback only; every step is bounded in time (about 25 minutes
+# with the default three rounds).
 #
-#   loadgen/budget.sh [OUTPUT_DIR]
+#   [ROUNDS=3] loadgen/budget.sh [OUTPUT_DIR]
+#
+# The tables at the end of summary.txt come from loadgen/budget_table.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/budget}
@@ -63,31 +66,45 @@ PY
     echo "commit: $(git rev-parse --short HEAD)"
 } | tee "$out/summary.txt"
 
-for n in 1000 5000; do
-    echo "== floor --sockets $n" | tee -a "$out/summary.txt"
-    "$lg" floor --sockets "$n" --frames 500000 --json >"$out/floor-$n.json"
-    python3 -c "import json;r=json.load(open('$out/floor-$n.json'));print('   %.3f us sender CPU per send, %d sockets' % (r['cpu_us_per_send'], r['sockets']))" | tee -a "$out/summary.txt"
-done
-
-# Items 1a and 1b, each with the batched writer (the default) and without it
-# (BATCHED_SENDS=false, every connection sending its own frames): the
-# baseline of the same run.
-for batched in true false; do
-    start_server BATCHED_SENDS=$batched
-    url="ws://$addr/ws"
-    run "burst-5000-batched-$batched" burst --url "$url" --secret budget --members 5000 --window 64 \
-        --duration 10 --warmup 2 --server-pid "$pid"
-    stop_server
-done
-
-for batched in true false; do
-    start_server BATCHED_SENDS=$batched
-    url="ws://$addr/ws"
-    for rate in 4 8 16; do
-        run "fanout-100x50-r$rate-batched-$batched" fanout --url "$url" --secret budget --rooms 100 --members 50 \
-            --senders 1 --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 --room-prefix "f$rate-" \
-            --user-prefix "u$rate-" --server-pid "$pid"
+# Items 1a and 1b in ROUNDS rounds. Each round measures the floor first and
+# then every burst and fanout run, so each figure is compared with a floor
+# taken minutes earlier (the floor of one round differs from the next by up
+# to a third on this VM). Burst and fanout run with the batched writer (the
+# default) and without it (BATCHED_SENDS=false, every connection sending its
+# own frames): the baseline of the same round. Fanout runs at 20 k, 40 k,
+# 80 k and 160 k deliveries/s (--msg-rate 4, 8, 16, 32 per room).
+rounds=${ROUNDS:-3}
+for round in $(seq 1 "$rounds"); do
+    for n in 1000 5000; do
+        echo "== round $round: floor --sockets $n" | tee -a "$out/summary.txt"
+        "$lg" floor --sockets "$n" --frames 500000 --json >"$out/r$round-floor-$n.json"
+        python3 -c "import json;r=json.load(open('$out/r$round-floor-$n.json'));print('   %.3f us sender CPU per send, %d sockets' % (r['cpu_us_per_send'], r['sockets']))" | tee -a "$out/summary.txt"
     done
+    for batched in true false; do
+        start_server BATCHED_SENDS=$batched
+        url="ws://$addr/ws"
+        run "r$round-burst-5000-batched-$batched" burst --url "$url" --secret budget --members 5000 --window 64 \
+            --duration 10 --warmup 2 --server-pid "$pid"
+        stop_server
+        start_server BATCHED_SENDS=$batched
+        url="ws://$addr/ws"
+        for rate in 4 8 16 32; do
+            run "r$round-fanout-100x50-r$rate-batched-$batched" fanout --url "$url" --secret budget --rooms 100 \
+                --members 50 --senders 1 --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 \
+                --room-prefix "f$rate-" --user-prefix "u$rate-" --server-pid "$pid"
+        done
+        stop_server
+    done
+done
+
+# The maximum delivery rate (item 3 is measured at half of it): fanout at
+# rising rates, a fresh server per rate, up to where the load generator can
+# no longer deliver what it offers.
+for rate in 8 12 16 20 24 28 32 64 200 400; do
+    start_server
+    url="ws://$addr/ws"
+    run "sweep-fanout-100x50-r$rate" fanout --url "$url" --secret budget --rooms 100 --members 50 --senders 1 \
+        --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 --server-pid "$pid"
     stop_server
 done
 
@@ -102,4 +119,5 @@ url="ws://$addr/ws"
 run connect-10000 connect --url "$url" --secret budget --connections 10000 --rate 10000 --room-size 1 --hold 1 \
     --processes 2 --server-pid "$pid"
 stop_server
+python3 loadgen/budget_table.py "$out" | tee -a "$out/summary.txt"
 echo "results in $out/summary.txt"

@@ -78,7 +78,7 @@ pub struct Common {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub processes: u32,
     /// Connections per source address before moving to the next one
-    /// [default: 90% of the ephemeral port range, at most 50,000].
+    /// [default: 1,000, or 90% of the ephemeral port range if smaller].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub per_source: Option<u32>,
     /// Seconds a connection may take from TCP connect to `room_joined`.

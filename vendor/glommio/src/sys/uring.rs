@@ -1924,7 +1924,7 @@ impl Reactor {
             // sequentially consistent fence on each side (here and in
             // `SleepNotifier::notify`). The scheme of
             // https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/
-            // (`membarrier::heavy()` here, nothing on the sender) interrupts
+            // (`membarrier()` here, nothing on the sender) interrupts
             // every core running one of our threads each time a core parks,
             // which in a VM costs far more than a fence per notification.
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);

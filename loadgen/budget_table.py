@@ -79,9 +79,11 @@ def sweep_table(out):
     for rate, r in sorted(rows):
         d = r["delivery"]
         lat = d["latency_ms"]
-        print("   %10d %10.0f %9d %9.3f %9.3f %9.3f %8.2f %8.2f %7.3f" % (
+        us = per_delivery(r)
+        print("   %10d %10.0f %9d %9.3f %9.3f %9.3f %8.2f %8.2f %7s" % (
             rate * 100 * 50, d["deliveries_per_s"], d["lost"], lat["p50_ms"], lat["p99_ms"], lat["p999_ms"],
-            r["server"]["cpu_cores_measured"], r["loadgen"]["cpu_cores_measured"], per_delivery(r) or 0.0))
+            r["server"]["cpu_cores_measured"], r["loadgen"]["cpu_cores_measured"],
+            "-" if us is None else "%.3f" % us))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Tables of a `loadgen/budget.sh` run: items 1a/1b against the floor of the
-same round, and the fanout rate sweep.
+same round, item 1b beside plain send() paced like the fanout, and the fanout
+rate sweep.
 
     python3 loadgen/budget_table.py OUTPUT_DIR
 """
@@ -66,6 +67,32 @@ def rounds_table(out):
             statistics.median(ratios)))
 
 
+def paced_table(out):
+    """Item 1b beside plain send() in the fanout's own pattern, round by round."""
+    paced = {}
+    for path in glob.glob(os.path.join(out, "r*-paced-%d-r*.json" % MEMBERS)):
+        m = re.match(r"r(\d+)-paced-\d+-r(\d+)\.json", os.path.basename(path))
+        paced.setdefault(int(m.group(2)), {})[int(m.group(1))] = load(path)["cpu_us_per_send"]
+    if not paced:
+        return
+    print("== item 1b beside plain send() paced like the fanout (groups of 50, 100 x msg-rate groups/s), "
+          "same round: server us per delivery / paced floor us per send (ratio)")
+    for rate in sorted(paced):
+        floors = paced[rate]
+        cells = []
+        ratios = []
+        for r in sorted(floors):
+            path = os.path.join(out, "r%d-fanout-100x50-r%d-batched-true.json" % (r, rate))
+            us = per_delivery(load(path)) if os.path.exists(path) else None
+            if us is None:
+                cells.append("- / %.3f" % floors[r])
+            else:
+                ratios.append(us / floors[r])
+                cells.append("%.3f / %.3f (%.2f)" % (us, floors[r], ratios[-1]))
+        print("   %7d/s  %s  median ratio %s" % (
+            rate * 100 * 50, "  ".join(cells), "%.2f" % statistics.median(ratios) if ratios else "-"))
+
+
 def sweep_table(out):
     rows = []
     for path in glob.glob(os.path.join(out, "sweep-fanout-100x50-r*.json")):
@@ -90,4 +117,5 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__.strip())
     rounds_table(sys.argv[1])
+    paced_table(sys.argv[1])
     sweep_table(sys.argv[1])

@@ -217,6 +217,15 @@ pub struct FloorArgs {
     /// Bytes per send: one WebSocket text frame (header included).
     #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u32).range(8..=65_535))]
     pub size: u32,
+    /// Sends per group: with `--group-rate`, each group goes to this many consecutive
+    /// sockets back to back, as one chat message goes to the members of one room.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub group: u32,
+    /// Groups per second (paced, sleeping between groups); without it every send goes
+    /// back to back. `--group 50 --group-rate 400` is the pattern of `fanout --rooms 100
+    /// --members 50 --senders 1 --msg-rate 4`.
+    #[arg(long, value_parser = seconds(0.1, 1_000_000.0))]
+    pub group_rate: Option<f64>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,

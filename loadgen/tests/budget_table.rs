@@ -1,6 +1,7 @@
 //! `loadgen/budget_table.py`, the tables `budget.sh` ends with: each burst or fanout
-//! figure must be divided by the floor of its own round, and the sweep must list the
-//! offered rate each file name stands for.
+//! figure must be divided by the floor of its own round, each fanout rate set beside
+//! the paced floor of its own round and rate, and the sweep must list the offered rate
+//! each file name stands for.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,4 +128,33 @@ fn the_sweep_lists_offered_rates_in_order() {
     assert_eq!(second[0], "1000000");
     assert_eq!(second[1], "999000");
     assert_eq!(second[4], "217.000");
+}
+
+#[test]
+fn fanout_is_set_beside_the_paced_floor_of_its_own_round_and_rate() {
+    let dir = scratch("budget-table-paced");
+    for (round, rate, floor) in [(1, 4, 8.0), (2, 4, 10.0), (1, 8, 7.0)] {
+        write(
+            &dir,
+            &format!("r{round}-paced-5000-r{rate}.json"),
+            &json!({ "cpu_us_per_send": floor }),
+        );
+    }
+    for (round, rate, us) in [(1, 4, 12.0), (2, 4, 12.0)] {
+        write(
+            &dir,
+            &format!("r{round}-fanout-100x50-r{rate}-batched-true.json"),
+            &run_report(us, 20_000.0, 1.5),
+        );
+    }
+    let text = table(&dir);
+    // --msg-rate 4: 20,000 deliveries/s; 12 / 8 and 12 / 10, median 1.35.
+    let r4 = line(&text, "20000/s");
+    assert!(r4.contains("12.000 / 8.000 (1.50)"), "{r4}");
+    assert!(r4.contains("12.000 / 10.000 (1.20)"), "{r4}");
+    assert!(r4.ends_with("median ratio 1.35"), "{r4}");
+    // A paced floor without its fanout run shows a dash, not a ratio.
+    let r8 = line(&text, "40000/s");
+    assert!(r8.contains("- / 7.000"), "{r8}");
+    assert!(r8.ends_with("median ratio -"), "{r8}");
 }

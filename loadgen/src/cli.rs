@@ -219,7 +219,7 @@ pub struct FloorArgs {
     pub size: u32,
     /// Sends per group: with `--group-rate`, each group goes to this many consecutive
     /// sockets back to back, as one chat message goes to the members of one room.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = 50, requires = "group_rate", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub group: u32,
     /// Groups per second (paced, sleeping between groups); without it every send goes
     /// back to back. `--group 50 --group-rate 400` is the pattern of `fanout --rooms 100
@@ -294,8 +294,29 @@ mod tests {
             &["loadgen", "fanout", "--warmup", "nan"],
             &["loadgen", "burst", "--window", "0"],
             &["loadgen", "connect", "--per-process", "25000"],
+            &["loadgen", "floor", "--group-rate", "0"],
+            &["loadgen", "floor", "--group", "0", "--group-rate", "400"],
+            // A group size alone would be ignored: it needs a rate.
+            &["loadgen", "floor", "--group", "10"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn floor_is_back_to_back_unless_given_a_group_rate() {
+        let floor = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Floor(f) => f,
+            _ => panic!("not floor"),
+        };
+        let f = floor(&["loadgen", "floor"]);
+        assert_eq!(
+            (f.sockets, f.frames, f.group, f.group_rate),
+            (1_000, 200_000, 50, None)
+        );
+        let f = floor(&["loadgen", "floor", "--group-rate", "400"]);
+        assert_eq!((f.group, f.group_rate), (50, Some(400.0)));
+        let f = floor(&["loadgen", "floor", "--group", "8", "--group-rate", "3200"]);
+        assert_eq!((f.group, f.group_rate), (8, Some(3_200.0)));
     }
 }

@@ -11,9 +11,10 @@
 //! loopback TCP connections with plain blocking `send()`; a reader thread drains the peers
 //! with epoll. With `--group-rate` the sends go in groups of `--group` at that many
 //! groups a second, asleep in between: the sparse pattern of a fanout at chat rates,
-//! whose wake-ups the back-to-back loop never pays. CPU time comes from `CLOCK_THREAD_CPUTIME_ID` read before and after the
-//! whole send loop (reading it around each call would cost more than the call). Each
-//! connection needs two descriptors, so N is capped to fit `RLIMIT_NOFILE`.
+//! whose wake-ups the back-to-back loop never pays. CPU time comes from
+//! `CLOCK_THREAD_CPUTIME_ID` read before and after the whole send loop (reading it
+//! around each call would cost more than the call). Each connection needs two
+//! descriptors, so N is capped to fit `RLIMIT_NOFILE`.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -46,6 +47,10 @@ pub struct FloorReport {
     pub frames: u64,
     /// Bytes per send.
     pub size: u32,
+    /// Sends per paced group; `None` when sending back to back.
+    pub group: Option<u32>,
+    /// Paced groups per second; `None` when sending back to back.
+    pub group_rate: Option<f64>,
     /// CPU time of the sending thread over all sends, µs.
     pub sender_cpu_us: f64,
     /// Sender CPU time per send, µs: the floor figure.
@@ -145,6 +150,8 @@ pub fn run(args: &FloorArgs) -> Result<FloorReport> {
         fd_limit,
         frames: args.frames,
         size,
+        group: args.group_rate.map(|_| args.group),
+        group_rate: args.group_rate,
         sender_cpu_us: cpu as f64 / 1e3,
         cpu_us_per_send: cpu as f64 / 1e3 / frames,
         wall_s: wall as f64 / 1e9,
@@ -230,16 +237,23 @@ fn sleep_until(deadline_ns: u64) {
         tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
     };
-    // SAFETY: `ts` is a valid timespec; a null remainder is allowed with TIMER_ABSTIME.
-    // EINTR only ends the sleep early, which the next group's deadline absorbs.
-    unsafe {
-        libc::clock_nanosleep(
-            libc::CLOCK_MONOTONIC,
-            libc::TIMER_ABSTIME,
-            &ts,
-            std::ptr::null_mut(),
-        )
-    };
+    // With an absolute deadline a signal that interrupts the sleep is answered by
+    // sleeping again to the same deadline, so a group never starts early.
+    loop {
+        // SAFETY: `ts` is a valid timespec; a null remainder is allowed with
+        // TIMER_ABSTIME.
+        let r = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        if r != libc::EINTR {
+            return;
+        }
+    }
 }
 
 /// Drains every socket with epoll until `expected` bytes arrived (or the sender failed);
@@ -316,6 +330,9 @@ pub fn print_human(r: &FloorReport) {
         }
     );
     println!("  sends              {}", r.frames);
+    if let (Some(group), Some(rate)) = (r.group, r.group_rate) {
+        println!("  paced              groups of {group} at {rate} groups/s, asleep in between");
+    }
     println!("  sender CPU / send  {:.3} µs", r.cpu_us_per_send);
     println!(
         "  wall / send        {:.3} µs ({:.0} sends/s)",
@@ -371,6 +388,7 @@ mod tests {
         assert_eq!(r.sockets, 8);
         assert_eq!(r.bytes_received, 2_000 * 150);
         assert!(r.cpu_us_per_send > 0.0);
+        assert_eq!((r.group, r.group_rate), (None, None));
     }
 
     #[test]
@@ -388,5 +406,6 @@ mod tests {
         let r = run(&args).unwrap();
         assert_eq!(r.bytes_received, 40 * 150);
         assert!(r.wall_s >= 0.045, "wall {} s", r.wall_s);
+        assert_eq!((r.group, r.group_rate), (Some(4), Some(200.0)));
     }
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 use socket2::{Domain, Socket, Type};
 
 use crate::cli::FloorArgs;
-use crate::clock::{mono_ns, thread_cpu_ns};
+use crate::clock::{mono_ns, sleep_until_ns, thread_cpu_ns};
 use crate::procstat::raise_fd_limit;
 
 /// Descriptors kept free for stdio, the listener, epoll and the runtime.
@@ -203,7 +203,7 @@ fn send_all(fds: &[RawFd], frame: &[u8], frames: u64, pace: Option<Pace>) -> Res
     for i in 0..frames {
         if let Some(p) = pace {
             if i % p.group == 0 {
-                sleep_until(start + i / p.group * p.interval_ns);
+                sleep_until_ns(start + i / p.group * p.interval_ns);
             }
         }
         let fd = fds[(i % n) as usize];
@@ -229,31 +229,6 @@ fn send_all(fds: &[RawFd], frame: &[u8], frames: u64, pace: Option<Pace>) -> Res
         }
     }
     Ok(())
-}
-
-/// Sleeps until `deadline_ns` on the monotonic clock (returns at once if it has passed).
-fn sleep_until(deadline_ns: u64) {
-    let ts = libc::timespec {
-        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
-    };
-    // With an absolute deadline a signal that interrupts the sleep is answered by
-    // sleeping again to the same deadline, so a group never starts early.
-    loop {
-        // SAFETY: `ts` is a valid timespec; a null remainder is allowed with
-        // TIMER_ABSTIME.
-        let r = unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_MONOTONIC,
-                libc::TIMER_ABSTIME,
-                &ts,
-                std::ptr::null_mut(),
-            )
-        };
-        if r != libc::EINTR {
-            return;
-        }
-    }
 }
 
 /// Drains every socket with epoll until `expected` bytes arrived (or the sender failed);

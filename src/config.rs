@@ -308,11 +308,6 @@ impl Settings {
                     .into(),
             );
         }
-        if self.max_message_length > 16 * 1024 {
-            return Err(
-                "MAX_MESSAGE_LENGTH: at most 16384 characters fit in a 64 KiB frame".into(),
-            );
-        }
         if self.history_per_room > self.history_total {
             return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
         }

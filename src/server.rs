@@ -87,6 +87,9 @@ pub struct Shared {
     pub moderation_words: Vec<String>,
     /// The address actually bound (PORT=0 picks a free port).
     pub addr: SocketAddr,
+    /// Executor count, decided once at start-up: every core sizes its
+    /// router and shard map from this, never from the thread it runs on.
+    pub cores: usize,
     /// Backend states, written by the backends' side threads, read by `/healthz`.
     pub health: Arc<BackendHealth>,
     /// The Postgres backend, when DATABASE_URL is set.
@@ -137,12 +140,16 @@ fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
 /// Runs the server until SIGTERM/SIGINT and the drain complete.
 /// `on_ready` is called with the bound address once every core listens.
 pub fn run(
-    settings: Settings,
+    mut settings: Settings,
     verifier: Verifier,
     on_ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<(), StartError> {
     settings.validate().map_err(StartError::Config)?;
+    // Decided once, here: on a pinned executor thread the machine's
+    // parallelism reads as 1, so asking again there would size the mesh
+    // and the shard map for fewer cores than run.
     let cores = settings.core_count();
+    settings.cores = Some(cores as u64);
     check_memlock(cores)?;
     let moderation_words = moderation_words(&settings)?;
     // Validate patterns once here so a bad one stops start-up with its name.
@@ -209,6 +216,7 @@ pub fn run(
         verifier,
         moderation_words,
         addr,
+        cores,
         health,
         pg: pg.clone(),
         redis: redis.as_ref().map(|r| r.link.clone()),
@@ -319,7 +327,7 @@ async fn core_main(
     redis_events: RedisEvents,
 ) {
     let (senders, mut receivers) = mesh.join().await.expect("mesh join");
-    let cores = shared.settings.core_count();
+    let cores = shared.cores;
     let router = Rc::new(Router::new(senders, cores));
     let core = router.core();
     let moderator = shared.settings.enable_moderation.then(|| {

@@ -699,3 +699,81 @@ fn every_fresh_server_serves_a_first_connection_on_each_core() {
     });
     assert!(failures.is_empty(), "no room_joined from: {failures:?}");
 }
+
+/// The README's start command: no CORES, no PIN_CORES. The core count is the
+/// machine's; `/metrics` is scraped repeatedly while two users chat across
+/// rooms owned by different cores, and SIGTERM ends the process.
+#[test]
+fn defaults_serve_metrics_cross_core_chat_and_exit_on_sigterm() {
+    let mut server = Server::default_start();
+    let (status, body) = server.get("/healthz", None);
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["cores"], common::cores(), "{body}");
+    assert_eq!(
+        server.metric("chat_cores"),
+        Some(common::cores() as f64),
+        "chat_cores"
+    );
+    let (room0, room1) = rooms_on_cores("defaults");
+    let (mut a, _) = server.connect("alice", &room0);
+    let (mut b, _) = server.connect("bob", &room1);
+    a.send(json!({"type": "join_room", "roomId": room1}));
+    assert_eq!(a.recv_type("room_joined")["roomId"], room1.as_str());
+    b.send(json!({"type": "join_room", "roomId": room0}));
+    assert_eq!(b.recv_type("room_joined")["roomId"], room0.as_str());
+    for i in 0..20 {
+        // A scrape between every message: each one asks every core.
+        let (status, text) = server.get("/metrics", None);
+        assert_eq!(status, 200);
+        assert!(text.contains("chat_connections"), "{text}");
+        let (from, room) = if i % 2 == 0 {
+            (&mut a, &room1)
+        } else {
+            (&mut b, &room0)
+        };
+        from.send(json!({"type": "message", "roomId": room, "content": format!("m{i}")}));
+    }
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    while seen_a.len() < 20 {
+        seen_a.push(
+            a.recv_type("message")["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    while seen_b.len() < 20 {
+        seen_b.push(
+            b.recv_type("message")["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Both are in both rooms: each sees every message, and per room in
+    // the order sent.
+    let per_room = |seen: &[String], parity: usize| -> Vec<String> {
+        seen.iter()
+            .filter(|c| c[1..].parse::<usize>().unwrap() % 2 == parity)
+            .cloned()
+            .collect()
+    };
+    let expect = |parity: usize| -> Vec<String> {
+        (0..20)
+            .filter(|i| i % 2 == parity)
+            .map(|i| format!("m{i}"))
+            .collect()
+    };
+    for seen in [&seen_a, &seen_b] {
+        assert_eq!(per_room(seen, 0), expect(0));
+        assert_eq!(per_room(seen, 1), expect(1));
+    }
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    server.sigterm();
+    assert_eq!(a.expect_close(), Some(1001));
+    assert_eq!(b.expect_close(), Some(1001));
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+}

@@ -1054,7 +1054,7 @@ fn moderation_patterns_refuse_matching_messages() {
     let token = server.token("auditor");
     // The sender's own state (dedupe) lives on the room's core too, so the
     // refusal is settled before the sender hears of it.
-    let seller = user_owned_by("seller", chatd::shard::shard_for(&room, 2));
+    let seller = user_owned_by("seller", chatd::shard::shard_for(&room, common::cores()));
     let (mut sender, _) = server.connect(&seller, &room);
     let (mut reader, _) = server.connect("buyer", &room);
     sender.send(say("Please BUY   now!"));
@@ -1094,7 +1094,7 @@ fn moderation_patterns_refuse_matching_messages() {
 fn user_owned_by(prefix: &str, core: usize) -> String {
     (0..)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|u| chatd::shard::shard_for(u, 2) == core)
+        .find(|u| chatd::shard::shard_for(u, common::cores()) == core)
         .unwrap()
 }
 

@@ -27,8 +27,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server with 2 cores and the given extra environment; its
-    /// log goes to the test's stderr.
+    /// Starts a server with the default core count and pinning and the
+    /// given extra environment; its log goes to the test's stderr.
     pub fn start(env: &[(&str, &str)]) -> Server {
         Server::spawn(env, Stdio::inherit())
     }
@@ -42,7 +42,8 @@ impl Server {
             .env("JWT_SECRET", SECRET)
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
-            .env("CORES", "2")
+            // No CORES and no PIN_CORES: servers run with the defaults, as
+            // the README's start command does.
             // TEST_LOG_LEVEL=debug shows the servers' logs when chasing a failure.
             .env(
                 "LOG_LEVEL",
@@ -294,20 +295,33 @@ impl Client {
     }
 }
 
-/// Room names owned by each core (for 2 cores): index = owner core.
+/// The executor count of a server started with the defaults: the machine's
+/// parallelism, read the way the server reads it before its threads are
+/// pinned.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Two room names, the first owned by core 0 and the second by core 1 of a
+/// server started with the defaults (on a one-core machine both are on
+/// core 0).
 pub fn rooms_on_cores(prefix: &str) -> (String, String) {
-    let mut on = [None, None];
+    let cores = cores();
+    let mut on: [Option<String>; 2] = [None, None];
     for i in 0.. {
         let name = format!("{prefix}-{i}");
-        let core = chatd::shard::shard_for(&name, 2);
-        if on[core].is_none() {
-            on[core] = Some(name);
+        let core = chatd::shard::shard_for(&name, cores);
+        if on[0].is_none() && core == 0 {
+            on[0] = Some(name);
+        } else if on[1].is_none() && core == 1.min(cores - 1) {
+            on[1] = Some(name);
         }
         if on.iter().all(Option::is_some) {
             break;
         }
     }
-    (on[0].take().unwrap(), on[1].take().unwrap())
+    let [a, b] = on;
+    (a.unwrap(), b.unwrap())
 }
 
 impl Server {
@@ -369,7 +383,6 @@ pub fn start_refused(env: &[(&str, &str)]) -> (Option<i32>, String) {
         .env("JWT_SECRET", SECRET)
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
-        .env("CORES", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -50,8 +50,7 @@ async function startOnce(port, env) {
       JWT_SECRET: SECRET,
       PORT: String(port),
       HOST: '127.0.0.1',
-      CORES: '2',
-      PIN_CORES: 'false',
+      // No CORES and no PIN_CORES: the defaults, as the README starts it.
       LOG_LEVEL: 'warn',
       ...env,
     },

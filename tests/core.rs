@@ -777,3 +777,30 @@ fn defaults_serve_metrics_cross_core_chat_and_exit_on_sigterm() {
     assert_eq!(b.expect_close(), Some(1001));
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
 }
+
+/// MAX_MESSAGE_LENGTH takes any value (contract section 5): 60,000
+/// characters fit a 64 KiB frame and are delivered; a frame over 64 KiB
+/// still closes the connection with 1009, whatever the setting.
+#[test]
+fn long_message_limits_are_accepted_and_the_frame_limit_still_holds() {
+    let server = Server::start(&[("MAX_MESSAGE_LENGTH", "60000")]);
+    let (mut a, _) = server.connect("long-a", "long");
+    let (mut b, _) = server.connect("long-b", "long");
+    let content = "x".repeat(60_000);
+    a.send(json!({"type": "message", "content": content}));
+    let got = b.recv_type("message");
+    assert_eq!(got["content"].as_str().map(str::len), Some(60_000));
+    assert_eq!(got["content"], content.as_str());
+    assert_eq!(a.recv_type("message")["content"], content.as_str());
+    // One character over the limit: refused, connection kept.
+    a.send(json!({"type": "message", "content": "x".repeat(60_001)}));
+    let e = a.recv_type("error");
+    assert_eq!(e["code"], "message_too_long", "{e}");
+    // Under the limit in characters, over 64 KiB as a frame: 1009.
+    a.send(json!({"type": "message", "content": "é".repeat(40_000)}));
+    assert_eq!(a.expect_close(), Some(1009));
+    // A limit far past what any frame can hold starts too.
+    let big = Server::start(&[("MAX_MESSAGE_LENGTH", "10000000")]);
+    let (status, _) = big.get("/healthz", None);
+    assert_eq!(status, 200);
+}

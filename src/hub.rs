@@ -333,8 +333,9 @@ impl Hub {
             self.join_at_owner(join, now);
         } else if owner == self.core {
             let user = client.identity.user_id.clone();
-            if since.is_some_and(|s| self.defer_join(self.core, client.id, &user, &room, s, count))
-            {
+            if since.is_some_and(|s| {
+                self.defer_join(self.core, client.id, &user, &room, s, count, None)
+            }) {
                 if count {
                     client.set_membership(&room, Membership::Pending);
                 }
@@ -412,7 +413,10 @@ impl Hub {
     }
 
     /// Registers a join at its owner and answers it (`cluster`: the count
-    /// from Redis).
+    /// from Redis). A `since` that memory cannot answer alone goes to
+    /// Postgres first (`defer_join`), carrying the cluster count, so the
+    /// member is counted when the rows arrive, with the replay taken in the
+    /// same step, exactly as without Redis.
     fn finish_join(&mut self, join: PendingJoin, cluster: Option<usize>, now: Instant) {
         let PendingJoin {
             room,
@@ -422,6 +426,9 @@ impl Hub {
             since,
             count,
         } = join;
+        if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count, cluster)) {
+            return;
+        }
         let (local_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
         let answer = JoinAnswer {
             room,
@@ -1155,9 +1162,6 @@ impl Hub {
                 since,
                 count,
             } => {
-                if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count)) {
-                    return;
-                }
                 let join = PendingJoin {
                     room,
                     user,
@@ -1166,6 +1170,9 @@ impl Hub {
                     since,
                     count,
                 };
+                // With Redis the cluster-wide count comes first; either way
+                // `finish_join` reads Postgres when memory cannot answer
+                // `since` alone.
                 if self.scaleout.is_some() {
                     self.join_at_owner(join, now);
                 } else {

@@ -1242,7 +1242,36 @@ impl Hub {
         self.limiter.sweep(now);
         self.dedupe.sweep(now);
         if let Some(so) = self.scaleout.as_mut() {
-            so.sweep(now);
+            let overdue = so.sweep(now);
+            for o in overdue {
+                self.settle_overdue(o, now);
+            }
+        }
+    }
+
+    /// An own message whose copy did not come back from the subscription in
+    /// time. With the script's id it is accepted here as its copy would have
+    /// been: stored, fanned out on this instance, acknowledged, its
+    /// clientMsgId completed (the other instances delivered the same id
+    /// from their subscriptions). Without one it is refused with
+    /// `unavailable` and its clientMsgId released, so a retry is sequenced
+    /// anew instead of waiting on it.
+    fn settle_overdue(&mut self, overdue: scaleout::Overdue, now: Instant) {
+        match overdue {
+            scaleout::Overdue::Accept { msg, id } => {
+                if let Some(r) = self.owned.get_mut(&msg.room) {
+                    r.last_id = r.last_id.max(Some(id));
+                }
+                self.accept_local(msg, id, id.timestamp_ms(), now);
+            }
+            scaleout::Overdue::Refuse(msg) => {
+                self.metrics.message(Outcome::Unavailable);
+                let text = "the message could not be confirmed by Redis in time and was not accepted; retry";
+                self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
+                if let Some(cmid) = msg.client_msg_id {
+                    self.published(msg.user.user_id, cmid, None, now);
+                }
+            }
         }
     }
 
@@ -1264,10 +1293,15 @@ impl Hub {
                     content,
                     arrived,
                 } = *sequenced;
+                // This instance's own message, settled without this copy
+                // (accepted or refused when the copy was overdue, or
+                // sequenced locally after a failed publish): already
+                // delivered, stored and answered here, or refused; drop it.
+                if own_token.is_some_and(|t| so.is_settled(t)) {
+                    return;
+                }
                 let mut origin = None;
                 let mut received_at = arrived;
-                // Unknown own token: it timed out or failed first; deliver
-                // anyway (a duplicate beats a loss).
                 if let Some(msg) = own_token.and_then(|t| so.take_inflight(t)) {
                     if msg.masked {
                         let at = id.timestamp_ms();
@@ -1292,8 +1326,19 @@ impl Hub {
             Event::Relay { room, kind, frame } => {
                 self.fan_out(&room, frame, kind, None, now, now);
             }
+            Event::Replied { token, id } => so.replied(token, id),
+            Event::EchoesLost => {
+                for o in so.echoes_lost(now) {
+                    self.settle_overdue(o, now);
+                }
+            }
             Event::PublishFailed(token) => {
-                let Some(msg) = so.take_inflight(token) else {
+                // Sequenced here instead: stored, acknowledged and delivered
+                // on this instance like any accepted message, and its
+                // clientMsgId completed. Should Redis have run the script
+                // all the same (its reply was lost), the copy it published
+                // is dropped here (the token is settled).
+                let Some(msg) = so.take_failed(token, now) else {
                     return;
                 };
                 RedisMetrics::inc(&so.metrics().local_fallback);

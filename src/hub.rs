@@ -714,8 +714,10 @@ impl Hub {
     /// encoded once, fanned out, and acknowledged when `origin` (this
     /// instance took it from a client) is given. Every accepted message
     /// passes here exactly once per instance that delivers it: the
-    /// single-node path, Redis's copies (this instance's and others'), and
-    /// the local fallback during an outage. A durable history store writes
+    /// single-node path, Redis's copies (this instance's and others'), the
+    /// local fallback during an outage, and an own message settled with the
+    /// script's id when its copy did not come back (`settle_overdue`; the
+    /// copy, should it still come, is dropped). A durable history store writes
     /// only messages with an `origin`, so a message is stored once in the
     /// cluster; the in-memory store keeps every message this instance
     /// delivers.

@@ -1,20 +1,23 @@
 //! Redis and Postgres together: recovery (`since`) reads Postgres exactly as
 //! it does with Postgres alone, after a restart and after the in-memory
 //! history evicted what the client missed, while `memberCount` stays
-//! cluster-wide.
+//! cluster-wide; and a message whose own copy never comes back from the
+//! subscription is still stored, acknowledged and delivered, once.
 //!
 //! Each test works under its own random Redis key prefix on the shared Redis
 //! (127.0.0.1:6379, keys deleted at the end) and in a database of its own on
-//! the shared Postgres (127.0.0.1:5432, dropped at the end). Without either
-//! a test prints a line starting with `SKIP` and returns, except under
-//! `CI=true`, where it fails.
+//! the shared Postgres (127.0.0.1:5432, dropped at the end); the lost-copy
+//! test starts a private `redis-server` instead of the shared Redis.
+//! Without them a test prints a line starting with `SKIP` and returns,
+//! except under `CI=true`, where it fails.
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{rooms_on_cores, Client, Server};
+use common::{poll, rooms_on_cores, Client, Server};
 use serde_json::{json, Value};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
@@ -89,6 +92,8 @@ fn stored_messages(url: &str) -> usize {
 /// A Redis key prefix and a Postgres database of the test's own, both
 /// removed on drop.
 struct Backends {
+    /// REDIS_URL.
+    redis_url: String,
     /// REDIS_PREFIX.
     prefix: String,
     /// The database's name.
@@ -99,9 +104,15 @@ struct Backends {
 
 impl Backends {
     fn create(test: &str) -> Backends {
+        Backends::on(test, SHARED_REDIS)
+    }
+
+    /// Like [`Backends::create`] on the Redis at `redis_url`.
+    fn on(test: &str, redis_url: &str) -> Backends {
         let db = format!("chatd_t_{:016x}", rand::random::<u64>());
         sql(ADMIN_URL, &format!("CREATE DATABASE {db}"));
         Backends {
+            redis_url: redis_url.to_string(),
             prefix: format!("chatdtest:{test}:{:08x}:", rand::random::<u32>()),
             db_url: format!("postgres://postgres@127.0.0.1:5432/{db}"),
             db,
@@ -111,7 +122,7 @@ impl Backends {
     /// The settings of an instance on both backends.
     fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut env = vec![
-            ("REDIS_URL", SHARED_REDIS),
+            ("REDIS_URL", self.redis_url.as_str()),
             ("REDIS_PREFIX", self.prefix.as_str()),
             ("DATABASE_URL", self.db_url.as_str()),
             ("RATE_LIMIT_MAX_MESSAGES", "1000000"),
@@ -129,7 +140,7 @@ impl Drop for Backends {
                 &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
             )
         });
-        let Ok(client) = redis::Client::open(SHARED_REDIS) else {
+        let Ok(client) = redis::Client::open(self.redis_url.as_str()) else {
             return;
         };
         let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
@@ -266,7 +277,7 @@ fn recovery_with_redis_and_postgres_reads_postgres_after_memory_eviction() {
     let sent = send_all(&mut alice, &room, 50, "m");
     let first = ids(&sent)[0].clone();
     // The contract's bound: broadcast messages are in Postgres within 1 s.
-    let stored = common::poll(Duration::from_secs(1), || {
+    let stored = poll(Duration::from_secs(1), || {
         (stored_messages(&backends.db_url) == 50).then_some(())
     });
     assert!(stored.is_some(), "the 50 messages are in Postgres");
@@ -295,4 +306,165 @@ fn recovery_with_redis_and_postgres_reads_postgres_after_memory_eviction() {
             "{who}: live after the replay"
         );
     }
+}
+
+/// A private redis-server on a free port whose pub/sub clients are cut off
+/// when more than 4 KiB waits in their output buffer: a message larger than
+/// that is published (other clients would get it) but kills the
+/// subscription that should carry it. Killed on drop.
+struct StingyRedis {
+    /// The process.
+    child: Child,
+    /// Its port.
+    port: u16,
+}
+
+impl StingyRedis {
+    /// None when redis-server is not installed.
+    fn start() -> Option<StingyRedis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--client-output-buffer-limit",
+                "pubsub 4096 4096 0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let up = poll(Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        assert!(up.is_some(), "private redis-server did not start on {port}");
+        Some(StingyRedis { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for StingyRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stored (message id, content length) rows of `room`, oldest first.
+fn stored_rows(url: &str, room: &str) -> Vec<(String, usize)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let driver = tokio::spawn(conn);
+        let rows = client
+            .query(
+                "SELECT message_id, payload FROM chat_messages WHERE room_id = $1 ORDER BY message_id",
+                &[&room],
+            )
+            .await
+            .unwrap();
+        let out = rows
+            .iter()
+            .map(|r| {
+                let payload: String = r.get(1);
+                let v: Value = serde_json::from_str(&payload).unwrap();
+                (r.get(0), v["content"].as_str().unwrap().len())
+            })
+            .collect();
+        drop(client);
+        let _ = driver.await;
+        out
+    })
+}
+
+fn redis_up(server: &Server) -> bool {
+    let (code, body) = server.get("/healthz", None);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    code == 200 && v["backends"]["redis"] == "up"
+}
+
+#[test]
+fn a_message_whose_own_copy_is_lost_is_stored_acked_and_delivered_once() {
+    let test = "a_message_whose_own_copy_is_lost_is_stored_acked_and_delivered_once";
+    if !backends_reachable(test) {
+        return;
+    }
+    let Some(redis) = StingyRedis::start() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: redis-server is not installed (required under CI=true)"
+        );
+        println!("SKIP {test}: redis-server is not installed");
+        return;
+    };
+    let _serial = serial();
+    let backends = Backends::on("lostcopy", &redis.url());
+    let a = Server::start(&backends.env(&[("MAX_MESSAGE_LENGTH", "100000")]));
+    let room = "lost-copy";
+    let (mut alice, _) = a.connect("alice", room);
+    let (mut bob, _) = a.connect("bob", room);
+    assert!(redis_up(&a));
+
+    // 20,000 characters: Redis runs the script and publishes, and cuts the
+    // instance's subscription off instead of delivering the copy.
+    let big = "x".repeat(20_000);
+    alice.send(json!({"type":"message","content":big,"clientMsgId":"big-1"}));
+    let mine = alice.recv_type("message");
+    let id = mine["messageId"].as_str().unwrap().to_string();
+    assert_eq!(mine["content"].as_str().map(str::len), Some(20_000));
+    let ack = alice.recv_type("ack");
+    assert_eq!(
+        (ack["clientMsgId"].as_str(), ack["messageId"].as_str()),
+        (Some("big-1"), Some(id.as_str()))
+    );
+    assert_eq!(bob.recv_type("message"), mine, "delivered on the instance");
+    assert_eq!(a.wait_metric("chat_redis_echo_lost_total", 1.0), Some(1.0));
+    let stored = poll(Duration::from_secs(1), || {
+        let rows = stored_rows(&backends.db_url, room);
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert_eq!(stored, Some(vec![(id.clone(), 20_000)]), "stored once");
+
+    // Redis is back (the subscription reconnects): a retry with the same
+    // clientMsgId is answered with the same id, not left waiting, and not
+    // broadcast again.
+    assert!(poll(Duration::from_secs(8), || redis_up(&a).then_some(())).is_some());
+    alice.send(json!({"type":"message","content":"retry","clientMsgId":"big-1"}));
+    let again = alice.recv_type("ack");
+    assert_eq!(
+        (again["clientMsgId"].as_str(), again["messageId"].as_str()),
+        (Some("big-1"), Some(id.as_str()))
+    );
+    alice.send(json!({"type":"message","content":"after","clientMsgId":"after-1"}));
+    for client in [&mut alice, &mut bob] {
+        let next = client.recv_type("message");
+        assert_eq!(next["content"], "after", "nothing in between: {next}");
+        assert!(next["messageId"].as_str().unwrap() > id.as_str());
+    }
+    let stored = poll(Duration::from_secs(1), || {
+        let rows = stored_rows(&backends.db_url, room);
+        (rows.len() == 2).then_some(rows)
+    })
+    .unwrap_or_else(|| stored_rows(&backends.db_url, room));
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[0], (id, 20_000));
+    assert_eq!(stored[1].1, "after".len());
 }

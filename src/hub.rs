@@ -49,6 +49,8 @@ use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router
 use crate::ws;
 
 mod durable;
+#[cfg(test)]
+mod scaleout_tests;
 
 pub use durable::UNAVAILABLE_TEXT;
 

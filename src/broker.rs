@@ -164,6 +164,14 @@ pub enum Event {
     },
     /// A publish did not reach Redis: sequence it locally.
     PublishFailed(u64),
+    /// The sequencing script's reply to this core's publish: the id Redis
+    /// gave the message (used when its own copy does not come back).
+    Replied {
+        /// The owner's in-flight key.
+        token: u64,
+        /// The id the script assigned and published.
+        id: Ulid,
+    },
     /// Answer to [`Command::Join`] (None: Redis unavailable).
     JoinCounted {
         /// The pending-join key.
@@ -182,6 +190,11 @@ pub enum Event {
     },
     /// Send a [`Command::Snapshot`] of this core's presence state.
     Resync,
+    /// The subscription connection was lost: copies of this core's
+    /// messages that did not come back yet never will (a new subscription
+    /// does not replay). Sent to every core before any publish is answered
+    /// with [`Event::PublishFailed`] after the loss.
+    EchoesLost,
 }
 
 /// A message as sequenced by Redis.
@@ -390,6 +403,7 @@ pub fn start(
         subscribed: HashSet::new(),
         next_heartbeat: Instant::now(),
         ever_connected: false,
+        echoes_lost: false,
     };
     let thread = std::thread::Builder::new()
         .name("chatd-redis".into())
@@ -494,6 +508,9 @@ struct Broker {
     next_heartbeat: Instant,
     /// Whether a connection ever succeeded (reconnects are counted after it).
     ever_connected: bool,
+    /// A connection was lost and the cores were not told yet
+    /// ([`Event::EchoesLost`]).
+    echoes_lost: bool,
 }
 
 /// Sends an event to a core, waiting while its queue is full.
@@ -618,8 +635,20 @@ impl Broker {
         }
     }
 
+    /// Tells every core, once per lost connection, that the copies it still
+    /// waits for will not come (it then settles them with the script's ids).
+    async fn report_lost_echoes(&mut self) {
+        if !std::mem::take(&mut self.echoes_lost) {
+            return;
+        }
+        for tx in self.events.iter_mut() {
+            deliver(tx, Event::EchoesLost).await;
+        }
+    }
+
     /// Reconnects when due, flushes presence when due, heartbeats, resyncs.
     async fn upkeep(&mut self) {
+        self.report_lost_echoes().await;
         let now = Instant::now();
         if self.conn.is_none() && self.backoff.due(now) {
             self.connect().await;
@@ -650,6 +679,7 @@ impl Broker {
         RedisMetrics::inc(&self.metrics.errors);
         if self.conn.take().is_some() {
             tracing::warn!(reason = why, "Redis connection lost; retrying with backoff");
+            self.echoes_lost = true;
         }
         self.subscribed.clear();
         self.health.redis.set(State::Down);
@@ -854,8 +884,7 @@ impl Broker {
                         .arg(&p.tail[..])
                         .arg(floor)
                         .arg(random_base32())
-                        .arg(ttl_ms)
-                        .ignore();
+                        .arg(ttl_ms);
                 }
                 Outgoing::Relay { room, payload, .. } => {
                     pipe.cmd("PUBLISH")
@@ -865,18 +894,20 @@ impl Broker {
                 }
             }
         }
-        let mut result = pipe.query_async::<()>(&mut conn.cmd).await;
+        // One reply per message (the script's id, in queue order); the
+        // relays' replies are ignored.
+        let mut result = pipe.query_async::<Vec<String>>(&mut conn.cmd).await;
         if let Err(e) = &result {
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
                 // SCRIPT FLUSH under us: reload once and resend.
                 result = match self.script.load_async(&mut conn.cmd).await {
-                    Ok(_) => pipe.query_async::<()>(&mut conn.cmd).await,
+                    Ok(_) => pipe.query_async::<Vec<String>>(&mut conn.cmd).await,
                     Err(e) => Err(e),
                 };
             }
         }
         match result {
-            Ok(()) => {
+            Ok(ids) => {
                 if messages > 0 {
                     self.metrics
                         .batch(Batch::Messages, messages, started.elapsed());
@@ -887,6 +918,7 @@ impl Broker {
                         Outgoing::Relay { kind, .. } => self.metrics.published(*kind, 1),
                     }
                 }
+                self.report_ids(outgoing, ids).await;
             }
             Err(e) => {
                 self.lose(&e.to_string());
@@ -895,8 +927,35 @@ impl Broker {
         }
     }
 
+    /// Gives each owner core the id the script assigned to its message, so
+    /// that a message whose own copy never comes back can still be
+    /// accepted with the id every other instance delivered. A reply that
+    /// is not a ULID (never, with this script) is counted as an error and
+    /// left out: the message is then refused if its copy does not come.
+    async fn report_ids(&mut self, outgoing: Vec<Outgoing>, ids: Vec<String>) {
+        let messages = outgoing.into_iter().filter_map(|out| match out {
+            Outgoing::Message(p) => Some(p),
+            Outgoing::Relay { .. } => None,
+        });
+        for (p, id) in messages.zip(ids) {
+            match Ulid::from_string(&id) {
+                Ok(id) => {
+                    let event = Event::Replied { token: p.token, id };
+                    deliver(&mut self.events[p.core], event).await;
+                }
+                Err(_) => {
+                    RedisMetrics::inc(&self.metrics.errors);
+                    tracing::warn!(reply = %id, "the sequencing script answered no id");
+                }
+            }
+        }
+    }
+
     /// Tells the owner cores that these messages were not published.
     async fn fail_publishes(&mut self, outgoing: Vec<Outgoing>) {
+        // Settled first: the cores accept what Redis did sequence before
+        // they sequence anything locally above it.
+        self.report_lost_echoes().await;
         for out in outgoing {
             if let Outgoing::Message(p) = out {
                 deliver(&mut self.events[p.core], Event::PublishFailed(p.token)).await;

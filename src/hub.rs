@@ -49,6 +49,8 @@ use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router
 use crate::ws;
 
 mod durable;
+#[cfg(test)]
+mod scaleout_tests;
 
 pub use durable::UNAVAILABLE_TEXT;
 
@@ -333,8 +335,9 @@ impl Hub {
             self.join_at_owner(join, now);
         } else if owner == self.core {
             let user = client.identity.user_id.clone();
-            if since.is_some_and(|s| self.defer_join(self.core, client.id, &user, &room, s, count))
-            {
+            if since.is_some_and(|s| {
+                self.defer_join(self.core, client.id, &user, &room, s, count, None)
+            }) {
                 if count {
                     client.set_membership(&room, Membership::Pending);
                 }
@@ -412,7 +415,10 @@ impl Hub {
     }
 
     /// Registers a join at its owner and answers it (`cluster`: the count
-    /// from Redis).
+    /// from Redis). A `since` that memory cannot answer alone goes to
+    /// Postgres first (`defer_join`), carrying the cluster count, so the
+    /// member is counted when the rows arrive, with the replay taken in the
+    /// same step, exactly as without Redis.
     fn finish_join(&mut self, join: PendingJoin, cluster: Option<usize>, now: Instant) {
         let PendingJoin {
             room,
@@ -422,6 +428,9 @@ impl Hub {
             since,
             count,
         } = join;
+        if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count, cluster)) {
+            return;
+        }
         let (local_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
         let answer = JoinAnswer {
             room,
@@ -707,8 +716,10 @@ impl Hub {
     /// encoded once, fanned out, and acknowledged when `origin` (this
     /// instance took it from a client) is given. Every accepted message
     /// passes here exactly once per instance that delivers it: the
-    /// single-node path, Redis's copies (this instance's and others'), and
-    /// the local fallback during an outage. A durable history store writes
+    /// single-node path, Redis's copies (this instance's and others'), the
+    /// local fallback during an outage, and an own message settled with the
+    /// script's id when its copy did not come back (`settle_overdue`; the
+    /// copy, should it still come, is dropped). A durable history store writes
     /// only messages with an `origin`, so a message is stored once in the
     /// cluster; the in-memory store keeps every message this instance
     /// delivers.
@@ -1155,9 +1166,6 @@ impl Hub {
                 since,
                 count,
             } => {
-                if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count)) {
-                    return;
-                }
                 let join = PendingJoin {
                     room,
                     user,
@@ -1166,6 +1174,9 @@ impl Hub {
                     since,
                     count,
                 };
+                // With Redis the cluster-wide count comes first; either way
+                // `finish_join` reads Postgres when memory cannot answer
+                // `since` alone.
                 if self.scaleout.is_some() {
                     self.join_at_owner(join, now);
                 } else {
@@ -1235,7 +1246,36 @@ impl Hub {
         self.limiter.sweep(now);
         self.dedupe.sweep(now);
         if let Some(so) = self.scaleout.as_mut() {
-            so.sweep(now);
+            let overdue = so.sweep(now);
+            for o in overdue {
+                self.settle_overdue(o, now);
+            }
+        }
+    }
+
+    /// An own message whose copy did not come back from the subscription in
+    /// time. With the script's id it is accepted here as its copy would have
+    /// been: stored, fanned out on this instance, acknowledged, its
+    /// clientMsgId completed (the other instances delivered the same id
+    /// from their subscriptions). Without one it is refused with
+    /// `unavailable` and its clientMsgId released, so a retry is sequenced
+    /// anew instead of waiting on it.
+    fn settle_overdue(&mut self, overdue: scaleout::Overdue, now: Instant) {
+        match overdue {
+            scaleout::Overdue::Accept { msg, id } => {
+                if let Some(r) = self.owned.get_mut(&msg.room) {
+                    r.last_id = r.last_id.max(Some(id));
+                }
+                self.accept_local(msg, id, id.timestamp_ms(), now);
+            }
+            scaleout::Overdue::Refuse(msg) => {
+                self.metrics.message(Outcome::Unavailable);
+                let text = "the message could not be confirmed by Redis in time and was not accepted; retry";
+                self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
+                if let Some(cmid) = msg.client_msg_id {
+                    self.published(msg.user.user_id, cmid, None, now);
+                }
+            }
         }
     }
 
@@ -1257,10 +1297,15 @@ impl Hub {
                     content,
                     arrived,
                 } = *sequenced;
+                // This instance's own message, settled without this copy
+                // (accepted or refused when the copy was overdue, or
+                // sequenced locally after a failed publish): already
+                // delivered, stored and answered here, or refused; drop it.
+                if own_token.is_some_and(|t| so.is_settled(t)) {
+                    return;
+                }
                 let mut origin = None;
                 let mut received_at = arrived;
-                // Unknown own token: it timed out or failed first; deliver
-                // anyway (a duplicate beats a loss).
                 if let Some(msg) = own_token.and_then(|t| so.take_inflight(t)) {
                     if msg.masked {
                         let at = id.timestamp_ms();
@@ -1285,8 +1330,19 @@ impl Hub {
             Event::Relay { room, kind, frame } => {
                 self.fan_out(&room, frame, kind, None, now, now);
             }
+            Event::Replied { token, id } => so.replied(token, id),
+            Event::EchoesLost => {
+                for o in so.echoes_lost(now) {
+                    self.settle_overdue(o, now);
+                }
+            }
             Event::PublishFailed(token) => {
-                let Some(msg) = so.take_inflight(token) else {
+                // Sequenced here instead: stored, acknowledged and delivered
+                // on this instance like any accepted message, and its
+                // clientMsgId completed. Should Redis have run the script
+                // all the same (its reply was lost), the copy it published
+                // is dropped here (the token is settled).
+                let Some(msg) = so.take_failed(token, now) else {
                     return;
                 };
                 RedisMetrics::inc(&so.metrics().local_fallback);

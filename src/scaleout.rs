@@ -6,10 +6,16 @@
 //!
 //! Waiting state is bounded:
 //! - in-flight messages: each is answered by its own copy coming back on the
-//!   subscription or by [`crate::broker::Event::PublishFailed`]; one whose
-//!   copy never comes (the subscription broke right after the publish) is
-//!   forgotten after [`ECHO_TIMEOUT`] and counted in
-//!   `chat_redis_echo_lost_total`;
+//!   subscription or by [`crate::broker::Event::PublishFailed`]. The
+//!   script's reply ([`crate::broker::Event::Replied`]) records the id Redis
+//!   gave it. One whose copy is overdue ([`ECHO_TIMEOUT`], counted in
+//!   `chat_redis_echo_lost_total`: the subscription broke right after the
+//!   publish) is settled by [`ScaleOut::sweep`]: accepted with the reply's
+//!   id (stored, acknowledged, delivered on this instance) or, when no
+//!   reply came within [`REPLY_TIMEOUT`] either, refused with
+//!   `unavailable`. Either way its `clientMsgId` is released, and a copy
+//!   that still comes back afterwards is recognised and dropped (see
+//!   [`Settled`]), so nothing is delivered twice here;
 //! - pending joins and offline checks: the Redis thread answers every one
 //!   (at once while Redis is down, else within its I/O timeout).
 //!
@@ -17,7 +23,7 @@
 //! decisions (ids during an outage, what a full queue means) are plain
 //! functions tested without Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +39,21 @@ use crate::shard::{ConnId, FrameKind};
 
 /// How long a published message may wait for its own copy.
 pub const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a published message whose copy is overdue may still wait for
+/// the script's reply (the Redis thread answers every publish with the
+/// reply or a failure, each within its 1 s I/O timeout once it takes the
+/// command; this bounds a thread stuck behind a full event queue). Past
+/// it the message is refused with `unavailable`.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a settled token is remembered, so that its copy arriving late
+/// is dropped instead of delivered again. A copy later than this (the
+/// subscription stalled for minutes) would be delivered a second time on
+/// this instance, without an ack and without being stored again.
+pub const SETTLED_TTL: Duration = Duration::from_secs(300);
+/// Most settled tokens remembered per core; when full the oldest is
+/// forgotten first (its late copy, if one ever came, would be delivered
+/// again on this instance as above).
+pub const MAX_SETTLED: usize = 65_536;
 
 /// A message handed to Redis, waiting for its copy from the subscription.
 #[derive(Debug)]
@@ -53,6 +74,85 @@ pub struct Inflight {
     pub received_at: Instant,
     /// When it was handed to the Redis thread.
     pub sent_at: Instant,
+}
+
+/// What to do with an in-flight message whose own copy is overdue.
+#[derive(Debug)]
+pub enum Overdue {
+    /// The script's reply gave its id: accept it (store, ack, deliver here).
+    Accept {
+        /// The message.
+        msg: Inflight,
+        /// The id Redis assigned (the one other instances delivered).
+        id: Ulid,
+    },
+    /// Neither the copy nor the reply came: refuse it with `unavailable`
+    /// and release its `clientMsgId`.
+    Refuse(Inflight),
+}
+
+/// A message handed to Redis and what is known of it so far.
+#[derive(Debug)]
+struct Waiting {
+    /// The message.
+    msg: Inflight,
+    /// The id from the script's reply, once it came.
+    id: Option<Ulid>,
+}
+
+/// Tokens of in-flight messages settled without their own copy (accepted
+/// or refused at the timeout, or sequenced locally after a failed publish),
+/// remembered for [`SETTLED_TTL`] so that a copy arriving late is dropped.
+/// Bounded by [`MAX_SETTLED`]; when full the oldest is forgotten.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Tokens in the order they were settled, with when they may be
+    /// forgotten.
+    order: VecDeque<(u64, Instant)>,
+    /// The same tokens, for lookup.
+    tokens: HashSet<u64>,
+}
+
+impl Settled {
+    /// Remembers `token` until `now + SETTLED_TTL`.
+    pub fn insert(&mut self, token: u64, now: Instant) {
+        if self.tokens.contains(&token) {
+            return;
+        }
+        if self.order.len() >= MAX_SETTLED {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.tokens.remove(&old);
+            }
+        }
+        self.tokens.insert(token);
+        self.order.push_back((token, now + SETTLED_TTL));
+    }
+
+    /// Whether `token` was settled (its copy must not be delivered).
+    pub fn contains(&self, token: u64) -> bool {
+        self.tokens.contains(&token)
+    }
+
+    /// Forgets tokens remembered long enough.
+    pub fn sweep(&mut self, now: Instant) {
+        while let Some(&(token, until)) = self.order.front() {
+            if until > now {
+                break;
+            }
+            self.order.pop_front();
+            self.tokens.remove(&token);
+        }
+    }
+
+    /// Tokens remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 /// A join waiting for the cluster-wide member count.
@@ -80,8 +180,12 @@ pub struct ScaleOut {
     core: usize,
     /// Next token (in-flight messages and pending joins share the counter).
     next_token: u64,
-    /// Messages waiting for their copy, by token.
-    inflight: HashMap<u64, Inflight>,
+    /// Messages waiting for their copy, by token. Bounded by the publish
+    /// rate times [`REPLY_TIMEOUT`]: every one is settled by its copy, a
+    /// failure, or the sweep.
+    inflight: HashMap<u64, Waiting>,
+    /// Tokens settled without their copy: a late copy is dropped.
+    settled: Settled,
     /// Joins waiting for a count, by token.
     joins: HashMap<u64, PendingJoin>,
 }
@@ -94,6 +198,7 @@ impl ScaleOut {
             core,
             next_token: 0,
             inflight: HashMap::new(),
+            settled: Settled::default(),
             joins: HashMap::new(),
         }
     }
@@ -134,7 +239,7 @@ impl ScaleOut {
         }));
         match self.link.try_send(cmd) {
             Ok(()) => {
-                self.inflight.insert(token, msg);
+                self.inflight.insert(token, Waiting { msg, id: None });
                 Ok(())
             }
             Err(_) => {
@@ -144,21 +249,102 @@ impl ScaleOut {
         }
     }
 
-    /// The in-flight message of `token` (its copy arrived, or it failed).
+    /// The in-flight message of `token` (its copy arrived).
     pub fn take_inflight(&mut self, token: u64) -> Option<Inflight> {
-        self.inflight.remove(&token)
+        self.inflight.remove(&token).map(|w| w.msg)
     }
 
-    /// Forgets in-flight messages whose copy is overdue; returns how many.
-    pub fn sweep(&mut self, now: Instant) -> usize {
-        let before = self.inflight.len();
-        self.inflight
-            .retain(|_, m| now.saturating_duration_since(m.sent_at) < ECHO_TIMEOUT);
-        let lost = before - self.inflight.len();
-        for _ in 0..lost {
-            RedisMetrics::inc(&self.link.metrics.echo_lost);
+    /// The in-flight message of `token` whose publish failed; the token is
+    /// remembered as settled (the caller sequences it locally), so a copy
+    /// that Redis published all the same is not delivered here again.
+    pub fn take_failed(&mut self, token: u64, now: Instant) -> Option<Inflight> {
+        let waiting = self.inflight.remove(&token)?;
+        self.settled.insert(token, now);
+        Some(waiting.msg)
+    }
+
+    /// The script's reply for `token`: the id Redis gave it. Kept only
+    /// while the message still waits for its copy (the copy may come
+    /// first; then there is nothing left to do).
+    pub fn replied(&mut self, token: u64, id: Ulid) {
+        if let Some(w) = self.inflight.get_mut(&token) {
+            w.id = Some(id);
         }
-        lost
+    }
+
+    /// Whether the copy of `token` (this instance's own message) comes
+    /// after its message was settled without it: drop it.
+    pub fn is_settled(&self, token: u64) -> bool {
+        self.settled.contains(token)
+    }
+
+    /// Settles the in-flight messages whose copy is overdue at `now`:
+    /// accepted with the reply's id once [`ECHO_TIMEOUT`] has passed,
+    /// refused once [`REPLY_TIMEOUT`] has passed without a reply either.
+    /// Each overdue copy is counted once in `chat_redis_echo_lost_total`.
+    pub fn sweep(&mut self, now: Instant) -> Vec<Overdue> {
+        self.settled.sweep(now);
+        let due: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, w)| {
+                let age = now.saturating_duration_since(w.msg.sent_at);
+                match w.id {
+                    Some(_) => age >= ECHO_TIMEOUT,
+                    None => age >= REPLY_TIMEOUT,
+                }
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for token in due {
+            let Some(w) = self.inflight.remove(&token) else {
+                continue;
+            };
+            RedisMetrics::inc(&self.link.metrics.echo_lost);
+            self.settled.insert(token, now);
+            out.push(match w.id {
+                Some(id) => Overdue::Accept { msg: w.msg, id },
+                None => Overdue::Refuse(w.msg),
+            });
+        }
+        // Accepted in the order Redis sequenced them.
+        out.sort_by_key(|o| match o {
+            Overdue::Accept { id, .. } => Some(*id),
+            Overdue::Refuse(_) => None,
+        });
+        out
+    }
+
+    /// The subscription was lost: every in-flight message whose reply gave
+    /// its id is settled now (accepted), as its copy will not come; those
+    /// still without a reply keep waiting for it (or for its failure).
+    pub fn echoes_lost(&mut self, now: Instant) -> Vec<Overdue> {
+        let known: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, w)| w.id.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        let mut out = Vec::with_capacity(known.len());
+        for token in known {
+            if let Some(Waiting { msg, id: Some(id) }) = self.inflight.remove(&token) {
+                RedisMetrics::inc(&self.link.metrics.echo_lost);
+                self.settled.insert(token, now);
+                out.push(Overdue::Accept { msg, id });
+            }
+        }
+        // Accepted in the order Redis sequenced them.
+        out.sort_by_key(|o| match o {
+            Overdue::Accept { id, .. } => Some(*id),
+            Overdue::Refuse(_) => None,
+        });
+        out
+    }
+
+    /// Settled tokens remembered (for tests and metrics).
+    pub fn settled_len(&self) -> usize {
+        self.settled.len()
     }
 
     /// Publishes a typing or presence frame (a WebSocket frame already
@@ -345,20 +531,133 @@ mod tests {
         assert!(!so.up());
     }
 
+    fn with_cmid(mut msg: Inflight, cmid: &str) -> Inflight {
+        msg.client_msg_id = Some(cmid.into());
+        msg
+    }
+
     #[test]
-    fn overdue_messages_are_forgotten_and_counted() {
+    fn an_overdue_echo_is_accepted_with_the_replys_id_and_its_late_copy_dropped() {
         let health = Arc::new(BackendHealth::default());
         let (link, _rx) = Link::detached(8, "0123456789abcdef", health);
         let metrics = link.metrics.clone();
         let mut so = ScaleOut::new(link, 0);
         let t0 = Instant::now();
-        so.publish(inflight(t0), None).unwrap();
+        so.publish(with_cmid(inflight(t0), "c-1"), None).unwrap();
         so.publish(inflight(t0 + Duration::from_secs(5)), None)
             .unwrap();
-        assert_eq!(so.sweep(t0 + ECHO_TIMEOUT - Duration::from_millis(1)), 0);
-        assert_eq!(so.sweep(t0 + ECHO_TIMEOUT), 1);
+        let id = Ulid::from_parts(1_000, 42);
+        so.replied(1, id);
+        so.replied(2, Ulid::from_parts(1_000, 43));
+        assert!(so
+            .sweep(t0 + ECHO_TIMEOUT - Duration::from_millis(1))
+            .is_empty());
+        let due = so.sweep(t0 + ECHO_TIMEOUT);
+        assert_eq!(due.len(), 1);
+        let Overdue::Accept { msg, id: got } = &due[0] else {
+            panic!("expected an accept, got {:?}", due[0]);
+        };
+        assert_eq!((*got, msg.client_msg_id.as_deref()), (id, Some("c-1")));
         assert_eq!(metrics.echo_lost.load(Ordering::Relaxed), 1);
-        assert!(so.take_inflight(2).is_some(), "the younger one is kept");
+        // Its copy arriving now is recognised: not delivered a second time.
+        assert!(so.is_settled(1));
+        assert!(so.take_inflight(1).is_none());
+        // The younger one is kept, and its copy is delivered as usual.
+        assert!(!so.is_settled(2));
+        assert!(so.take_inflight(2).is_some());
+        // Settled tokens are forgotten after SETTLED_TTL.
+        assert!(so.sweep(t0 + ECHO_TIMEOUT + SETTLED_TTL).is_empty());
+        assert!(!so.is_settled(1));
+        assert_eq!(so.settled_len(), 0);
+    }
+
+    #[test]
+    fn an_overdue_echo_without_a_reply_is_refused_after_the_reply_timeout() {
+        let health = Arc::new(BackendHealth::default());
+        let (link, _rx) = Link::detached(8, "0123456789abcdef", health);
+        let metrics = link.metrics.clone();
+        let mut so = ScaleOut::new(link, 0);
+        let t0 = Instant::now();
+        so.publish(with_cmid(inflight(t0), "c-9"), None).unwrap();
+        // No reply yet: the Redis thread still owes one, so it waits on.
+        assert!(so.sweep(t0 + ECHO_TIMEOUT).is_empty());
+        assert!(so
+            .sweep(t0 + REPLY_TIMEOUT - Duration::from_millis(1))
+            .is_empty());
+        let due = so.sweep(t0 + REPLY_TIMEOUT);
+        assert_eq!(due.len(), 1);
+        let Overdue::Refuse(msg) = &due[0] else {
+            panic!("expected a refusal, got {:?}", due[0]);
+        };
+        assert_eq!(msg.client_msg_id.as_deref(), Some("c-9"));
+        assert_eq!(metrics.echo_lost.load(Ordering::Relaxed), 1);
+        // A reply or copy arriving after the refusal changes nothing.
+        so.replied(1, Ulid::from_parts(1_000, 1));
+        assert!(so.is_settled(1));
+        assert!(so.take_inflight(1).is_none());
+        assert!(so.sweep(t0 + 2 * REPLY_TIMEOUT).is_empty());
+    }
+
+    #[test]
+    fn a_lost_subscription_settles_what_redis_sequenced_at_once_in_id_order() {
+        let health = Arc::new(BackendHealth::default());
+        let (link, _rx) = Link::detached(8, "0123456789abcdef", health);
+        let metrics = link.metrics.clone();
+        let mut so = ScaleOut::new(link, 0);
+        let t0 = Instant::now();
+        for cmid in ["a", "b", "c"] {
+            so.publish(with_cmid(inflight(t0), cmid), None).unwrap();
+        }
+        // Replies for a and b (b sequenced first), none yet for c.
+        so.replied(1, Ulid::from_parts(1_000, 9));
+        so.replied(2, Ulid::from_parts(1_000, 8));
+        let settled = so.echoes_lost(t0);
+        let got: Vec<(Option<&str>, Ulid)> = settled
+            .iter()
+            .map(|o| match o {
+                Overdue::Accept { msg, id } => (msg.client_msg_id.as_deref(), *id),
+                Overdue::Refuse(m) => panic!("refused {m:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("b"), Ulid::from_parts(1_000, 8)),
+                (Some("a"), Ulid::from_parts(1_000, 9))
+            ]
+        );
+        assert_eq!(metrics.echo_lost.load(Ordering::Relaxed), 2);
+        assert!(so.is_settled(1) && so.is_settled(2) && !so.is_settled(3));
+        // c still waits: its reply or its failure is owed.
+        so.replied(3, Ulid::from_parts(1_000, 10));
+        assert_eq!(so.echoes_lost(t0).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_publish_is_settled_so_a_late_copy_is_dropped() {
+        let health = Arc::new(BackendHealth::default());
+        let (link, _rx) = Link::detached(8, "0123456789abcdef", health);
+        let mut so = ScaleOut::new(link, 0);
+        let t0 = Instant::now();
+        so.publish(inflight(t0), None).unwrap();
+        assert!(so.take_failed(1, t0).is_some());
+        assert!(so.is_settled(1));
+        assert!(so.take_failed(1, t0).is_none(), "answered once");
+        assert!(so.sweep(t0 + REPLY_TIMEOUT).is_empty());
+    }
+
+    #[test]
+    fn settled_tokens_are_bounded_oldest_first() {
+        let mut settled = Settled::default();
+        let t0 = Instant::now();
+        for token in 0..MAX_SETTLED as u64 + 2 {
+            settled.insert(token, t0);
+        }
+        assert_eq!(settled.len(), MAX_SETTLED);
+        assert!(!settled.contains(0) && !settled.contains(1));
+        assert!(settled.contains(2) && settled.contains(MAX_SETTLED as u64 + 1));
+        settled.insert(5, t0);
+        assert_eq!(settled.len(), MAX_SETTLED, "a repeat is not added twice");
     }
 
     #[test]

@@ -12,7 +12,11 @@
 //!   meanwhile is neither missed nor repeated) and answers. A deferred join
 //!   counts the member only at that moment, so the replay and the live
 //!   stream meet without a gap or a duplicate, exactly as with the
-//!   in-memory store. A failed read is answered from memory.
+//!   in-memory store. A failed read is answered from memory. With Redis
+//!   too, the join first waits for the cluster-wide count (the room's
+//!   subscription is in place by then), then reads Postgres, then counts
+//!   and answers: the same recovery as with Postgres alone, with the
+//!   cluster's `memberCount`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +81,10 @@ pub(super) enum PgWait {
         since: MessageId,
         /// False for a repeated join (answered, not counted).
         count: bool,
+        /// Distinct users of the room cluster-wide, read from Redis before
+        /// the read was sent (None: no Redis, or it could not answer); the
+        /// answer's `memberCount` is at least this.
+        cluster: Option<usize>,
     },
 }
 
@@ -177,7 +185,10 @@ impl Hub {
 
     /// Room owner: sends a join with `since` to Postgres when memory cannot
     /// answer its recovery alone. True when deferred (answered later by
-    /// [`Hub::on_pg_rows`]); false when the caller answers now.
+    /// [`Hub::on_pg_rows`]); false when the caller answers now. `cluster`
+    /// is the room's cluster-wide count when Redis gave one (the join asks
+    /// Redis first, then Postgres).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn defer_join(
         &mut self,
         core: usize,
@@ -186,6 +197,7 @@ impl Hub {
         room: &Arc<str>,
         since: MessageId,
         count: bool,
+        cluster: Option<usize>,
     ) -> bool {
         if self.durable.is_none() {
             return false;
@@ -209,6 +221,7 @@ impl Hub {
             room: room.clone(),
             since,
             count,
+            cluster,
         };
         self.start_read(wait, spec)
     }
@@ -274,10 +287,12 @@ impl Hub {
                 room,
                 since,
                 count,
+                cluster,
             } => {
                 // Count the member and take the replay in one step, as a
                 // synchronous join does: later messages reach it live.
-                let (member_count, _) = self.join_owner(&room, user.clone(), core, None, count);
+                let (local_count, _) = self.join_owner(&room, user.clone(), core, None, count);
+                let member_count = cluster.map_or(local_count, |c| c.max(local_count));
                 let memory = self.history.since(&room, since, MAX_REPLAY);
                 let messages = match rows {
                     Ok(rows) => merge::merge(rows, memory, MAX_REPLAY, Pick::Newest),

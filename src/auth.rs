@@ -143,7 +143,7 @@ impl Verifier {
         self.check_algorithm(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(map_jwt_error)?;
-        data.claims.identity()
+        data.claims.identity(unix_now_secs())
     }
 
     /// Refuses a token whose header names any algorithm but ours, before jsonwebtoken runs.
@@ -213,7 +213,7 @@ struct Claims {
     /// Third choice of display name (OpenID Connect).
     #[serde(default)]
     preferred_username: Option<Value>,
-    /// Expiry; jsonwebtoken checks its value but silently skips one it cannot read as a number.
+    /// Expiry; jsonwebtoken checks a u64 and silently skips other numbers, checked in `identity`.
     #[serde(default)]
     exp: Option<Value>,
     /// Not-before; same caveat as `exp`.
@@ -222,11 +222,25 @@ struct Claims {
 }
 
 impl Claims {
-    fn identity(self) -> Result<Identity, AuthError> {
+    /// `now_secs`: the wall clock in Unix seconds, for the times jsonwebtoken did not check.
+    fn identity(self, now_secs: f64) -> Result<Identity, AuthError> {
+        let leeway = LEEWAY_SECS as f64;
         for (name, value) in [("exp", &self.exp), ("nbf", &self.nbf)] {
             match value {
                 None | Some(Value::Null) => {}
-                Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t >= 0.0) => {}
+                // A u64 was checked against the clock by jsonwebtoken.
+                Some(Value::Number(n)) if n.is_u64() => {}
+                // jsonwebtoken skips a fraction or a value past u64 (both valid JSON numbers),
+                // so those are checked here.
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t >= 0.0) => {
+                    let t = n.as_f64().unwrap_or_default();
+                    if name == "exp" && t + leeway < now_secs {
+                        return Err(AuthError::Expired);
+                    }
+                    if name == "nbf" && t > now_secs + leeway {
+                        return Err(AuthError::Invalid("token not yet valid".to_owned()));
+                    }
+                }
                 Some(_) => {
                     return Err(AuthError::Invalid(format!(
                         "{name} claim must be a non-negative number"
@@ -259,6 +273,13 @@ impl Claims {
             user_id,
         })
     }
+}
+
+/// The wall clock in Unix seconds (0 before 1970), as jsonwebtoken reads it.
+fn unix_now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A user id claim as a string: strings as they are, integers in decimal.
@@ -413,6 +434,44 @@ PlGEHZzrQC4ty6bRgWb2B+yxRfdXyeYYIBCOJzlpVXGev7DFpxRX/oY+8w==
             verify(json!({"sub": "user-456", "username": "john_doe", "exp": now() + 60})),
             Ok(identity("user-456", "john_doe"))
         );
+    }
+
+    /// Signs raw claims bytes, so a test can hold number forms `json!` would rewrite.
+    fn hs256_raw(claims: &[u8]) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+        let key = EncodingKey::from_secret(SECRET);
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// Found by the `token` fuzz target (the exact claims): jsonwebtoken reads `exp` and `nbf`
+    /// as u64 and silently skips any other number, so an `nbf` past u64 or a fractional `exp`
+    /// long past was accepted.
+    #[test]
+    fn exp_and_nbf_that_are_not_u64_are_still_checked() {
+        let v = Verifier::hs256(SECRET);
+        let fuzzed = br#"{"userId":12345,"n9me":"Num","nbf":170000000011111111111111111111111111111111111111111,"aud":"chat"}"#;
+        assert_eq!(
+            v.verify(&hs256_raw(fuzzed)),
+            Err(AuthError::Invalid("token not yet valid".to_owned()))
+        );
+        let expired = br#"{"sub":"u","exp":1700000000.5}"#;
+        assert_eq!(v.verify(&hs256_raw(expired)), Err(AuthError::Expired));
+        let future_nbf = format!(r#"{{"sub":"u","nbf":{}.5}}"#, now() + 3600);
+        assert_eq!(
+            v.verify(&hs256_raw(future_nbf.as_bytes())),
+            Err(AuthError::Invalid("token not yet valid".to_owned()))
+        );
+        // Fractional times on the right side of the clock are fine.
+        let fresh = format!(r#"{{"sub":"u","exp":{}.5,"nbf":1.5}}"#, now() + 3600);
+        assert_eq!(
+            v.verify(&hs256_raw(fresh.as_bytes())),
+            Ok(identity("u", "u"))
+        );
+        let far = br#"{"sub":"u","exp":1e300}"#;
+        assert_eq!(v.verify(&hs256_raw(far)), Ok(identity("u", "u")));
     }
 
     #[test]

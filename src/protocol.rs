@@ -256,6 +256,12 @@ pub const SIMD_JSON_MIN_BYTES: usize = 32;
 
 /// [`parse_client_frame`] with simd-json whatever the size (parses in place).
 pub fn parse_client_frame_simd(buf: &mut [u8]) -> Result<ClientFrame<'_>, FrameError> {
+    // simd-json decodes an unpaired surrogate escape (`"\ud83dx"`) as U+0000 where serde_json
+    // refuses it; such frames (and, harmlessly, paired ones) go to serde_json so that both
+    // parsers, picked by length, read a frame the same way.
+    if has_surrogate_escape(buf) {
+        return parse_client_frame_serde_json(buf);
+    }
     precheck(buf)?;
     let raw: RawFrame<'_> = SIMD_BUFFERS
         .with(|buffers| match buffers.try_borrow_mut() {
@@ -277,6 +283,18 @@ pub fn parse_client_frame_serde_json(buf: &[u8]) -> Result<ClientFrame<'_>, Fram
     precheck(buf)?;
     let raw: RawFrame<'_> = serde_json::from_slice(buf).map_err(|e| invalid_json(&e))?;
     raw.validate()
+}
+
+/// Whether `buf` may hold a `\uD800`-`\uDFFF` escape (a `\\u...` false positive only costs
+/// the slower parser).
+fn has_surrogate_escape(buf: &[u8]) -> bool {
+    memchr::memmem::find_iter(buf, b"\\u").any(|at| {
+        matches!(buf.get(at + 2), Some(b'd' | b'D'))
+            && matches!(
+                buf.get(at + 3),
+                Some(b'8' | b'9' | b'a'..=b'f' | b'A'..=b'F')
+            )
+    })
 }
 
 fn invalid_json(detail: &dyn fmt::Display) -> FrameError {
@@ -1032,6 +1050,37 @@ mod tests {
             ),
             Ok(frame) => panic!("{json} was accepted as {frame:?}"),
         }
+    }
+
+    /// Found by the `client_frame` fuzz target (exact bytes): an unpaired surrogate escape,
+    /// which serde_json refuses and simd-json read as U+0000, so the frame was refused when
+    /// short and accepted, altered, when 32 bytes or longer.
+    #[test]
+    fn unpaired_surrogate_escape_is_refused_by_both_parsers() {
+        let frame: &[u8] = r#"{"type":"message","content":"caf\u00e9 \"quoted\" \ud83daaf\u00e9 \"quude0/ ünïcoaf\u00e9 \"quoteb.c-d_e"}"#.as_bytes();
+        let serde = parse_client_frame_serde_json(frame);
+        assert!(serde.is_err(), "{serde:?}");
+        assert_eq!(parse_client_frame_simd(&mut frame.to_vec()), serde);
+        assert_eq!(parse_client_frame(&mut frame.to_vec()), serde);
+        for lone in [
+            r#"{"type":"message","content":"x\udc00 low surrogate alone"}"#,
+            r#"{"type":"message","content":"high \uD83D at the end"}"#,
+        ] {
+            assert!(
+                parse_client_frame(&mut lone.as_bytes().to_vec()).is_err(),
+                "{lone}"
+            );
+        }
+        // A paired escape still parses, to the character it encodes.
+        let mut pair = br#"{"type":"message","content":"smile \ud83d\ude00 please"}"#.to_vec();
+        assert_eq!(
+            parse_client_frame(&mut pair).map(ClientFrame::into_owned),
+            Ok(ClientFrame::Message {
+                room_id: None,
+                content: "smile \u{1F600} please".into(),
+                client_msg_id: None,
+            })
+        );
     }
 
     #[test]

@@ -264,7 +264,8 @@ impl Decoder {
             OpCode::Data(Data::Continue) if self.fragmented.is_none() => Err(WsError::Protocol(
                 "continuation frame without a message in progress",
             )),
-            OpCode::Data(Data::Continue) if self.message_len as u64 + len > max => {
+            // Saturating: a 64-bit length near 2^64 must not wrap the sum below the limit.
+            OpCode::Data(Data::Continue) if (self.message_len as u64).saturating_add(len) > max => {
                 Err(WsError::TooBig)
             }
             OpCode::Data(Data::Continue) => Ok(()),
@@ -730,6 +731,28 @@ mod tests {
         assert_eq!(res, Ok(()));
         let next = frame(true, 0, b"12345");
         let (_, res) = feed_chunks(&mut dec, &[&next[..6]]);
+        assert_eq!(res, Err(WsError::TooBig));
+    }
+
+    /// Found by the `ws_decoder` fuzz target (exact bytes): a 6-byte binary
+    /// fragment, then a continuation whose 64-bit length is 2^64 - 1. The
+    /// reassembled-length check added the two lengths: a panic with overflow
+    /// checks, and without them a wrapped sum that let the frame through.
+    #[test]
+    fn continuation_length_near_u64_max_is_too_big() {
+        let stream: &[u8] = &[
+            2, 134, 151, 0, 0, 0, 10, 3, 2, 131, 55, 55, 0, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 255, 237, 250, 129,
+        ];
+        for limit in [40, MAX_MESSAGE_SIZE] {
+            let (events, res) = feed_chunks(&mut Decoder::new(limit), &[stream]);
+            assert_eq!(events, vec![], "limit {limit}");
+            assert_eq!(res, Err(WsError::TooBig), "limit {limit}");
+        }
+        // The same when the header arrives in reads of 3 bytes, as fuzzed.
+        let chunks: Vec<&[u8]> = stream.chunks(3).collect();
+        let (events, res) = feed_chunks(&mut Decoder::new(40), &chunks);
+        assert_eq!(events, vec![]);
         assert_eq!(res, Err(WsError::TooBig));
     }
 

@@ -608,3 +608,73 @@ fn bad_redis_settings_stop_start_up_naming_the_variable() {
         assert!(stderr.contains(name), "{env:?}: {stderr}");
     }
 }
+
+#[test]
+fn fifty_thousand_repeated_joins_do_not_starve_other_users() {
+    if !redis_reachable("fifty_thousand_repeated_joins_do_not_starve_other_users") {
+        return;
+    }
+    let prefix = Prefix::new("repeat", SHARED_REDIS);
+    // A small Redis queue: before repeated joins were answered locally, a
+    // flood of them filled it and refused other users' messages.
+    let server = Server::start(&prefix.env(&[("REDIS_BUFFER", "64")]));
+    let (mut flooder, joined) = server.connect("flooder", "flood-room");
+    assert_eq!(joined["memberCount"], 1);
+    let (mut other, _) = server.connect("other", "quiet-room");
+    const ROUNDS: usize = 50;
+    const PER_ROUND: usize = 1000;
+    let frame = json!({"type": "join_room", "roomId": "flood-room"}).to_string();
+    let start = Instant::now();
+    let (mut joined, mut limited) = (0usize, 0usize);
+    for round in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            flooder
+                .ws
+                .write(tungstenite::Message::text(frame.clone()))
+                .unwrap();
+        }
+        flooder.ws.flush().unwrap();
+        // Another user in another room, while the flood is being handled.
+        let content = format!("still accepted {round}");
+        other.send(message(&content));
+        let answer = loop {
+            let f = other.recv();
+            if f["type"] == "message" || f["type"] == "error" {
+                break f;
+            }
+        };
+        assert_eq!(answer["type"], "message", "round {round}: {answer}");
+        assert_eq!(answer["content"], content.as_str());
+        for _ in 0..PER_ROUND {
+            let f = flooder.recv();
+            match f["type"].as_str() {
+                Some("room_joined") => {
+                    assert_eq!(f["roomId"], "flood-room", "{f}");
+                    assert_eq!(f["memberCount"], 1, "{f}");
+                    joined += 1;
+                }
+                Some("error") => {
+                    assert_eq!(f["code"], "rate_limited", "{f}");
+                    assert!(f["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0), "{f}");
+                    limited += 1;
+                }
+                _ => panic!("unexpected {f}"),
+            }
+        }
+    }
+    assert_eq!(joined + limited, ROUNDS * PER_ROUND);
+    // The default budget: a burst of 20 (the connection's own join is not
+    // one of them) and 10 a second after it.
+    let most = 20 + 10 * start.elapsed().as_secs() as usize + 10;
+    assert!(
+        joined <= most,
+        "{joined} joins answered in {:?}",
+        start.elapsed()
+    );
+    assert!(joined >= 20, "{joined}");
+    // Nothing was refused for a full Redis queue.
+    assert_eq!(
+        server.metric("chat_errors_total{code=\"unavailable\"}"),
+        Some(0.0)
+    );
+}

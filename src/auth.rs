@@ -266,7 +266,9 @@ impl Claims {
             .find_map(|v| match v {
                 Some(Value::String(s)) if !s.is_empty() => Some(s),
                 _ => None,
-            });
+            })
+            .map(|s| display_name(&s))
+            .filter(|s| !s.is_empty());
         let user_id: Arc<str> = user_id.into();
         Ok(Identity {
             username: username.map_or_else(|| user_id.clone(), Arc::from),
@@ -280,6 +282,30 @@ fn unix_now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Longest display name, in characters (Unicode scalar values); the rest of a
+/// longer claim is cut off, so one token cannot make every message it sends
+/// carry kilobytes of name.
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+/// Whether `c` is a bidirectional formatting character: embeddings and
+/// overrides (U+202A..U+202E), isolates (U+2066..U+2069) and the marks
+/// U+200E, U+200F, U+061C. They would let a name reorder the text shown
+/// after it in other members' clients.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// The display name shown for a claim: control and bidi formatting
+/// characters removed, then cut to [`MAX_USERNAME_CHARS`]. May be empty (the
+/// caller falls back to the user id).
+pub fn display_name(claim: &str) -> String {
+    claim
+        .chars()
+        .filter(|&c| !c.is_control() && !is_bidi_control(c))
+        .take(MAX_USERNAME_CHARS)
+        .collect()
 }
 
 /// A user id claim as a string: strings as they are, integers in decimal.
@@ -538,6 +564,26 @@ PlGEHZzrQC4ty6bRgWb2B+yxRfdXyeYYIBCOJzlpVXGev7DFpxRX/oY+8w==
             verify(json!({"sub": "u", "username": "", "name": 7, "preferred_username": "c"})),
             Ok(identity("u", "c"))
         );
+    }
+
+    #[test]
+    fn display_names_are_capped_and_stripped() {
+        let long = "n".repeat(200);
+        let id = verify(json!({"sub": "u", "username": long})).unwrap();
+        assert_eq!(id.username.chars().count(), MAX_USERNAME_CHARS);
+        // The cap counts characters, not bytes.
+        let wide = "\u{00e9}".repeat(100);
+        let id = verify(json!({"sub": "u", "username": wide})).unwrap();
+        assert_eq!(&*id.username, "\u{00e9}".repeat(64).as_str());
+        let tricky = "a\u{202E}b\u{2066}c\u{200F}d\u{061C}e\nf\u{0007}g\u{200E}h\u{2069}i";
+        let id = verify(json!({"sub": "u", "username": tricky})).unwrap();
+        assert_eq!(&*id.username, "abcdefghi");
+        // Stripping happens before the cap: 64 visible characters survive.
+        let padded = format!("{}{}", "\u{202A}".repeat(10), "x".repeat(70));
+        assert_eq!(display_name(&padded), "x".repeat(64));
+        // Nothing left: the user id.
+        let id = verify(json!({"sub": "u-9", "username": "\u{202E}\u{200F}\t"})).unwrap();
+        assert_eq!(id, identity("u-9", "u-9"));
     }
 
     #[test]

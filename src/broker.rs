@@ -1004,7 +1004,9 @@ impl Broker {
             return Ok(());
         };
         let live = self.mirror.live_keys();
-        let intact = presence_redis::heartbeat(&mut conn.cmd, &self.keys, &live, self.ttl).await?;
+        let rooms = self.mirror.room_members();
+        let intact =
+            presence_redis::heartbeat(&mut conn.cmd, &self.keys, &live, &rooms, self.ttl).await?;
         if !intact {
             tracing::warn!("Redis lost presence keys of this instance; rewriting them");
             self.mirror.rewrite_all();
@@ -1018,7 +1020,7 @@ impl Broker {
         for read in reads {
             match read {
                 Read::Join { core, token, room } => {
-                    let count = self.query_room(&room).await.map(|u| u.len());
+                    let count = self.query_count(&room).await;
                     deliver(&mut self.events[core], Event::JoinCounted { token, count }).await;
                 }
                 Read::Offline { core, user, rooms } => {
@@ -1036,6 +1038,19 @@ impl Broker {
                 Read::UserStatus(user, reply) => {
                     let _ = reply.send(self.query_user(&user, false).await);
                 }
+            }
+        }
+    }
+
+    /// The room's cluster-wide member count (O(1) in the room's size; the
+    /// join answers with it).
+    async fn query_count(&mut self, room: &str) -> Option<usize> {
+        let conn = self.conn.as_mut()?;
+        match presence_redis::room_count(&mut conn.cmd, &self.keys, room).await {
+            Ok(count) => Some(count),
+            Err(e) => {
+                self.lose(&e.to_string());
+                None
             }
         }
     }

@@ -19,15 +19,19 @@ use crate::hub::Hub;
 use crate::metrics::{CloseReason, Outcome};
 use crate::outbound::{Outbound, Push, SLOW_CONSUMER_CLOSE};
 use crate::protocol::{self, ClientFrame, ErrorCode};
-use crate::ratelimit::TypingThrottle;
+use crate::ratelimit::{BudgetRates, ConnBudgets, FrameClass};
 use crate::shard::{ConnId, FrameKind, Publish};
 use crate::writer::Writer;
 use crate::ws;
 
-/// Typing events a connection may send in a burst before throttling.
-pub const TYPING_BURST: u32 = 10;
-/// Sustained typing rate after the burst: one event per this interval.
-pub const TYPING_INTERVAL: Duration = Duration::from_millis(200);
+/// Budgets a session starts with until the hub sets the configured ones
+/// (the settings' defaults: ROOM_FRAMES_PER_SEC 10, HISTORY_FRAMES_PER_SEC 5,
+/// TYPING_FRAMES_PER_SEC 5).
+pub const DEFAULT_BUDGETS: BudgetRates = BudgetRates {
+    rooms: 10,
+    history: 5,
+    typing: 5,
+};
 
 /// Where a connection stands with a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +62,9 @@ pub struct Client {
     last_seen: Cell<Instant>,
     /// Last time the server sent a WebSocket ping.
     last_ping: Cell<Instant>,
-    /// Typing flood bound.
-    typing: Cell<TypingThrottle>,
+    /// Per-connection budgets of `join_room`/`leave_room`, `history` and
+    /// `typing` frames (one token bucket each).
+    budgets: Cell<ConnBudgets>,
     /// This core's batched writer; `None` sends from the driver only.
     writer: Option<Rc<Writer>>,
     /// This client, for registering with the writer from `&self`.
@@ -93,7 +98,7 @@ impl Client {
             close: Cell::new(None),
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
-            typing: Cell::new(TypingThrottle::new(TYPING_BURST, TYPING_INTERVAL, now)),
+            budgets: Cell::new(ConnBudgets::new(DEFAULT_BUDGETS, now)),
             writer,
             me: me.clone(),
             socket: Cell::new(-1),
@@ -256,12 +261,18 @@ impl Client {
         self.rooms.borrow().len()
     }
 
-    /// Applies the typing throttle.
-    fn allow_typing(&self, now: Instant) -> bool {
-        let mut t = self.typing.get();
-        let ok = t.allow(now);
-        self.typing.set(t);
-        ok
+    /// Replaces the budgets with full buckets of the configured rates.
+    pub fn set_budgets(&self, rates: BudgetRates, now: Instant) {
+        self.budgets.set(ConnBudgets::new(rates, now));
+    }
+
+    /// Charges one frame of `class` to this connection's budget; Err: the
+    /// time until one is allowed again.
+    fn charge(&self, class: FrameClass, now: Instant) -> Result<(), Duration> {
+        let mut b = self.budgets.get();
+        let result = b.check(class, now);
+        self.budgets.set(b);
+        result
     }
 }
 
@@ -312,6 +323,9 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
             );
         }
         ClientFrame::JoinRoom { room_id, since } => {
+            if let Err(wait) = client.charge(FrameClass::Rooms, now) {
+                return rate_limited(hub, client, "join_room and leave_room", wait, now);
+            }
             let room: Arc<str> = Arc::from(&*room_id);
             if client.membership(&room).is_none() && client.room_count() >= hub.max_rooms() {
                 let text = format!("a connection may be in at most {} rooms", hub.max_rooms());
@@ -320,6 +334,9 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
             hub.join(client, room, since, now);
         }
         ClientFrame::LeaveRoom { room_id } => {
+            if let Err(wait) = client.charge(FrameClass::Rooms, now) {
+                return rate_limited(hub, client, "join_room and leave_room", wait, now);
+            }
             if client.membership(&room_id).is_none() {
                 let text = format!("not in room {room_id}");
                 return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
@@ -336,12 +353,16 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
                 );
                 return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
             };
-            if client.allow_typing(now) {
-                let id = &client.identity;
-                let json = protocol::encode_typing(&id.user_id, &id.username, &room, is_typing);
-                let frame = Bytes::from(ws::encode_text(&json));
-                hub.relay(room, frame, FrameKind::Typing, Some(client.id), now);
+            // Over the budget the indicator is dropped silently: it is
+            // advisory and the next one carries the same state.
+            if client.charge(FrameClass::Typing, now).is_err() {
+                hub.metrics.typing_throttled += 1;
+                return;
             }
+            let id = &client.identity;
+            let json = protocol::encode_typing(&id.user_id, &id.username, &room, is_typing);
+            let frame = Bytes::from(ws::encode_text(&json));
+            hub.typing(room, id.user_id.clone(), frame, client.id, now);
         }
         ClientFrame::History {
             room_id,
@@ -349,10 +370,21 @@ pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Inst
             after,
             limit,
         } => {
+            if let Err(wait) = client.charge(FrameClass::History, now) {
+                return rate_limited(hub, client, "history", wait, now);
+            }
             hub.history_for_client(client, Arc::from(&*room_id), before, after, limit, now);
         }
         ClientFrame::Ping => client.push_own(&protocol::encode_pong(), now),
     }
+}
+
+/// Answers a frame over its connection budget: `rate_limited` with the
+/// wait, connection kept, nothing else done for the frame.
+fn rate_limited(hub: &mut Hub, client: &Client, what: &str, wait: Duration, now: Instant) {
+    let ms = wait.as_millis() as u64;
+    let text = format!("too many {what} frames on this connection; retry in {ms} ms");
+    hub.send_error(client, ErrorCode::RateLimited, &text, Some(ms), now);
 }
 
 /// Handles a binary frame: refused, connection kept.

@@ -178,6 +178,26 @@ pub struct Settings {
     /// Most rooms one connection may be in.
     #[arg(long, env = "MAX_ROOMS_PER_CONNECTION", value_name = "MAX_ROOMS_PER_CONNECTION", default_value_t = 100, value_parser = positive)]
     pub max_rooms_per_connection: u64,
+    /// `join_room` and `leave_room` frames per second per connection (burst: twice this); over it the frame is answered `rate_limited` with `retryAfterMs` and not acted on.
+    #[arg(long, env = "ROOM_FRAMES_PER_SEC", value_name = "ROOM_FRAMES_PER_SEC", default_value_t = 10, value_parser = positive)]
+    pub room_frames_per_sec: u64,
+    /// `history` frames per second per connection (burst: twice this); over it: `rate_limited` with `retryAfterMs`.
+    #[arg(long, env = "HISTORY_FRAMES_PER_SEC", value_name = "HISTORY_FRAMES_PER_SEC", default_value_t = 5, value_parser = positive)]
+    pub history_frames_per_sec: u64,
+    /// `typing` frames per second per connection, and per user and room across the user's connections (burst: twice this); over it the indicator is dropped silently.
+    #[arg(long, env = "TYPING_FRAMES_PER_SEC", value_name = "TYPING_FRAMES_PER_SEC", default_value_t = 5, value_parser = positive)]
+    pub typing_frames_per_sec: u64,
+    /// Open WebSocket connections per user on this instance; a connection beyond it is closed with 1008 right after its `room_joined`.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", value_name = "MAX_CONNECTIONS_PER_USER", default_value_t = 20, value_parser = positive)]
+    pub max_connections_per_user: u64,
+    /// "WebSocket connection established" log lines per second (at most one per user per minute on each core); 0 turns the line off.
+    #[arg(
+        long,
+        env = "LOG_CONNECTIONS_PER_SEC",
+        value_name = "LOG_CONNECTIONS_PER_SEC",
+        default_value_t = 100
+    )]
+    pub log_connections_per_sec: u64,
     /// Interval of WebSocket pings to quiet connections, in milliseconds.
     #[arg(long, env = "PING_INTERVAL_MS", value_name = "PING_INTERVAL_MS", default_value_t = 30_000, value_parser = positive)]
     pub ping_interval_ms: u64,
@@ -276,6 +296,15 @@ impl Settings {
         Duration::from_secs(self.presence_ttl_secs)
     }
 
+    /// The per-connection frame budgets.
+    pub fn budget_rates(&self) -> crate::ratelimit::BudgetRates {
+        crate::ratelimit::BudgetRates {
+            rooms: self.room_frames_per_sec as u32,
+            history: self.history_frames_per_sec as u32,
+            typing: self.typing_frames_per_sec as u32,
+        }
+    }
+
     /// Moderation regex sources.
     pub fn patterns(&self) -> Vec<String> {
         self.moderation_patterns
@@ -340,6 +369,22 @@ impl Settings {
                 self.redis_buffer
             ));
         }
+        for (name, value) in [
+            ("ROOM_FRAMES_PER_SEC", self.room_frames_per_sec),
+            ("HISTORY_FRAMES_PER_SEC", self.history_frames_per_sec),
+            ("TYPING_FRAMES_PER_SEC", self.typing_frames_per_sec),
+            ("LOG_CONNECTIONS_PER_SEC", self.log_connections_per_sec),
+        ] {
+            if value > 100_000 {
+                return Err(format!("{name}: at most 100000 per second, got {value}"));
+            }
+        }
+        if self.max_connections_per_user > 1_000_000 {
+            return Err(format!(
+                "MAX_CONNECTIONS_PER_USER: at most 1000000, got {}",
+                self.max_connections_per_user
+            ));
+        }
         if let Some(secret) = &self.jwt_secret {
             if secret.is_empty() {
                 return Err("JWT_SECRET: must not be empty".into());
@@ -401,6 +446,50 @@ mod tests {
             .unwrap()
             .settings;
         assert!(s.validate().unwrap_err().starts_with("IDLE_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn budget_settings() {
+        let s = parse(&[]).unwrap().settings;
+        assert_eq!(
+            s.budget_rates(),
+            crate::ratelimit::BudgetRates {
+                rooms: 10,
+                history: 5,
+                typing: 5
+            }
+        );
+        assert_eq!(s.max_connections_per_user, 20);
+        assert_eq!(s.log_connections_per_sec, 100);
+        assert_eq!(
+            parse(&["--log-connections-per-sec", "0"])
+                .unwrap()
+                .settings
+                .log_connections_per_sec,
+            0
+        );
+        let err = parse(&["--room-frames-per-sec", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ROOM_FRAMES_PER_SEC"), "{err}");
+        let err = parse(&["--max-connections-per-user", "many"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAX_CONNECTIONS_PER_USER"), "{err}");
+        let s = parse(&["--typing-frames-per-sec", "100001"])
+            .unwrap()
+            .settings;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("TYPING_FRAMES_PER_SEC"));
+        let s = parse(&["--log-connections-per-sec", "200000"])
+            .unwrap()
+            .settings;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("LOG_CONNECTIONS_PER_SEC"));
     }
 
     #[test]

@@ -295,6 +295,7 @@ async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
         CloseReason::Idle => "idle timeout",
         CloseReason::Shutdown => "server shutting down",
         CloseReason::Protocol => "protocol error",
+        CloseReason::TooManyConnections => "too many connections for this user",
         CloseReason::Client => "",
     };
     {

@@ -42,7 +42,9 @@ use crate::moderation::{AuditAction, AuditRecord, AuditSink, MemoryAudit, Modera
 use crate::outbound::{Outbound, Push};
 use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
-use crate::ratelimit::{Decision, RateLimiter};
+use crate::ratelimit::{
+    BudgetRates, Decision, KeyedThrottle, LogSampler, RateLimiter, LOG_SAMPLER_USERS,
+};
 use crate::redis_metrics::RedisMetrics;
 use crate::scaleout::{self, Inflight, PendingJoin, ScaleOut};
 use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router, ShardMsg};
@@ -62,6 +64,14 @@ pub const DEDUPE_CAPACITY: usize = 1_000_000;
 pub const AUDIT_MEMORY: usize = 10_000;
 /// Close code for a connection idle past the timeout.
 pub const IDLE_CLOSE: u16 = 1001;
+/// Close code for a connection over MAX_CONNECTIONS_PER_USER (policy violation).
+pub const TOO_MANY_CONNECTIONS_CLOSE: u16 = 1008;
+/// (user, room) typing buckets a room-owner core keeps; when full of busy
+/// keys, typing for a new pair is dropped (advisory frames, see ratelimit.rs).
+pub const TYPING_KEYS_PER_CORE: usize = 100_000;
+/// "Rate limit exceeded" lines per second per core, on top of the one line
+/// per user per rate-limit window.
+pub const RATE_LIMIT_LOG_PER_SEC: u32 = 10;
 
 /// Per-connection limits, from the settings.
 #[derive(Debug, Clone)]
@@ -78,6 +88,10 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// IDLE_TIMEOUT_MS.
     pub idle_timeout: Duration,
+    /// ROOM_FRAMES_PER_SEC, HISTORY_FRAMES_PER_SEC, TYPING_FRAMES_PER_SEC.
+    pub budgets: BudgetRates,
+    /// MAX_CONNECTIONS_PER_USER.
+    pub max_connections_per_user: u32,
 }
 
 impl Limits {
@@ -90,6 +104,8 @@ impl Limits {
             stall_timeout: s.write_stall_timeout(),
             ping_interval: s.ping_interval(),
             idle_timeout: s.idle_timeout(),
+            budgets: s.budget_rates(),
+            max_connections_per_user: s.max_connections_per_user as u32,
         }
     }
 }
@@ -104,6 +120,9 @@ struct OwnedRoom {
     /// The room's last accepted id, kept only with Redis: the floor of the
     /// next id, whether Redis or this core (during an outage) assigns it.
     last_id: Option<MessageId>,
+    /// The last cluster-wide member count Redis gave for the room (0
+    /// without Redis): repeated joins are answered from it, never asked again.
+    cluster_count: usize,
 }
 
 /// Where an accepted message came from, when it was this instance: who
@@ -183,6 +202,16 @@ pub struct Hub {
     scaleout: Option<ScaleOut>,
     /// This core's batched writer (`BATCHED_SENDS`); None: each driver sends.
     writer: Option<Rc<crate::writer::Writer>>,
+    /// The last `memberCount` this core sent for each room with local
+    /// members (repeated joins are answered from it); bounded like `local`,
+    /// removed with the room's last local member.
+    room_counts: HashMap<Arc<str>, usize>,
+    /// Typing budget per (room, user) for rooms this core owns, across the
+    /// user's connections; bounded by [`TYPING_KEYS_PER_CORE`].
+    typing: KeyedThrottle<(Arc<str>, Arc<str>)>,
+    /// Which rate-limited sends of users this core owns get a "Rate limit
+    /// exceeded" line (one per user per rate-limit window).
+    rate_log: LogSampler,
 }
 
 impl Hub {
@@ -218,6 +247,14 @@ impl Hub {
             metrics: CoreSnapshot::default(),
             scaleout: None,
             writer: None,
+            room_counts: HashMap::new(),
+            typing: KeyedThrottle::new(settings.typing_frames_per_sec as u32, TYPING_KEYS_PER_CORE),
+            rate_log: LogSampler::new(
+                settings.rate_limit_window(),
+                RATE_LIMIT_LOG_PER_SEC,
+                LOG_SAMPLER_USERS,
+                Instant::now(),
+            ),
         }
     }
 
@@ -278,10 +315,11 @@ impl Hub {
             now,
             self.writer.clone(),
         );
+        client.set_budgets(self.limits.budgets, now);
         self.clients.insert(id, client.clone());
         self.metrics.connections_opened += 1;
         self.join(&client, room.clone(), since, now);
-        self.user_online(client.identity.user_id.clone(), room);
+        self.user_online(client.identity.user_id.clone(), room, id);
         client
     }
 
@@ -316,6 +354,14 @@ impl Hub {
         let membership = client.membership(&room);
         if membership == Some(Membership::Pending) {
             return; // the owner's answer is on its way
+        }
+        if membership == Some(Membership::Joined) && since.is_none() {
+            // A repeat: answered here from what this core knows, with no
+            // hop to the owner and no backend round trip (a flood of them
+            // must not reach Redis; the join budget bounds the answers).
+            let count = self.known_member_count(&room);
+            client.push_own(&protocol::encode_room_joined(&room, count), now);
+            return;
         }
         let count = membership.is_none();
         let owner = self.owner(&room);
@@ -375,6 +421,19 @@ impl Hub {
         }
     }
 
+    /// The member count a repeated join is answered with: the owner's own
+    /// view when this core owns the room (with Redis, at least the last
+    /// cluster-wide count), else the last count this core sent for it.
+    fn known_member_count(&self, room: &str) -> usize {
+        let owned = self
+            .owned
+            .get(room)
+            .map(|r| r.users.len().max(r.cluster_count));
+        owned
+            .or_else(|| self.room_counts.get(room).copied())
+            .unwrap_or(1)
+    }
+
     fn answer_join(
         &mut self,
         client: &Client,
@@ -383,6 +442,11 @@ impl Hub {
         replay: Vec<Bytes>,
         now: Instant,
     ) {
+        if let Some(known) = self.room_counts.get_mut(room) {
+            *known = member_count;
+        } else if self.local.contains_key(room) {
+            self.room_counts.insert(Arc::from(room), member_count);
+        }
         client.push_own(&protocol::encode_room_joined(room, member_count), now);
         for frame in replay {
             client.push(frame, FrameKind::Message, now);
@@ -396,6 +460,7 @@ impl Hub {
             }
             if members.is_empty() {
                 self.local.remove(room);
+                self.room_counts.remove(room);
             }
         }
     }
@@ -404,6 +469,11 @@ impl Hub {
     /// first (answered by `on_broker_event`), or answers with the local
     /// count when Redis is down or its queue is full.
     fn join_at_owner(&mut self, join: PendingJoin, now: Instant) {
+        if !join.count {
+            // A repeat with `since` asks for a replay only: answered from
+            // the owner's memory, never with a Redis count.
+            return self.finish_join(join, None, now);
+        }
         let join = match self.scaleout.as_mut() {
             Some(so) if so.up() => match so.join(join) {
                 Ok(()) => return,
@@ -432,11 +502,19 @@ impl Hub {
             return;
         }
         let (local_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
+        let known = match (self.owned.get_mut(&room), cluster) {
+            (Some(r), Some(c)) => {
+                r.cluster_count = c;
+                c
+            }
+            (Some(r), None) => r.cluster_count,
+            (None, c) => c.unwrap_or(0),
+        };
         let answer = JoinAnswer {
             room,
             user,
             conn,
-            member_count: cluster.map_or(local_count, |c| c.max(local_count)),
+            member_count: known.max(local_count),
             replay,
             counted: count,
         };
@@ -461,6 +539,7 @@ impl Hub {
             users: HashMap::new(),
             member_cores: vec![0; cores],
             last_id: None,
+            cluster_count: 0,
         });
         if count {
             let n = entry.users.entry(user.clone()).or_insert(0);
@@ -575,6 +654,19 @@ impl Hub {
         if let Decision::Limited { retry_after } = self.limiter.check_and_record(&user, now) {
             self.metrics.message(Outcome::RateLimited);
             let ms = retry_after.as_millis() as u64;
+            if let Some(suppressed) = self.rate_log.admit(&user, now) {
+                // The original service's line; sampled (one per user per
+                // window, a few per second) so a flood cannot flood the log.
+                let window = self.limiter.window();
+                tracing::warn!(
+                    userId = %user,
+                    messageCount = self.limiter.max(),
+                    timeWindow = %format!("{}ms", window.as_millis()),
+                    retryAfterMs = ms,
+                    suppressed,
+                    "Rate limit exceeded"
+                );
+            }
             let text = format!("rate limit exceeded; retry in {ms} ms");
             let mut targets = vec![p.conn];
             if let Some(cmid) = &p.client_msg_id {
@@ -855,6 +947,48 @@ impl Hub {
         }
     }
 
+    /// A typing frame of a local connection (its own budget already
+    /// charged), to the room's owner for the per-(user, room) budget.
+    pub fn typing(
+        &mut self,
+        room: Arc<str>,
+        user: Arc<str>,
+        frame: Bytes,
+        exclude: ConnId,
+        now: Instant,
+    ) {
+        let owner = self.owner(&room);
+        if owner == self.core {
+            self.typing_owner(room, user, frame, exclude, now);
+        } else {
+            let msg = ShardMsg::Typing {
+                room,
+                user,
+                frame,
+                exclude,
+            };
+            self.router.send(owner, msg);
+        }
+    }
+
+    /// Room owner: the typing budget per (user, room), across the user's
+    /// connections on every core; over it the indicator is dropped silently
+    /// (it is advisory, and the next one carries the same state).
+    fn typing_owner(
+        &mut self,
+        room: Arc<str>,
+        user: Arc<str>,
+        frame: Bytes,
+        exclude: ConnId,
+        now: Instant,
+    ) {
+        if !self.typing.allow((room.clone(), user), now) {
+            self.metrics.typing_throttled += 1;
+            return;
+        }
+        self.relay_owner(room, frame, FrameKind::Typing, Some(exclude), now);
+    }
+
     /// Room owner: a typing or presence frame from this instance, to its
     /// members here and (with Redis) on the other instances.
     fn relay_owner(
@@ -978,12 +1112,23 @@ impl Hub {
 
     // ---- presence ------------------------------------------------------
 
-    fn user_online(&mut self, user: Arc<str>, room: Arc<str>) {
+    fn user_online(&mut self, user: Arc<str>, room: Arc<str>, conn: ConnId) {
         let owner = self.owner(&user);
         if owner != self.core {
-            return self.router.send(owner, ShardMsg::UserOnline { user, room });
+            let msg = ShardMsg::UserOnline { user, room, conn };
+            return self.router.send(owner, msg);
         }
-        if self.presence.set_online(&user) {
+        let first = self.presence.set_online(&user);
+        if self.presence.connections(&user) > self.limits.max_connections_per_user {
+            // Counted like any other, so its close undoes the count; closed
+            // at once with a policy code the client can show.
+            self.close_conn(
+                conn,
+                TOO_MANY_CONNECTIONS_CLOSE,
+                CloseReason::TooManyConnections,
+            );
+        }
+        if first {
             self.metrics.presence_online += 1;
             if let Some(so) = &self.scaleout {
                 so.online(user.clone());
@@ -992,6 +1137,17 @@ impl Hub {
                 &user, true, &room,
             )));
             self.relay(room, frame, FrameKind::Presence, None, Instant::now());
+        }
+    }
+
+    /// Asks connection `conn`, on whichever core it runs, to close.
+    fn close_conn(&mut self, conn: ConnId, code: u16, reason: CloseReason) {
+        if conn.core() != self.core {
+            let msg = ShardMsg::CloseConn { conn, code, reason };
+            return self.router.send(conn.core(), msg);
+        }
+        if let Some(client) = self.clients.get(&conn) {
+            client.request_close(code, reason);
         }
     }
 
@@ -1206,7 +1362,14 @@ impl Hub {
                 received_at,
             } => self.deliver_local(&room, frame, kind, exclude, received_at, now),
             ShardMsg::ToConn { conn, frame } => self.send_to_conn(conn, frame, now),
-            ShardMsg::UserOnline { user, room } => self.user_online(user, room),
+            ShardMsg::UserOnline { user, room, conn } => self.user_online(user, room, conn),
+            ShardMsg::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
+            ShardMsg::Typing {
+                room,
+                user,
+                frame,
+                exclude,
+            } => self.typing_owner(room, user, frame, exclude, now),
             ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms),
             ShardMsg::Query { req, query } => self.answer_query(from, req, query, now),
             ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
@@ -1245,6 +1408,8 @@ impl Hub {
         }
         self.limiter.sweep(now);
         self.dedupe.sweep(now);
+        self.typing.sweep(now);
+        self.rate_log.sweep(now);
         if let Some(so) = self.scaleout.as_mut() {
             let overdue = so.sweep(now);
             for o in overdue {

@@ -42,7 +42,7 @@
 //!      key and channel names                              redis_keys.rs
 //!      reconnection timing                                backoff.rs
 //!      counters for /metrics                              redis_metrics.rs
-//!  metrics: per-core counters, merged on scrape           metrics.rs
+//!  metrics: per-core counters, merged on scrape, 1 s cache metrics.rs
 //!  API docs: OpenAPI document + embedded Swagger UI      openapi.rs
 //!  demo page + JS client modules (clients/js/src)        web.rs
 //!  settings: environment variables and flags             config.rs

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -68,16 +68,19 @@ pub enum CloseReason {
     Protocol,
     /// Server shutdown.
     Shutdown,
+    /// The user already had MAX_CONNECTIONS_PER_USER connections open.
+    TooManyConnections,
 }
 
 impl CloseReason {
     /// Every reason, in rendering order.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Client,
         CloseReason::SlowConsumer,
         CloseReason::Idle,
         CloseReason::Protocol,
         CloseReason::Shutdown,
+        CloseReason::TooManyConnections,
     ];
 
     /// Label value.
@@ -88,6 +91,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Protocol => "protocol",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -100,6 +104,34 @@ pub const TOP_ROOMS: usize = 20;
 /// is full are counted in `room_messages_overflow` (rendered in `_other`),
 /// so the counters' memory stays bounded however many rooms come and go.
 pub const ROOM_COUNTERS: usize = 10_000;
+
+/// How long a merged scrape stays fresh: `/metrics` answers from a snapshot at most this old,
+/// so a scraper hammering the route costs every core one snapshot per second, not one per scrape.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The last merged snapshot of every core, kept by the core that answered the scrape.
+#[derive(Debug, Default)]
+pub struct MetricsCache {
+    /// The merged snapshot and when it was taken; None before the first scrape.
+    merged: Option<(Instant, CoreSnapshot)>,
+}
+
+impl MetricsCache {
+    /// The cached snapshot, if it was taken less than [`SNAPSHOT_MAX_AGE`] before `now`.
+    pub fn fresh(&self, now: Instant) -> Option<&CoreSnapshot> {
+        match &self.merged {
+            Some((at, snapshot)) if now.saturating_duration_since(*at) < SNAPSHOT_MAX_AGE => {
+                Some(snapshot)
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps `snapshot`, taken at `taken`, for the next scrapes.
+    pub fn store(&mut self, taken: Instant, snapshot: CoreSnapshot) {
+        self.merged = Some((taken, snapshot));
+    }
+}
 
 /// Latency histogram range: 1 µs to 60 s, 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
@@ -123,6 +155,9 @@ pub struct CoreSnapshot {
     pub delivered: u64,
     /// Typing indicators dropped for slow consumers.
     pub typing_dropped: u64,
+    /// Typing frames dropped by their budgets (per connection, or per user
+    /// and room at the room's owner).
+    pub typing_throttled: u64,
     /// Presence changes broadcast (online, offline).
     pub presence_online: u64,
     /// See `presence_online`.
@@ -159,6 +194,7 @@ impl Default for CoreSnapshot {
             messages: HashMap::new(),
             delivered: 0,
             typing_dropped: 0,
+            typing_throttled: 0,
             presence_online: 0,
             presence_offline: 0,
             errors: HashMap::new(),
@@ -223,6 +259,7 @@ impl CoreSnapshot {
         }
         self.delivered += other.delivered;
         self.typing_dropped += other.typing_dropped;
+        self.typing_throttled += other.typing_throttled;
         self.presence_online += other.presence_online;
         self.presence_offline += other.presence_offline;
         for (k, v) in &other.errors {
@@ -314,6 +351,13 @@ impl CoreSnapshot {
             "chat_messages_delivered_total{{outcome=\"typing_dropped\"}} {}",
             self.typing_dropped
         );
+        header(
+            &mut out,
+            "chat_typing_throttled_total",
+            "Typing frames dropped by the typing budget (TYPING_FRAMES_PER_SEC).",
+            "counter",
+        );
+        let _ = writeln!(out, "chat_typing_throttled_total {}", self.typing_throttled);
         header(
             &mut out,
             "chat_presence_updates_total",
@@ -454,6 +498,35 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_merged_snapshot_is_reused_for_one_second() {
+        let t0 = Instant::now();
+        let mut cache = MetricsCache::default();
+        assert!(
+            cache.fresh(t0).is_none(),
+            "nothing cached before the first scrape"
+        );
+        let snapshot = CoreSnapshot {
+            connections: 7,
+            ..Default::default()
+        };
+        cache.store(t0, snapshot);
+        let ms = Duration::from_millis;
+        assert_eq!(cache.fresh(t0 + ms(999)).map(|s| s.connections), Some(7));
+        assert!(
+            cache.fresh(t0 + ms(1_000)).is_none(),
+            "1 s old: ask the cores again"
+        );
+        cache.store(
+            t0 + ms(1_000),
+            CoreSnapshot {
+                connections: 9,
+                ..Default::default()
+            },
+        );
+        assert_eq!(cache.fresh(t0 + ms(1_500)).map(|s| s.connections), Some(9));
+    }
 
     #[test]
     fn merge_adds_counts_and_histograms() {

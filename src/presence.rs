@@ -34,6 +34,9 @@ pub trait PresenceStore {
     fn online_users(&self) -> Vec<Arc<str>>;
     /// Whether `user` is online.
     fn user_status(&self, user: &str) -> Status;
+    /// Live connections of `user` this store counts (the
+    /// MAX_CONNECTIONS_PER_USER check reads it after `set_online`).
+    fn connections(&self, user: &str) -> u32;
 }
 
 /// Connection counts per user, in memory. Bounded by the live connections:
@@ -69,6 +72,10 @@ impl PresenceStore for MemoryPresence {
         users
     }
 
+    fn connections(&self, user: &str) -> u32 {
+        self.connections.get(user).copied().unwrap_or(0)
+    }
+
     fn user_status(&self, user: &str) -> Status {
         if self.connections.contains_key(user) {
             Status::Online
@@ -88,11 +95,14 @@ mod tests {
         let ann: Arc<str> = Arc::from("ann");
         assert!(p.set_online(&ann));
         assert!(!p.set_online(&ann), "second connection is no transition");
+        assert_eq!(p.connections("ann"), 2);
+        assert_eq!(p.connections("bob"), 0);
         assert_eq!(p.user_status("ann"), Status::Online);
         assert!(!p.set_offline(&ann));
         assert_eq!(p.user_status("ann"), Status::Online);
         assert!(p.set_offline(&ann));
         assert_eq!(p.user_status("ann"), Status::Offline);
+        assert_eq!(p.connections("ann"), 0);
         assert!(p.online_users().is_empty());
     }
 

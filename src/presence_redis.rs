@@ -21,6 +21,18 @@
 //! instances whose entry has not expired, so an instance killed without a
 //! goodbye stops counting after at most `PRESENCE_TTL_SECS`.
 //!
+//! Member counts: `memberCount` must not cost a union of the whole room per
+//! join. Besides its per-instance sets, each room has one cluster-wide sorted
+//! set `room:{R}:users` of its users scored by the time (Redis clock) their
+//! membership expires. Every instance adds its users there when it adds them
+//! to its own set, and refreshes their scores with its heartbeat; a user
+//! leaving an instance is removed from it only when no other live instance's
+//! set still has the user ([`REMOVE_SCRIPT`], atomic with the other sets as
+//! they share the room's hash tag). A join's count is then [`COUNT_SCRIPT`]:
+//! drop expired entries, ZCARD, O(log n) plus what expired. Users of a killed
+//! instance stop counting once their score passes, at most
+//! `PRESENCE_TTL_SECS` after its last heartbeat, like its sets.
+//!
 //! The mirror, the dirty map and the write plans are pure and tested without
 //! Redis; [`execute`], [`heartbeat`] and the reads do the I/O.
 
@@ -57,6 +69,49 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
+/// Adds users to a room's cluster-wide set, or refreshes them, with the
+/// expiry `now + ttl` (Redis clock). KEYS[1] room users; ARGV ttl ms, users.
+pub const ADD_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires = now + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], expires, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return #ARGV - 1
+";
+
+/// Removes users that left this instance from a room's cluster-wide set,
+/// unless another live instance still has them in the room. KEYS[1] room
+/// users, KEYS[2..] the other live instances' member sets of the room;
+/// ARGV users.
+pub const REMOVE_SCRIPT: &str = r"
+local removed = 0
+for i = 1, #ARGV do
+  local elsewhere = false
+  for k = 2, #KEYS do
+    if redis.call('SISMEMBER', KEYS[k], ARGV[i]) == 1 then
+      elsewhere = true
+      break
+    end
+  end
+  if not elsewhere then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+";
+
+/// Distinct users of a room cluster-wide: expired entries dropped, then the
+/// size. KEYS[1] room users.
+pub const COUNT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+return redis.call('ZCARD', KEYS[1])
+";
+
 /// One fact about this instance's presence.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entry {
@@ -67,7 +122,7 @@ pub enum Entry {
 }
 
 /// What a flush writes.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Plan {
     /// Keys whose whole content is replaced (DEL, then SADD when not empty),
     /// each in its own MULTI/EXEC so readers never see it half written.
@@ -76,8 +131,16 @@ pub struct Plan {
     pub add: Vec<(String, Vec<Arc<str>>)>,
     /// Members removed per key.
     pub remove: Vec<(String, Vec<Arc<str>>)>,
+    /// Users added to (or, on a full rewrite, refreshed in) each room's
+    /// cluster-wide set.
+    pub room_add: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    /// Users that left each room here: removed from its cluster-wide set
+    /// unless another instance has them.
+    pub room_remove: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Entries in the plan (for the batch size metric).
     pub entries: usize,
+    /// Key names (the room sets' names are made when the plan is written).
+    pub keys: Keys,
 }
 
 /// This instance's presence as the Redis thread knows it.
@@ -258,7 +321,10 @@ impl Mirror {
     /// flush fails, call [`Mirror::rewrite_all`].
     pub fn take_plan(&mut self) -> Plan {
         let me = self.keys.instance().to_string();
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            keys: self.keys.clone(),
+            ..Plan::default()
+        };
         if std::mem::take(&mut self.full_rewrite) {
             self.dirty.clear();
             self.dirty_since = None;
@@ -272,7 +338,9 @@ impl Mirror {
                 let mut users: Vec<Arc<str>> = users.iter().cloned().collect();
                 users.sort();
                 plan.entries += users.len();
-                plan.replace.push((self.keys.members(room, &me), users));
+                plan.replace
+                    .push((self.keys.members(room, &me), users.clone()));
+                plan.room_add.push((room.clone(), users));
             }
             return plan;
         }
@@ -283,10 +351,23 @@ impl Mirror {
         plan.entries = entries.len();
         let mut add: Vec<(String, Vec<Arc<str>>)> = Vec::new();
         let mut remove: Vec<(String, Vec<Arc<str>>)> = Vec::new();
+        let mut room_add: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
+        let mut room_remove: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
         for (entry, present) in entries {
             let (key, user) = match entry {
                 Entry::Online(user) => (self.keys.online(&me), user),
-                Entry::Member(room, user) => (self.keys.members(&room, &me), user),
+                Entry::Member(room, user) => {
+                    let list = if present {
+                        &mut room_add
+                    } else {
+                        &mut room_remove
+                    };
+                    match list.last_mut() {
+                        Some((r, users)) if *r == room => users.push(user.clone()),
+                        _ => list.push((room.clone(), vec![user.clone()])),
+                    }
+                    (self.keys.members(&room, &me), user)
+                }
             };
             let list = if present { &mut add } else { &mut remove };
             match list.last_mut() {
@@ -296,7 +377,18 @@ impl Mirror {
         }
         plan.add = add;
         plan.remove = remove;
+        plan.room_add = room_add;
+        plan.room_remove = room_remove;
         plan
+    }
+
+    /// Every room with members here and its users (the heartbeat refreshes
+    /// their scores in the rooms' cluster-wide sets).
+    pub fn room_members(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+        self.rooms
+            .iter()
+            .map(|(room, users)| (room.clone(), users.iter().cloned().collect()))
+            .collect()
     }
 
     /// Every key this instance keeps alive (the heartbeat refreshes them).
@@ -341,7 +433,70 @@ pub async fn execute(
         pipe.srem(key, users.iter().map(|u| &**u).collect::<Vec<_>>())
             .ignore();
     }
+    let keys = &plan.keys;
+    for (room, users) in &plan.room_add {
+        add_room_users(&mut pipe, keys, room, users, ttl_ms);
+    }
+    if !plan.room_remove.is_empty() {
+        // After this instance's own SREMs above, in the same pipeline.
+        let live = live_instances(con, keys).await?;
+        for (room, users) in &plan.room_remove {
+            remove_room_users(&mut pipe, keys, &live, room, users);
+        }
+    }
     pipe.query_async::<()>(con).await
+}
+
+/// Queues [`ADD_SCRIPT`] for `users` of `room`.
+fn add_room_users(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    room: &str,
+    users: &[Arc<str>],
+    ttl_ms: u64,
+) {
+    if users.is_empty() {
+        return;
+    }
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(ADD_SCRIPT)
+        .arg(1)
+        .arg(keys.room_users(room))
+        .arg(ttl_ms);
+    for user in users {
+        cmd.arg(&**user);
+    }
+    pipe.add_command(cmd).ignore();
+}
+
+/// Queues [`REMOVE_SCRIPT`] for `users` that left `room` here; `live`: the
+/// live instances (this one is skipped: its set no longer has them).
+fn remove_room_users(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    live: &[String],
+    room: &str,
+    users: &[Arc<str>],
+) {
+    if users.is_empty() {
+        return;
+    }
+    let others: Vec<String> = live
+        .iter()
+        .filter(|i| i.as_str() != keys.instance())
+        .map(|i| keys.members(room, i))
+        .collect();
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(REMOVE_SCRIPT)
+        .arg(1 + others.len())
+        .arg(keys.room_users(room));
+    for key in &others {
+        cmd.arg(key);
+    }
+    for user in users {
+        cmd.arg(&**user);
+    }
+    pipe.add_command(cmd).ignore();
 }
 
 /// Refreshes the instance's entry and every key it keeps alive. Returns
@@ -351,6 +506,7 @@ pub async fn heartbeat(
     con: &mut MultiplexedConnection,
     keys: &Keys,
     live_keys: &[String],
+    rooms: &[(Arc<str>, Vec<Arc<str>>)],
     ttl: Duration,
 ) -> redis::RedisResult<bool> {
     let ttl_ms = ttl.as_millis() as u64;
@@ -369,6 +525,14 @@ pub async fn heartbeat(
         let refreshed: Vec<bool> = pipe.query_async(con).await?;
         intact &= refreshed.iter().all(|r| *r);
     }
+    // This instance's users keep counting in their rooms' cluster-wide sets.
+    for chunk in rooms.chunks(HEARTBEAT_CHUNK) {
+        let mut pipe = redis::pipe();
+        for (room, users) in chunk {
+            add_room_users(&mut pipe, keys, room, users, ttl_ms);
+        }
+        pipe.query_async::<()>(con).await?;
+    }
     Ok(intact)
 }
 
@@ -381,6 +545,10 @@ pub async fn goodbye(con: &mut MultiplexedConnection, mirror: &Mirror) -> redis:
     pipe.del(keys.online(me)).ignore();
     for room in mirror.rooms() {
         pipe.del(keys.members(room, me)).ignore();
+    }
+    let live = live_instances(con, keys).await?;
+    for (room, users) in mirror.room_members() {
+        remove_room_users(&mut pipe, keys, &live, &room, &users);
     }
     pipe.query_async::<()>(con).await
 }
@@ -415,6 +583,19 @@ pub async fn room_users(
         .into_iter()
         .collect();
     Ok(users.into_iter().collect())
+}
+
+/// Distinct users of `room` cluster-wide, from its sorted set: O(log n)
+/// plus the entries that expired, whatever the room's size.
+pub async fn room_count(
+    con: &mut MultiplexedConnection,
+    keys: &Keys,
+    room: &str,
+) -> redis::RedisResult<usize> {
+    redis::Script::new(COUNT_SCRIPT)
+        .key(keys.room_users(room))
+        .invoke_async::<usize>(con)
+        .await
 }
 
 /// Whether `user` is online on any live instance other than `except`.
@@ -490,6 +671,9 @@ mod tests {
             vec![("p:online:i1".to_string(), vec![a("bob")])]
         );
         assert!(plan.replace.is_empty());
+        // The room's cluster-wide set gets the same members.
+        assert_eq!(plan.room_add, vec![(a("r1"), vec![a("ann"), a("bob")])]);
+        assert!(plan.room_remove.is_empty());
         assert!(!m.pending());
         // Size trigger, without waiting.
         for i in 0..FLUSH_SIZE {
@@ -508,6 +692,11 @@ mod tests {
         assert!(!m.room_remove(&a("r"), &a("ann"), t0), "already gone");
         assert!(m.room_remove(&a("r"), &a("bob"), t0));
         assert_eq!(m.rooms().count(), 0);
+        // Added and removed again within one flush: removed, also from the
+        // room's cluster-wide set.
+        let plan = m.take_plan();
+        assert!(plan.room_add.is_empty());
+        assert_eq!(plan.room_remove, vec![(a("r"), vec![a("ann"), a("bob")])]);
         assert!(!m.room_remove(&a("r"), &a("bob"), t0));
     }
 
@@ -533,6 +722,8 @@ mod tests {
         );
         assert_eq!(plan.entries, 3);
         assert!(plan.add.is_empty() && plan.remove.is_empty());
+        // A full rewrite refreshes every room's members in the shared set.
+        assert_eq!(plan.room_add, vec![(a("r"), vec![a("u1")])]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Per-user message rate limit and per-connection typing throttle.
+//! Per-user message rate limit, per-connection frame budgets, the per-(user, room) typing
+//! throttle, and the sampler that bounds the connection and rate-limit log lines.
 //!
 //! The contract (PROTOCOL.md section 5) allows `RATE_LIMIT_MAX_MESSAGES` messages per user in any
 //! `RATE_LIMIT_WINDOW_MS` window, counted across all of that user's connections on the instance.
@@ -13,10 +14,19 @@
 //! "theoretical arrival time" (the GCRA formulation), so it is `Copy` and costs a few words per
 //! connection.
 //!
-//! Both types are pure: the caller passes the current time, nothing here reads a clock, and the
+//! [`ConnBudgets`] holds one [`TokenBucket`] per frame class of a connection (`join_room` and
+//! `leave_room` share one, `history` has one, `typing` one), so a single connection cannot turn a
+//! flood of cheap frames into owner-core or backend work. [`KeyedThrottle`] is the bounded map of
+//! buckets the room owner keeps per (user, room) for typing, across the user's connections.
+//! [`LogSampler`] decides which connection / rate-limit events get a log line: at most one per
+//! user per window, at most a configured number per second, in bounded memory.
+//!
+//! Every type is pure: the caller passes the current time, nothing here reads a clock, and the
 //! state is owned by one executor core, so there is no locking.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Outcome of [`RateLimiter::check_and_record`].
@@ -179,13 +189,14 @@ fn round_up_to_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-/// Token bucket for `typing` events on one connection: up to `burst` events at once, then one per
-/// `interval`. Excess events are meant to be dropped silently (a typing indicator is advisory).
+/// Token bucket: up to `burst` events at once, then one per `interval`. Used for every
+/// per-connection frame budget and the per-(user, room) typing throttle.
 ///
 /// Kept as GCRA: `tat` is the time at which the bucket would be full again. An event is allowed if
-/// charging it (`max(tat, now) + interval`) stays within `burst * interval` of `now`.
+/// charging it (`max(tat, now) + interval`) stays within `burst * interval` of `now`. It is `Copy`
+/// and costs three words, so every connection can hold several.
 #[derive(Debug, Clone, Copy)]
-pub struct TypingThrottle {
+pub struct TokenBucket {
     /// Theoretical arrival time: when the bucket is full again given the events allowed so far.
     tat: Instant,
     /// Cost of one event, i.e. the refill period of one token.
@@ -194,7 +205,10 @@ pub struct TypingThrottle {
     tolerance: Duration,
 }
 
-impl TypingThrottle {
+/// The typing throttle is a plain token bucket (the name it had before the other budgets).
+pub type TypingThrottle = TokenBucket;
+
+impl TokenBucket {
     /// A full bucket at `now`. A `burst` of 0 is treated as 1 so at least one event per interval
     /// gets through.
     pub fn new(burst: u32, interval: Duration, now: Instant) -> Self {
@@ -205,16 +219,239 @@ impl TypingThrottle {
         }
     }
 
+    /// A full bucket allowing `per_sec` events per second with a burst of twice that (the burst
+    /// every budget setting documents). `per_sec` 0 is treated as 1.
+    pub fn per_second(per_sec: u32, now: Instant) -> Self {
+        let per_sec = per_sec.max(1);
+        Self::new(per_sec.saturating_mul(2), rate_interval(per_sec), now)
+    }
+
     /// Whether an event at `now` may be relayed; if so it consumes a token.
     pub fn allow(&mut self, now: Instant) -> bool {
+        self.check(now).is_ok()
+    }
+
+    /// Like [`TokenBucket::allow`], but a refusal says how long until a token is back, rounded
+    /// up to whole milliseconds (the wire's `retryAfterMs`), so a client that waits exactly that
+    /// long is allowed. A refused event does not consume anything.
+    pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
         let charged = self.tat.max(now) + self.interval;
-        if charged.saturating_duration_since(now) <= self.tolerance {
+        let ahead = charged.saturating_duration_since(now);
+        if ahead <= self.tolerance {
             self.tat = charged;
-            true
+            Ok(())
         } else {
-            false
+            Err(round_up_to_ms(ahead - self.tolerance))
         }
     }
+
+    /// Whether the bucket is full again at `now`: it then behaves exactly like a new one, so a
+    /// map of buckets may forget it.
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.tat <= now
+    }
+}
+
+/// Per-second rates of the per-connection budgets (settings `ROOM_FRAMES_PER_SEC`,
+/// `HISTORY_FRAMES_PER_SEC`, `TYPING_FRAMES_PER_SEC`); each bucket's burst is twice its rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetRates {
+    /// `join_room` and `leave_room` frames per second per connection.
+    pub rooms: u32,
+    /// `history` frames per second per connection.
+    pub history: u32,
+    /// `typing` frames per second per connection, and per (user, room) at the room owner.
+    pub typing: u32,
+}
+
+/// A frame class with its own per-connection budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameClass {
+    /// `join_room` and `leave_room`.
+    Rooms,
+    /// `history`.
+    History,
+    /// `typing`.
+    Typing,
+}
+
+/// One connection's budgets, one bucket per frame class.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnBudgets {
+    /// `join_room` / `leave_room`.
+    rooms: TokenBucket,
+    /// `history`.
+    history: TokenBucket,
+    /// `typing`.
+    typing: TokenBucket,
+}
+
+impl ConnBudgets {
+    /// Full buckets at `now`.
+    pub fn new(rates: BudgetRates, now: Instant) -> Self {
+        Self {
+            rooms: TokenBucket::per_second(rates.rooms, now),
+            history: TokenBucket::per_second(rates.history, now),
+            typing: TokenBucket::per_second(rates.typing, now),
+        }
+    }
+
+    /// Charges one frame of `class` at `now`; Err carries the time until one is allowed again.
+    pub fn check(&mut self, class: FrameClass, now: Instant) -> Result<(), Duration> {
+        match class {
+            FrameClass::Rooms => self.rooms.check(now),
+            FrameClass::History => self.history.check(now),
+            FrameClass::Typing => self.typing.check(now),
+        }
+    }
+}
+
+/// Token buckets per key (the room owner's typing throttle keyed by (room, user)), bounded.
+///
+/// Bounds: at most `capacity` keys. A bucket that is full again is forgotten by
+/// [`KeyedThrottle::sweep`] (it behaves like a new one). When the map is full and a sweep frees
+/// nothing, an event for a new key is refused (`allow` false): for typing that means the
+/// indicator is dropped, which the contract allows for an advisory frame.
+#[derive(Debug)]
+pub struct KeyedThrottle<K> {
+    /// Events per second per key (the burst is twice that).
+    per_sec: u32,
+    /// Most keys held.
+    capacity: usize,
+    /// The buckets of keys with a recent event.
+    buckets: HashMap<K, TokenBucket>,
+}
+
+impl<K: Hash + Eq> KeyedThrottle<K> {
+    /// An empty throttle of `per_sec` events per key (burst twice that), holding at most
+    /// `capacity` keys (at least 1).
+    pub fn new(per_sec: u32, capacity: usize) -> Self {
+        Self {
+            per_sec,
+            capacity: capacity.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether an event for `key` at `now` is allowed; if so it consumes a token.
+    pub fn allow(&mut self, key: K, now: Instant) -> bool {
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            return bucket.allow(now);
+        }
+        if self.buckets.len() >= self.capacity && self.sweep(now) == 0 {
+            return false; // full of busy keys: refuse rather than grow
+        }
+        let mut bucket = TokenBucket::per_second(self.per_sec, now);
+        let ok = bucket.allow(now);
+        self.buckets.insert(key, bucket);
+        ok
+    }
+
+    /// Forgets keys whose bucket is full again; returns how many were dropped.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        let before = self.buckets.len();
+        self.buckets.retain(|_, b| !b.is_full(now));
+        before - self.buckets.len()
+    }
+
+    /// Keys currently held.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Users a [`LogSampler`] remembers at most; past it (and after a sweep) lines for new users are
+/// suppressed and counted, so memory stays bounded whatever the connection rate.
+pub const LOG_SAMPLER_USERS: usize = 10_000;
+
+/// Decides which events of a kind (a connection opened, a user was rate limited) get a log line:
+/// at most one line per user per `window`, and at most `per_sec` lines per second overall (burst
+/// `per_sec`). Suppressed events are counted and the count is reported with the next line, so the
+/// log says how much it left out.
+///
+/// Bounds: at most [`LOG_SAMPLER_USERS`] users remembered (see there for the outcome when full);
+/// [`LogSampler::sweep`] forgets users whose window has passed.
+#[derive(Debug)]
+pub struct LogSampler {
+    /// A user gets at most one line per window.
+    window: Duration,
+    /// Lines per second overall; None: the log is off.
+    global: Option<TokenBucket>,
+    /// Most users remembered.
+    capacity: usize,
+    /// When each remembered user last got a line.
+    last: HashMap<Arc<str>, Instant>,
+    /// Events suppressed since the last line.
+    suppressed: u64,
+}
+
+impl LogSampler {
+    /// A sampler allowing one line per user per `window` and `per_sec` lines per second; a
+    /// `per_sec` of 0 turns the line off.
+    pub fn new(window: Duration, per_sec: u32, capacity: usize, now: Instant) -> Self {
+        Self {
+            window,
+            global: (per_sec > 0).then(|| TokenBucket::new(per_sec, rate_interval(per_sec), now)),
+            capacity: capacity.max(1),
+            last: HashMap::new(),
+            suppressed: 0,
+        }
+    }
+
+    /// Whether an event of `user` at `now` gets a line. `Some(n)`: log it, and say that `n`
+    /// events were suppressed since the previous line; None: suppressed (and counted).
+    pub fn admit(&mut self, user: &Arc<str>, now: Instant) -> Option<u64> {
+        let Some(global) = self.global.as_mut() else {
+            return None; // off: nothing to count either
+        };
+        let recent = self
+            .last
+            .get(user)
+            .is_some_and(|&t| now.saturating_duration_since(t) < self.window);
+        if recent {
+            self.suppressed += 1;
+            return None;
+        }
+        if !self.last.contains_key(user) && self.last.len() >= self.capacity {
+            let window = self.window;
+            self.last
+                .retain(|_, t| now.saturating_duration_since(*t) < window);
+            if self.last.len() >= self.capacity {
+                self.suppressed += 1;
+                return None;
+            }
+        }
+        if !global.allow(now) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last.insert(user.clone(), now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// Forgets users whose window has passed; returns how many were dropped.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        let window = self.window;
+        let before = self.last.len();
+        self.last
+            .retain(|_, t| now.saturating_duration_since(*t) < window);
+        before - self.last.len()
+    }
+
+    /// Users remembered now.
+    pub fn tracked_users(&self) -> usize {
+        self.last.len()
+    }
+}
+
+/// The interval between two events at `per_sec` per second (`per_sec` at least 1).
+fn rate_interval(per_sec: u32) -> Duration {
+    Duration::from_nanos(1_000_000_000 / u64::from(per_sec.max(1)))
 }
 
 #[cfg(test)]
@@ -422,5 +659,122 @@ mod tests {
         assert!(th.allow(t0));
         assert!(!th.allow(t0 + ms(499)));
         assert!(th.allow(t0 + ms(500)));
+    }
+
+    #[test]
+    fn bucket_refusal_says_when_the_next_token_is_back() {
+        let t0 = Instant::now();
+        // 10 per second, burst 20.
+        let mut b = TokenBucket::per_second(10, t0);
+        for _ in 0..20 {
+            assert_eq!(b.check(t0), Ok(()));
+        }
+        assert_eq!(b.check(t0), Err(ms(100)));
+        assert_eq!(
+            b.check(t0 + ms(40)),
+            Err(ms(60)),
+            "a refusal consumes nothing"
+        );
+        assert_eq!(b.check(t0 + ms(100)), Ok(()));
+        assert_eq!(b.check(t0 + ms(100)), Err(ms(100)));
+        assert!(!b.is_full(t0 + ms(1_999)));
+        assert!(b.is_full(t0 + ms(2_100)));
+    }
+
+    #[test]
+    fn connection_budgets_are_per_class() {
+        let t0 = Instant::now();
+        let rates = BudgetRates {
+            rooms: 2,
+            history: 1,
+            typing: 5,
+        };
+        let mut c = ConnBudgets::new(rates, t0);
+        for _ in 0..4 {
+            assert!(c.check(FrameClass::Rooms, t0).is_ok());
+        }
+        assert_eq!(c.check(FrameClass::Rooms, t0), Err(ms(500)));
+        // Other classes are untouched by the exhausted one.
+        assert!(c.check(FrameClass::History, t0).is_ok());
+        assert!(c.check(FrameClass::History, t0).is_ok());
+        assert_eq!(c.check(FrameClass::History, t0), Err(ms(1_000)));
+        for _ in 0..10 {
+            assert!(c.check(FrameClass::Typing, t0).is_ok());
+        }
+        assert_eq!(c.check(FrameClass::Typing, t0), Err(ms(200)));
+        assert!(c.check(FrameClass::Rooms, t0 + ms(500)).is_ok());
+    }
+
+    #[test]
+    fn keyed_throttle_is_per_key_bounded_and_swept() {
+        let t0 = Instant::now();
+        // 1 per second, burst 2, at most 2 keys.
+        let mut k: KeyedThrottle<(&str, &str)> = KeyedThrottle::new(1, 2);
+        assert!(k.allow(("r", "ann"), t0));
+        assert!(k.allow(("r", "ann"), t0));
+        assert!(!k.allow(("r", "ann"), t0), "ann's budget in r is spent");
+        assert!(k.allow(("r", "bob"), t0), "bob has his own");
+        // Full of busy keys: a third key is refused rather than stored.
+        assert!(!k.allow(("r", "cat"), t0 + ms(10)));
+        assert_eq!(k.len(), 2);
+        // Once ann's bucket is full again a sweep frees her slot, and cat gets it.
+        assert_eq!(
+            k.sweep(t0 + ms(1_500)),
+            1,
+            "bob's bucket (one event) refilled"
+        );
+        assert!(k.allow(("r", "cat"), t0 + ms(2_000)));
+        assert_eq!(k.sweep(t0 + ms(10_000)), 2);
+        assert!(k.is_empty());
+    }
+
+    #[test]
+    fn sampler_logs_once_per_user_per_window_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let ann: Arc<str> = Arc::from("ann");
+        let bob: Arc<str> = Arc::from("bob");
+        let mut s = LogSampler::new(ms(60_000), 100, 10, t0);
+        assert_eq!(s.admit(&ann, t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(s.admit(&ann, t0 + ms(i)), None);
+        }
+        // The next line reports what was left out.
+        assert_eq!(s.admit(&bob, t0 + ms(10)), Some(5));
+        assert_eq!(s.admit(&ann, t0 + ms(59_999)), None);
+        assert_eq!(s.admit(&ann, t0 + ms(60_000)), Some(1));
+    }
+
+    #[test]
+    fn sampler_rate_caps_lines_and_zero_turns_it_off() {
+        let t0 = Instant::now();
+        let mut s = LogSampler::new(ms(60_000), 3, 1_000, t0);
+        let users: Vec<Arc<str>> = (0..10).map(|i| Arc::from(format!("u{i}"))).collect();
+        let logged = users.iter().filter(|u| s.admit(u, t0).is_some()).count();
+        assert_eq!(
+            logged, 3,
+            "burst of 3 lines, then one per third of a second"
+        );
+        assert_eq!(s.admit(&users[9], t0 + ms(333)), None);
+        assert_eq!(s.admit(&users[9], t0 + ms(334)), Some(8));
+        let mut off = LogSampler::new(ms(60_000), 0, 1_000, t0);
+        assert_eq!(off.admit(&users[0], t0), None);
+        assert_eq!(off.tracked_users(), 0);
+    }
+
+    #[test]
+    fn sampler_memory_is_bounded_and_swept() {
+        let t0 = Instant::now();
+        let mut s = LogSampler::new(ms(1_000), 1_000, 2, t0);
+        let u = |i: u32| -> Arc<str> { Arc::from(format!("u{i}")) };
+        assert!(s.admit(&u(1), t0).is_some());
+        assert!(s.admit(&u(2), t0).is_some());
+        // Full and nobody's window has passed: a new user is suppressed, not stored.
+        assert_eq!(s.admit(&u(3), t0 + ms(500)), None);
+        assert_eq!(s.tracked_users(), 2);
+        // Once the windows pass, room is made on demand.
+        assert_eq!(s.admit(&u(3), t0 + ms(1_000)), Some(1));
+        assert_eq!(s.tracked_users(), 1);
+        assert_eq!(s.sweep(t0 + ms(2_000)), 1);
+        assert_eq!(s.tracked_users(), 0);
     }
 }

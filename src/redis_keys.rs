@@ -14,13 +14,14 @@
 //! | `P instances` | sorted set | instance id, scored by the time (ms, Redis clock) its presence expires | entries older than a day are pruned by heartbeats |
 //! | `P online:I` | set | users with a connection on instance `I` | `PRESENCE_TTL_SECS`, refreshed by `I`'s heartbeat |
 //! | `P room:{R}:members:I` | set | users in room `R` on instance `I` | same |
+//! | `P room:{R}:users` | sorted set | users in room `R` on any instance, scored by when their membership expires (ms, Redis clock); `memberCount` is its size after pruning | each instance refreshes its users' scores and the key with its heartbeat |
 //! | `P room:{R}:last` | string | the last message id of room `R` | one day after the room's last message |
 //! | channel `P room:{R}` | pub/sub | the room's messages, typing and presence frames | |
 
 use std::fmt::Write as _;
 
 /// Key and channel names for one prefix and one instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Keys {
     /// REDIS_PREFIX.
     prefix: String,
@@ -60,6 +61,11 @@ impl Keys {
     /// Users of `room` on `instance`.
     pub fn members(&self, room: &str, instance: &str) -> String {
         format!("{}room:{{{room}}}:members:{instance}", self.prefix)
+    }
+
+    /// Users of `room` on every instance, scored by expiry (the O(1) member count).
+    pub fn room_users(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:users", self.prefix)
     }
 
     /// The last message id of `room`.
@@ -129,6 +135,7 @@ mod tests {
             "chatd:room:{general}:members:00ff"
         );
         assert_eq!(k.online("00ff"), "chatd:online:00ff");
+        assert_eq!(k.room_users("general"), "chatd:room:{general}:users");
         assert_eq!(k.instances(), "chatd:instances");
         assert_eq!(k.instance(), "00ff");
     }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::auth::Identity;
 use crate::broker::Link;
@@ -145,13 +145,9 @@ where
 }
 
 async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
-    let mut total = CoreSnapshot::default();
-    for core in 0..ctx.router.cores() {
-        match ask(ctx, core, Query::Metrics).await {
-            Some(Answer::Metrics(snapshot)) => total.merge(&snapshot),
-            _ => return http::json_error(503, "a core did not answer", keep),
-        }
-    }
+    let Some(total) = merged_snapshot(ctx).await else {
+        return http::json_error(503, "a core did not answer", keep);
+    };
     let mut extra = format!(
         "# HELP chat_cores Executor cores.\n# TYPE chat_cores gauge\nchat_cores {}\n",
         ctx.router.cores()
@@ -164,6 +160,25 @@ async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
     }
     let body = total.render(&extra);
     http::response(200, "text/plain; version=0.0.4", body.as_bytes(), keep, &[])
+}
+
+/// Every core's counters merged: this core's cached copy when it is under
+/// [`crate::metrics::SNAPSHOT_MAX_AGE`] old, else a fresh round of queries
+/// (then cached). None when a core did not answer.
+async fn merged_snapshot(ctx: &CoreCtx) -> Option<CoreSnapshot> {
+    if let Some(cached) = ctx.metrics_cache.borrow().fresh(Instant::now()) {
+        return Some(cached.clone());
+    }
+    let taken = Instant::now();
+    let mut total = CoreSnapshot::default();
+    for core in 0..ctx.router.cores() {
+        match ask(ctx, core, Query::Metrics).await {
+            Some(Answer::Metrics(snapshot)) => total.merge(&snapshot),
+            _ => return None,
+        }
+    }
+    ctx.metrics_cache.borrow_mut().store(taken, total.clone());
+    Some(total)
 }
 
 /// Parses an optional message id parameter; Err is a ready 400.

@@ -28,6 +28,7 @@ use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
 use crate::hub::Hub;
 use crate::moderation::Moderator;
 use crate::protocol::{self, MessageId};
+use crate::ratelimit::{LogSampler, LOG_SAMPLER_USERS};
 use crate::routes;
 use crate::scaleout::ScaleOut;
 use crate::shard::{shard_for, Adoption, Router, ShardMsg, MESH_CAPACITY};
@@ -110,7 +111,16 @@ pub struct CoreCtx {
     pub shared: Arc<Shared>,
     /// Read buffer shared by this core's connections (never held across an await).
     pub scratch: RefCell<Box<[u8]>>,
+    /// The last merged `/metrics` snapshot this core served (reused for up to 1 s).
+    pub metrics_cache: RefCell<crate::metrics::MetricsCache>,
+    /// Which new connections get a "WebSocket connection established" line
+    /// (LOG_CONNECTIONS_PER_SEC, one per user per [`CONNECTION_LOG_WINDOW`]).
+    pub connection_log: RefCell<LogSampler>,
 }
+
+/// A user gets at most one "WebSocket connection established" line per
+/// this window on each core; more connections are counted in the next line.
+pub const CONNECTION_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 impl CoreCtx {
     /// Starts draining this core: stop accepting, 503 on /healthz, close
@@ -349,6 +359,8 @@ async fn core_main(
         shutdown: Shutdown::default(),
         shared: shared.clone(),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+        metrics_cache: RefCell::new(crate::metrics::MetricsCache::default()),
+        connection_log: RefCell::new(connection_log(&shared.settings, cores)),
     });
     crate::pg::link::attach(&ctx);
     for (peer, rx) in receivers.streams() {
@@ -395,6 +407,24 @@ async fn core_main(
     accept_loop(&ctx, &listener).await;
     drop(listener);
     drain(&ctx).await;
+}
+
+/// The connection log's sampler for one core: LOG_CONNECTIONS_PER_SEC is
+/// for the instance, so each core gets its share (at least one a second
+/// unless the setting is 0).
+fn connection_log(settings: &Settings, cores: usize) -> LogSampler {
+    let per_sec = settings.log_connections_per_sec;
+    let share = if per_sec == 0 {
+        0
+    } else {
+        per_sec.div_ceil(cores as u64).max(1)
+    };
+    LogSampler::new(
+        CONNECTION_LOG_WINDOW,
+        share as u32,
+        LOG_SAMPLER_USERS,
+        Instant::now(),
+    )
 }
 
 /// Dispatches one mesh message.
@@ -448,7 +478,9 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     while !ctx.shutdown.is_triggered() {
         glommio::timer::sleep(period).await;
-        ctx.hub.borrow_mut().sweep(Instant::now());
+        let now = Instant::now();
+        ctx.hub.borrow_mut().sweep(now);
+        ctx.connection_log.borrow_mut().sweep(now);
     }
 }
 
@@ -647,7 +679,22 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
         }
     };
     let (identity, room, since, key) = reply;
-    tracing::debug!(user = %identity.user_id, room = %room, user_agent = request.user_agent.as_deref().unwrap_or(""), "WebSocket connection accepted");
+    let sampled = ctx
+        .connection_log
+        .borrow_mut()
+        .admit(&identity.user_id, Instant::now());
+    if let Some(suppressed) = sampled {
+        // The original service's line and fields; sampled so that a burst of
+        // connections cannot flood the log (`suppressed`: lines left out
+        // since the previous one on this core).
+        tracing::info!(
+            userId = %identity.user_id,
+            roomId = %room,
+            userAgent = request.user_agent.as_deref().unwrap_or(""),
+            suppressed,
+            "WebSocket connection established"
+        );
+    }
     let home = shard_for(&room, ctx.router.cores());
     if home == ctx.router.core() {
         // A task of its own, so this request's buffers are freed now rather

@@ -37,7 +37,7 @@ use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
 
 use crate::auth::Identity;
-use crate::metrics::CoreSnapshot;
+use crate::metrics::{CloseReason, CoreSnapshot};
 use crate::protocol::MessageId;
 
 /// Messages one mesh channel holds before senders stage locally. Sized so a
@@ -232,8 +232,27 @@ pub enum ShardMsg {
     },
     /// A frame for one connection (acks, errors, answers).
     ToConn { conn: ConnId, frame: Bytes },
-    /// To the user's owner: a connection of this user opened in `room`.
-    UserOnline { user: Arc<str>, room: Arc<str> },
+    /// To the user's owner: connection `conn` of this user opened in `room`.
+    UserOnline {
+        user: Arc<str>,
+        room: Arc<str>,
+        conn: ConnId,
+    },
+    /// To a connection's core: close it (the user's owner found the user
+    /// over MAX_CONNECTIONS_PER_USER).
+    CloseConn {
+        conn: ConnId,
+        code: u16,
+        reason: CloseReason,
+    },
+    /// To a room's owner: a typing frame of `user`, throttled there per
+    /// (user, room) across the user's connections, then relayed.
+    Typing {
+        room: Arc<str>,
+        user: Arc<str>,
+        frame: Bytes,
+        exclude: ConnId,
+    },
     /// To the user's owner: a connection of this user closed; it was in
     /// `rooms`.
     UserOffline {

@@ -1227,3 +1227,355 @@ fn metrics_count_traffic_exactly() {
         "{body}"
     );
 }
+
+// ---- budgets: per connection, per user, and the sampled logs -------------
+
+/// Reads frames until the answer to a request: the next frame of one of
+/// `kinds`, skipping presence and typing.
+fn answer_of(client: &mut Client, kinds: &[&str]) -> Value {
+    loop {
+        let v = client.recv();
+        if kinds.iter().any(|k| v["type"] == *k) {
+            return v;
+        }
+        assert!(
+            v["type"] == "presence" || v["type"] == "typing_indicator",
+            "unexpected {v}"
+        );
+    }
+}
+
+/// Asserts a `rate_limited` error whose `retryAfterMs` is within the
+/// refill period of a bucket of `per_sec`.
+fn assert_rate_limited(frame: &Value, per_sec: u64) {
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["code"], "rate_limited", "{frame}");
+    let wait = frame["retryAfterMs"].as_u64().expect("retryAfterMs");
+    assert!((1..=1000 / per_sec).contains(&wait), "{frame}");
+}
+
+#[test]
+fn join_leave_and_history_frames_have_per_connection_budgets() {
+    // One frame per second each, bursts of two.
+    let server = Server::start(&[
+        ("ROOM_FRAMES_PER_SEC", "1"),
+        ("HISTORY_FRAMES_PER_SEC", "1"),
+    ]);
+    let (mut c, _) = server.connect("budgeted", "budget-home");
+    let start = Instant::now();
+    let mut answers = Vec::new();
+    for room in ["budget-a", "budget-b", "budget-c"] {
+        c.send(json!({"type": "join_room", "roomId": room}));
+        answers.push(answer_of(&mut c, &["room_joined", "error"]));
+    }
+    assert_eq!(answers[0]["roomId"], "budget-a");
+    assert_eq!(answers[1]["roomId"], "budget-b");
+    assert_rate_limited(&answers[2], 1);
+    // leave_room shares the budget: still spent.
+    c.send(json!({"type": "leave_room", "roomId": "budget-a"}));
+    assert_rate_limited(&answer_of(&mut c, &["room_left", "error"]), 1);
+    // The refused join did nothing: not a member of budget-c.
+    c.send(json!({"type": "message", "roomId": "budget-c", "content": "x"}));
+    assert_eq!(
+        answer_of(&mut c, &["message", "error"])["code"],
+        "not_in_room"
+    );
+    // history has its own budget.
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        c.send(json!({"type": "history", "roomId": "budget-home"}));
+        let a = answer_of(&mut c, &["history", "error"]);
+        kinds.push(a["type"].as_str().unwrap().to_string());
+        if a["type"] == "error" {
+            assert_rate_limited(&a, 1);
+        }
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "too slow for the budget to matter"
+    );
+    assert_eq!(kinds, ["history", "history", "error"]);
+    // The connection is kept, and a budget refills.
+    c.send(json!({"type": "ping"}));
+    assert_eq!(c.recv_type("pong")["type"], "pong");
+    let joined = common::poll(Duration::from_secs(3), || {
+        c.send(json!({"type": "join_room", "roomId": "budget-c"}));
+        let a = answer_of(&mut c, &["room_joined", "error"]);
+        (a["type"] == "room_joined").then_some(a)
+    })
+    .expect("the join budget did not refill");
+    assert_eq!(joined["roomId"], "budget-c");
+}
+
+#[test]
+fn a_repeated_join_is_answered_with_the_known_member_count() {
+    let server = Server::default_start();
+    let (room, _) = rooms_on_cores("repeat");
+    let (mut ann, first) = server.connect("ann", "repeat-home");
+    assert_eq!(first["memberCount"], 1);
+    let (_bob, _) = server.connect("bob", &room);
+    ann.send(json!({"type": "join_room", "roomId": room}));
+    let joined = ann.recv_type("room_joined");
+    assert_eq!(joined["memberCount"], 2);
+    // Repeats are answered with the count ann's core knows, within the
+    // default budget (10 a second, burst 20: two joins are already spent),
+    // then refused.
+    let start = Instant::now();
+    let mut answered = 0;
+    let mut refused = 0;
+    for _ in 0..30 {
+        ann.send(json!({"type": "join_room", "roomId": room}));
+        let again = answer_of(&mut ann, &["room_joined", "error"]);
+        if again["type"] == "room_joined" {
+            assert_fields(&again, json!({"roomId": room, "memberCount": 2}));
+            answered += 1;
+        } else {
+            assert_rate_limited(&again, 10);
+            refused += 1;
+        }
+    }
+    let refill = (start.elapsed().as_millis() / 100) as usize;
+    assert!(
+        (18..=19 + refill).contains(&answered),
+        "{answered} answered, {refused} refused in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(answered + refused, 30);
+    let token = server.token("reader");
+    assert_eq!(online_in(&server, &token, &room), ["ann", "bob"]);
+    // One leave takes ann out: the repeats were not counted as joins.
+    // (The join budget is spent: retried until it refills.)
+    let left = common::poll(Duration::from_secs(3), || {
+        ann.send(json!({"type": "leave_room", "roomId": room}));
+        let a = answer_of(&mut ann, &["room_left", "error"]);
+        (a["type"] == "room_left").then_some(a)
+    });
+    assert!(left.is_some(), "leave_room never allowed");
+    assert_eq!(
+        eventually(&vec!["bob".to_string()], || online_in(
+            &server, &token, &room
+        )),
+        ["bob"]
+    );
+}
+
+#[test]
+fn typing_is_budgeted_per_user_and_room_across_connections() {
+    // Burst of 2 per (user, room), one more per second.
+    let server = Server::start(&[("TYPING_FRAMES_PER_SEC", "1")]);
+    let (room, _) = rooms_on_cores("typing-budget");
+    let (mut watcher, _) = server.connect("watcher", &room);
+    let (mut t1, _) = server.connect("typist", &room);
+    let (mut t2, _) = server.connect("typist", &room);
+    let start = Instant::now();
+    // Each connection stays within its own budget of 2...
+    for t in [&mut t1, &mut t2] {
+        for _ in 0..2 {
+            t.send(json!({"type": "typing", "roomId": room, "isTyping": true}));
+        }
+    }
+    t2.send(say("typed"));
+    let mut indicators = 0;
+    loop {
+        let v = watcher.recv();
+        match v["type"].as_str() {
+            Some("typing_indicator") => indicators += 1,
+            Some("message") => break,
+            _ => {}
+        }
+    }
+    // ...but the user's budget in the room is shared: 2, plus at most the
+    // refill over the time the test took.
+    let refill = start.elapsed().as_secs() as usize;
+    assert!(
+        (2..=2 + refill).contains(&indicators),
+        "{indicators} indicators relayed of 4, {refill} s elapsed"
+    );
+    assert_eq!(
+        server.wait_metric("chat_typing_throttled_total", (4 - indicators) as f64),
+        Some((4 - indicators) as f64)
+    );
+}
+
+#[test]
+fn connections_beyond_the_per_user_cap_are_closed_with_1008() {
+    let server = Server::start(&[("MAX_CONNECTIONS_PER_USER", "2")]);
+    let (room, other) = rooms_on_cores("cap");
+    let (mut first, _) = server.connect("capped", &room);
+    let (_second, _) = server.connect("capped", &other);
+    let (mut third, _) = server.connect("capped", &room);
+    assert_eq!(third.expect_close(), Some(1008));
+    // The first two are untouched, and another user is not affected.
+    first.send(json!({"type": "ping"}));
+    assert_eq!(first.recv_type("pong")["type"], "pong");
+    let (_free, _) = server.connect("free", &room);
+    assert_eq!(
+        server.wait_metric(
+            "chat_connections_closed_total{reason=\"too_many_connections\"}",
+            1.0
+        ),
+        Some(1.0)
+    );
+    // A closed connection frees its slot.
+    first.close();
+    let replaced = common::poll(Duration::from_secs(5), || {
+        let (mut c, _) = server.connect("capped", &room);
+        c.send(json!({"type": "ping"}));
+        loop {
+            match c.ws.read() {
+                Ok(tungstenite::Message::Text(t)) if t.contains("pong") => return Some(()),
+                Ok(tungstenite::Message::Text(_)) => continue,
+                _ => return None,
+            }
+        }
+    });
+    assert!(replaced.is_some(), "no slot after a close");
+}
+
+#[test]
+fn long_and_bidi_usernames_are_capped_and_stripped_in_messages() {
+    let server = Server::default_start();
+    let name = format!("\u{202E}evil\u{2066}\u{200F}\n{}", "x".repeat(100));
+    let token = chatd::auth::mint_hs256(
+        common::SECRET.as_bytes(),
+        "bidi-user",
+        Some(&name),
+        Some(600),
+    );
+    let url = format!("ws://{}/ws?token={token}&roomId=names", server.addr);
+    let mut c = Client::open(&url).expect("upgrade");
+    assert_eq!(c.recv()["type"], "room_joined");
+    c.send(say("hello"));
+    let m = c.recv_type("message");
+    let want = format!("evil{}", "x".repeat(60));
+    assert_eq!(m["username"], want.as_str());
+    assert_eq!(want.chars().count(), 64);
+    // A name of nothing but formatting characters falls back to the user id.
+    let token = chatd::auth::mint_hs256(
+        common::SECRET.as_bytes(),
+        "plain-id",
+        Some("\u{202A}\u{200E}"),
+        Some(600),
+    );
+    let url = format!("ws://{}/ws?token={token}&roomId=names", server.addr);
+    let mut c = Client::open(&url).expect("upgrade");
+    c.send(say("hi"));
+    assert_eq!(c.recv_type("message")["username"], "plain-id");
+}
+
+/// Opens a WebSocket for `user` with a `User-Agent` header.
+fn connect_with_agent(server: &Server, user: &str, room: &str, agent: &str) -> Client {
+    use tungstenite::client::IntoClientRequest as _;
+    let url = format!(
+        "ws://{}/ws?token={}&roomId={room}",
+        server.addr,
+        server.token(user)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("User-Agent", agent.parse().unwrap());
+    let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
+    let (ws, _) = tungstenite::client(request, stream).expect("upgrade");
+    let mut c = Client { ws };
+    assert_eq!(c.recv()["type"], "room_joined");
+    c
+}
+
+/// JSON log lines whose message is `message`, read until one about
+/// `until_user` arrives (lines are written before the connection's
+/// `room_joined`, so everything logged earlier is in by then).
+fn log_lines(log: &Receiver<String>, message: &str, until_user: &str) -> Vec<Value> {
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    let mut found = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = log
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {message:?} line for {until_user}: {found:?}"));
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if v["fields"]["message"] == message {
+            found.push(v.clone());
+            if v["fields"]["userId"] == until_user {
+                return found;
+            }
+        }
+    }
+}
+
+#[test]
+fn connection_and_rate_limit_logs_are_sampled_per_user() {
+    let (server, log) = Server::start_with_log(&[
+        ("LOG_LEVEL", "info"),
+        ("LOG_FORMAT", "json"),
+        ("RATE_LIMIT_MAX_MESSAGES", "1"),
+    ]);
+    let (room, _) = rooms_on_cores("logged");
+    let mut first = connect_with_agent(&server, "logged-user", &room, "agent-test/1.0");
+    let _more: Vec<Client> = (0..4)
+        .map(|_| connect_with_agent(&server, "logged-user", &room, "agent-test/1.0"))
+        .collect();
+    let _marker = connect_with_agent(&server, "marker", &room, "marker-agent");
+    let lines = log_lines(&log, "WebSocket connection established", "marker");
+    let mine: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["userId"] == "logged-user")
+        .collect();
+    // One line per user per window on each core: five connections through
+    // at most `cores` accepting cores.
+    assert!(
+        (1..=common::cores().min(5)).contains(&mine.len()),
+        "{lines:?}"
+    );
+    let line = mine[0];
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["fields"]["roomId"], room.as_str());
+    assert_eq!(line["fields"]["userAgent"], "agent-test/1.0");
+
+    // Five sends over a budget of one: four refusals, one warn line.
+    for i in 0..5 {
+        first.send(say(&format!("m{i}")));
+        answer_of(&mut first, &["message", "error"]);
+    }
+    let (mut marker2, _) = server.connect("marker2", &room);
+    marker2.send(say("one"));
+    marker2.send(say("two"));
+    assert_eq!(marker2.recv_type("error")["code"], "rate_limited");
+    let lines = log_lines(&log, "Rate limit exceeded", "marker2");
+    let mine: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["userId"] == "logged-user")
+        .collect();
+    assert_eq!(mine.len(), 1, "{lines:?}");
+    assert_eq!(mine[0]["level"], "WARN");
+    assert_eq!(mine[0]["fields"]["messageCount"], 1);
+    assert_eq!(mine[0]["fields"]["timeWindow"], "60000ms");
+}
+
+#[test]
+fn log_connections_per_sec_zero_turns_the_connection_line_off() {
+    let (server, log) = Server::start_with_log(&[
+        ("LOG_LEVEL", "info"),
+        ("LOG_FORMAT", "json"),
+        ("LOG_CONNECTIONS_PER_SEC", "0"),
+        ("RATE_LIMIT_MAX_MESSAGES", "1"),
+    ]);
+    let (mut c, _) = server.connect("quiet", "quiet-room");
+    // A rate-limit line marks the point by which a connection line would
+    // have been written.
+    c.send(say("one"));
+    c.send(say("two"));
+    assert_eq!(c.recv_type("error")["code"], "rate_limited");
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = log.recv_timeout(left).expect("no rate-limit line");
+        assert!(!line.contains("WebSocket connection established"), "{line}");
+        if line.contains("Rate limit exceeded") {
+            break;
+        }
+    }
+}

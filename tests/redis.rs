@@ -352,6 +352,14 @@ fn a_killed_instance_leaves_its_users_offline_after_the_expiry() {
         "offline after {after:?}, expiry is 2 s"
     );
     assert_eq!(room_online(&b, room), vec!["watcher"]);
+    // The victim stops counting in memberCount too (its score in the room's
+    // set expires with its instance's last heartbeat, a moment after it).
+    let counted = poll(Duration::from_secs(2), || {
+        let (late, joined) = b.connect("late", room);
+        late.close();
+        (joined["memberCount"] == 2).then_some(())
+    });
+    assert!(counted.is_some(), "the killed instance's user still counts");
     // b's own user is still there, and b keeps working.
     assert_eq!(status(&b, "watcher"), "online");
     watcher.send(message("still here"));
@@ -607,4 +615,117 @@ fn bad_redis_settings_stop_start_up_naming_the_variable() {
         assert!(code.is_some(), "{env:?} was killed instead of exiting");
         assert!(stderr.contains(name), "{env:?}: {stderr}");
     }
+}
+
+#[test]
+fn fifty_thousand_repeated_joins_do_not_starve_other_users() {
+    if !redis_reachable("fifty_thousand_repeated_joins_do_not_starve_other_users") {
+        return;
+    }
+    let prefix = Prefix::new("repeat", SHARED_REDIS);
+    // A small Redis queue: before repeated joins were answered locally, a
+    // flood of them filled it and refused other users' messages.
+    let server = Server::start(&prefix.env(&[("REDIS_BUFFER", "64")]));
+    let (mut flooder, joined) = server.connect("flooder", "flood-room");
+    assert_eq!(joined["memberCount"], 1);
+    let (mut other, _) = server.connect("other", "quiet-room");
+    const ROUNDS: usize = 50;
+    const PER_ROUND: usize = 1000;
+    let frame = json!({"type": "join_room", "roomId": "flood-room"}).to_string();
+    let start = Instant::now();
+    let (mut joined, mut limited) = (0usize, 0usize);
+    for round in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            flooder
+                .ws
+                .write(tungstenite::Message::text(frame.clone()))
+                .unwrap();
+        }
+        flooder.ws.flush().unwrap();
+        // Another user in another room, while the flood is being handled.
+        let content = format!("still accepted {round}");
+        other.send(message(&content));
+        let answer = loop {
+            let f = other.recv();
+            if f["type"] == "message" || f["type"] == "error" {
+                break f;
+            }
+        };
+        assert_eq!(answer["type"], "message", "round {round}: {answer}");
+        assert_eq!(answer["content"], content.as_str());
+        for _ in 0..PER_ROUND {
+            let f = flooder.recv();
+            match f["type"].as_str() {
+                Some("room_joined") => {
+                    assert_eq!(f["roomId"], "flood-room", "{f}");
+                    assert_eq!(f["memberCount"], 1, "{f}");
+                    joined += 1;
+                }
+                Some("error") => {
+                    assert_eq!(f["code"], "rate_limited", "{f}");
+                    assert!(f["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0), "{f}");
+                    limited += 1;
+                }
+                _ => panic!("unexpected {f}"),
+            }
+        }
+    }
+    assert_eq!(joined + limited, ROUNDS * PER_ROUND);
+    // The default budget: a burst of 20 (the connection's own join is not
+    // one of them) and 10 a second after it.
+    let most = 20 + 10 * start.elapsed().as_secs() as usize + 10;
+    assert!(
+        joined <= most,
+        "{joined} joins answered in {:?}",
+        start.elapsed()
+    );
+    assert!(joined >= 20, "{joined}");
+    // Nothing was refused for a full Redis queue.
+    assert_eq!(
+        server.metric("chat_errors_total{code=\"unavailable\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn member_counts_follow_leaves_across_instances() {
+    if !redis_reachable("member_counts_follow_leaves_across_instances") {
+        return;
+    }
+    let prefix = Prefix::new("leaves", SHARED_REDIS);
+    let a = Server::start(&prefix.env(&[]));
+    let b = Server::start(&prefix.env(&[]));
+    let room = "leave-room";
+    let join = |server: &Server, user: &str| -> u64 {
+        let (mut c, _) = server.connect(user, "lobby-of-leaves");
+        c.send(json!({"type": "join_room", "roomId": room}));
+        let joined = c.recv_type("room_joined");
+        assert_eq!(joined["roomId"], room);
+        std::mem::forget(c); // stays connected for the rest of the test
+        joined["memberCount"].as_u64().unwrap()
+    };
+    let (mut ann_a, first) = a.connect("ann", room);
+    assert_eq!(first["memberCount"], 1);
+    let (mut ann_b, second) = b.connect("ann", room);
+    assert_eq!(second["memberCount"], 1, "one user on two instances");
+    assert_eq!(join(&b, "bob"), 2);
+    // ann leaves on a but is still in the room on b: she still counts.
+    ann_a.send(json!({"type": "leave_room", "roomId": room}));
+    ann_a.recv_type("room_left");
+    assert_eq!(join(&a, "cat"), 3, "ann (on b), bob, cat");
+    // ann leaves on b too: she no longer counts anywhere.
+    ann_b.send(json!({"type": "leave_room", "roomId": room}));
+    ann_b.recv_type("room_left");
+    let rest = ["bob", "cat"];
+    assert_eq!(wait_online(&a, room, &rest), rest);
+    assert_eq!(join(&a, "dave"), 3, "bob, cat, dave");
+    // The count is one sorted set per room, not a union of every instance's sets.
+    assert!(
+        prefix
+            .keys()
+            .iter()
+            .any(|k| k.ends_with("room:{leave-room}:users")),
+        "{:?}",
+        prefix.keys()
+    );
 }

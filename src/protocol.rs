@@ -313,6 +313,17 @@ fn precheck(buf: &[u8]) -> Result<(), FrameError> {
         Some(b'{') => {}
         Some(_) => return Err(FrameError::new("frame must be a JSON object")),
     }
+    // A control byte other than JSON's whitespace is invalid anywhere in JSON text (inside
+    // strings too), but simd-json reads one after a number as a separator (`[1\0]`, found by
+    // `fuzz/fuzz_targets/client_frame.rs`). One pass over the bytes keeps both parsers agreeing.
+    if buf
+        .iter()
+        .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return Err(FrameError::new(
+            "invalid JSON: control character outside the JSON whitespace",
+        ));
+    }
     // Fast path: with few brackets anywhere (even inside strings) the depth cannot be too large.
     // memchr's vectorised search: a byte-by-byte count was most of the parse time of long frames.
     let brackets = memchr::memchr2_iter(b'[', b'{', buf).count();
@@ -1055,6 +1066,22 @@ mod tests {
     /// Found by the `client_frame` fuzz target (exact bytes): an unpaired surrogate escape,
     /// which serde_json refuses and simd-json read as U+0000, so the frame was refused when
     /// short and accepted, altered, when 32 bytes or longer.
+    #[test]
+    fn a_control_byte_after_a_number_is_refused_by_both_parsers() {
+        // Found by the client_frame fuzz target: simd-json accepted it as a ping.
+        let frame = b"{\"type\":\"ping\",\"x\":[[[\n-3\0,5e10]]]}";
+        assert!(frame.len() >= SIMD_JSON_MIN_BYTES);
+        let mut buf = frame.to_vec();
+        let err = parse_client_frame_simd(&mut buf).unwrap_err();
+        assert!(err.0.starts_with("invalid JSON"), "{err:?}");
+        assert!(parse_client_frame_serde_json(frame).is_err());
+        let mut buf = b"{\"type\":\"ping\",\"xxxxxxxxxxxxxxxx\":[1\0]}".to_vec();
+        assert!(parse_client_frame(&mut buf).is_err());
+        // JSON's own whitespace is still fine.
+        let mut buf = b"{\"type\":\t\"ping\",\r\n \"xxxxxxxxxxxxx\": [1]}".to_vec();
+        assert_eq!(parse_client_frame(&mut buf).unwrap(), ClientFrame::Ping);
+    }
+
     #[test]
     fn unpaired_surrogate_escape_is_refused_by_both_parsers() {
         let frame: &[u8] = r#"{"type":"message","content":"caf\u00e9 \"quoted\" \ud83daaf\u00e9 \"quude0/ ünïcoaf\u00e9 \"quoteb.c-d_e"}"#.as_bytes();

@@ -459,6 +459,8 @@ mod tests {
                 typing: 5
             }
         );
+        // Sessions start with these until the hub applies the settings.
+        assert_eq!(s.budget_rates(), crate::client::DEFAULT_BUDGETS);
         assert_eq!(s.max_connections_per_user, 20);
         assert_eq!(s.log_connections_per_sec, 100);
         assert_eq!(

@@ -118,6 +118,26 @@ impl Client {
         result
     }
 
+    /// Queues a `since` replay (message payloads, oldest first) behind
+    /// everything queued so far; it goes out as the client reads.
+    pub fn push_replay(&self, payloads: Vec<Bytes>, now: Instant) {
+        let result = self.out.borrow_mut().push_replay(payloads, now);
+        if result == (Push::Queued { was_empty: true }) && !self.out.borrow().is_empty() {
+            self.ready();
+        }
+    }
+
+    /// How many more replay messages this connection's backlog takes.
+    pub fn replay_room(&self) -> usize {
+        self.out.borrow().replay_room()
+    }
+
+    /// Bytes one more answer frame may have without overflowing the live
+    /// budget.
+    pub fn live_room(&self) -> usize {
+        self.out.borrow().live_room()
+    }
+
     /// Queues a frame of this connection's own (answers, errors).
     pub fn push_own(&self, payload: &[u8], now: Instant) {
         self.push(

@@ -47,7 +47,9 @@ use crate::ratelimit::{
 };
 use crate::redis_metrics::RedisMetrics;
 use crate::scaleout::{self, Inflight, PendingJoin, ScaleOut};
-use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Router, ShardMsg};
+use crate::shard::{
+    Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Replay, Router, ShardMsg,
+};
 use crate::ws;
 
 mod durable;
@@ -139,7 +141,15 @@ enum Waiter {
     /// An HTTP request task.
     Http(LocalSender<Answer>),
     /// A client's `history` frame.
-    ClientHistory { conn: ConnId, room: Arc<str> },
+    ClientHistory {
+        /// The asking connection.
+        conn: ConnId,
+        /// The room asked about.
+        room: Arc<str>,
+        /// True for a page without `after` (cut from its old end when it
+        /// does not fit the connection's budget).
+        keep_newest: bool,
+    },
 }
 
 /// A query's answer: right away (local owner) or later (remote owner).
@@ -360,7 +370,7 @@ impl Hub {
             // hop to the owner and no backend round trip (a flood of them
             // must not reach Redis; the join budget bounds the answers).
             let count = self.known_member_count(&room);
-            client.push_own(&protocol::encode_room_joined(&room, count), now);
+            client.push_own(&protocol::encode_room_joined(&room, count, None), now);
             return;
         }
         let count = membership.is_none();
@@ -434,12 +444,17 @@ impl Hub {
             .unwrap_or(1)
     }
 
+    /// Sends `room_joined` and queues the replay behind it. The replay is
+    /// paced by the client's reading (`outbound.rs`), never cut by the
+    /// outbound budget; only a connection whose replay backlog is already
+    /// full (several joins with `since` at once) gets the newest part of
+    /// this one, with `recovered:false` so it pages the rest.
     fn answer_join(
         &mut self,
         client: &Client,
         room: &str,
         member_count: usize,
-        replay: Vec<Bytes>,
+        replay: Replay,
         now: Instant,
     ) {
         if let Some(known) = self.room_counts.get_mut(room) {
@@ -447,9 +462,19 @@ impl Hub {
         } else if self.local.contains_key(room) {
             self.room_counts.insert(Arc::from(room), member_count);
         }
-        client.push_own(&protocol::encode_room_joined(room, member_count), now);
-        for frame in replay {
-            client.push(frame, FrameKind::Message, now);
+        let Replay {
+            mut messages,
+            mut recovered,
+        } = replay;
+        let room_left = client.replay_room();
+        if messages.len() > room_left {
+            messages.drain(..messages.len() - room_left);
+            recovered = Some(false);
+        }
+        let joined = protocol::encode_room_joined(room, member_count, recovered);
+        client.push_own(&joined, now);
+        if !messages.is_empty() {
+            client.push_replay(messages, now);
         }
     }
 
@@ -533,7 +558,7 @@ impl Hub {
         core: usize,
         since: Option<MessageId>,
         count: bool,
-    ) -> (usize, Vec<Bytes>) {
+    ) -> (usize, Replay) {
         let cores = self.cores;
         let entry = self.owned.entry(room.clone()).or_insert_with(|| OwnedRoom {
             users: HashMap::new(),
@@ -553,15 +578,28 @@ impl Hub {
         }
         let member_count = entry.users.len();
         let replay = match since {
-            Some(since) => self
-                .history
-                .since(room, since, MAX_REPLAY)
-                .into_iter()
-                .map(|m| Bytes::from(ws::encode_text(&m.json)))
-                .collect(),
-            None => Vec::new(),
+            Some(since) => self.memory_replay(room, since),
+            None => Replay::default(),
         };
         (member_count, replay)
+    }
+
+    /// The replay of a join with `since` from memory alone: the newest
+    /// [`MAX_REPLAY`] messages after `since`, recovered when that is all of
+    /// them and memory still holds `since` itself or something older (so
+    /// nothing between was evicted). Asking for one more than the cap tells
+    /// "exactly the cap" from "more than the cap".
+    fn memory_replay(&self, room: &str, since: MessageId) -> Replay {
+        let mut messages = self.history.since(room, since, MAX_REPLAY + 1);
+        let reaches_back = self.history.first_id(room).is_some_and(|f| f <= since);
+        let recovered = messages.len() <= MAX_REPLAY && reaches_back;
+        if messages.len() > MAX_REPLAY {
+            messages.remove(0);
+        }
+        Replay {
+            messages: messages.into_iter().map(|m| m.json).collect(),
+            recovered: Some(recovered),
+        }
     }
 
     /// Owner side of a leave (or routes it to the owner).
@@ -1272,15 +1310,15 @@ impl Hub {
             after,
             limit,
         };
+        let keep_newest = after.is_none();
         if owner == self.core && !self.has_durable() {
-            if let Answer::Messages(messages) = self.answer(query) {
-                let body = protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
-                client.push_own(&body, now);
-            }
+            let answer = self.answer(query);
+            self.answer_history(client, &room, answer, keep_newest, now);
         } else {
             let req = self.register(Waiter::ClientHistory {
                 conn: client.id,
                 room,
+                keep_newest,
             });
             if owner == self.core {
                 self.answer_query(owner, req, query, now);
@@ -1296,16 +1334,43 @@ impl Hub {
                 // The asker may have timed out and gone; nothing to do then.
                 let _ = tx.try_send(answer);
             }
-            Some(Waiter::ClientHistory { conn, room }) => {
-                if let (Some(client), Answer::Messages(messages)) =
-                    (self.clients.get(&conn), answer)
-                {
-                    let body =
-                        protocol::encode_history(&room, messages.iter().map(|m| &m[..]), true);
-                    client.push_own(&body, now);
+            Some(Waiter::ClientHistory {
+                conn,
+                room,
+                keep_newest,
+            }) => {
+                if let Some(client) = self.clients.get(&conn).cloned() {
+                    self.answer_history(&client, &room, answer, keep_newest, now);
                 }
             }
             None => {}
+        }
+    }
+
+    /// Answers a client's `history` frame: the page cut to what the
+    /// connection's outbound budget has room for (`"more":true` when cut,
+    /// so the client asks for the rest), or `unavailable` when the store
+    /// could not answer in full (contract section 4: never a partial page
+    /// presented as whole).
+    fn answer_history(
+        &mut self,
+        client: &Client,
+        room: &str,
+        answer: Answer,
+        keep_newest: bool,
+        now: Instant,
+    ) {
+        match answer {
+            Answer::Messages(messages) => {
+                let room_left = client.live_room();
+                let (body, _) =
+                    protocol::encode_history_frame(room, &messages, keep_newest, room_left);
+                client.push_own(&body, now);
+            }
+            _ => {
+                let text = durable::HISTORY_UNAVAILABLE_TEXT;
+                self.send_error(client, ErrorCode::Unavailable, text, None, now);
+            }
         }
     }
 

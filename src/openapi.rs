@@ -301,7 +301,7 @@ mod paths {
             (status = 200, description = "A page of messages.", body = HistoryPage),
             (status = 400, description = "Invalid `roomId`, `limit`, `before` or `after`.", body = ErrorBody),
             (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
-            (status = 503, description = "The core owning the room did not answer in time.", body = ErrorBody),
+            (status = 503, description = "The core owning the room did not answer in time, or the store could not answer the page in full (Postgres down, or its reads shed): never a partial page.", body = ErrorBody),
         ),
         security(("bearer" = []))
     )]
@@ -361,6 +361,12 @@ mod paths {
     /// - Server to client (`ServerFrame`): `message`, `ack`, `presence`,
     ///   `room_joined`, `room_left`, `typing_indicator`, `history`, `pong`,
     ///   `error`; see the `Server*Frame` schemas.
+    /// - A `join_room` (or `/ws?since=`) with `since` is answered with
+    ///   `room_joined` carrying `recovered`, then the replay (at most 1,000
+    ///   `message` frames, paced by the client's reading), then live frames.
+    ///   A `history` answer cut to fit the connection's outbound budget has
+    ///   `more: true`; one the store cannot answer in full is an `error` of
+    ///   code `unavailable`.
     /// - A binary frame, invalid JSON, an unknown `type` or a missing field
     ///   is answered with an `error` frame of code `invalid_message`; the
     ///   connection stays open. A frame over 64 KiB closes the connection

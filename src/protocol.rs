@@ -693,6 +693,8 @@ enum OutFrame<'a> {
     RoomJoined {
         room_id: &'a str,
         member_count: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     #[serde(rename_all = "camelCase")]
     RoomLeft {
@@ -775,10 +777,13 @@ pub fn encode_presence(user_id: &str, online: bool, room_id: &str) -> Vec<u8> {
 }
 
 /// Encodes the `room_joined` frame; `member_count` is the distinct users right after the join.
-pub fn encode_room_joined(room_id: &str, member_count: usize) -> Vec<u8> {
+/// `recovered` is given for a join with `since` only (contract section 3): whether the replay
+/// that follows holds every message after `since`.
+pub fn encode_room_joined(room_id: &str, member_count: usize, recovered: Option<bool>) -> Vec<u8> {
     let frame = OutFrame::RoomJoined {
         room_id,
         member_count,
+        recovered,
     };
     to_json(&frame, FRAME_OVERHEAD + room_id.len())
 }
@@ -819,6 +824,52 @@ pub fn encode_error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>)
         retry_after_ms,
     };
     to_json(&frame, FRAME_OVERHEAD + message.len())
+}
+
+/// Bytes a WebSocket frame header adds at most (a 64-bit length).
+const MAX_WS_HEADER: usize = 10;
+
+/// The `history` WebSocket frame's payload, cut to fit a frame of `max_frame` bytes:
+/// `{"type":"history","roomId":..,"messages":[..],"more":..}`. When `messages` (oldest first)
+/// do not all fit, the ones kept are the newest (`keep_newest`, a page without `after`, which
+/// pages backwards) or the oldest (a page with `after`), never fewer than one, and `more` is
+/// true. Returns the payload and how many messages it holds.
+pub fn encode_history_frame(
+    room_id: &str,
+    messages: &[bytes::Bytes],
+    keep_newest: bool,
+    max_frame: usize,
+) -> (Vec<u8>, usize) {
+    let empty = encode_history(room_id, std::iter::empty(), true).len();
+    let mut size = MAX_WS_HEADER + empty + r#","more":false"#.len();
+    let mut kept = 0;
+    let sizes: Box<dyn Iterator<Item = usize>> = if keep_newest {
+        Box::new(messages.iter().rev().map(|m| m.len()))
+    } else {
+        Box::new(messages.iter().map(|m| m.len()))
+    };
+    for len in sizes {
+        // +1: the comma before every message but the first (counted for all: a byte early).
+        if kept > 0 && size + len + 1 > max_frame {
+            break;
+        }
+        size += len + 1;
+        kept += 1;
+    }
+    let slice = if keep_newest {
+        &messages[messages.len() - kept..]
+    } else {
+        &messages[..kept]
+    };
+    let more = kept < messages.len();
+    let mut out = encode_history(room_id, slice.iter().map(|m| &m[..]), true);
+    out.pop(); // the closing brace
+    out.extend_from_slice(if more {
+        br#","more":true}"#
+    } else {
+        br#","more":false}"#
+    });
+    (out, kept)
 }
 
 /// The history answer; `messages` are payloads previously produced by `encode_message`, spliced in verbatim (no re-encoding).
@@ -971,6 +1022,12 @@ pub enum ServerFrame {
         room_id: String,
         /// Distinct users in the room right after the join.
         member_count: usize,
+        /// Only on a join with `since`: `true` when the replay that follows holds every message
+        /// after `since`; `false` when more were missed than the replay holds (1,000) or the
+        /// stored history no longer reaches back to `since` (page the rest with `history`).
+        #[serde(default)]
+        #[schema(nullable = false)]
+        recovered: Option<bool>,
     },
     /// Answer to a `leave_room`.
     #[serde(rename_all = "camelCase")]
@@ -999,6 +1056,11 @@ pub enum ServerFrame {
         room_id: String,
         /// Stored messages, oldest first.
         messages: Vec<ServerMessage>,
+        /// `true` when the answer was cut short of its `limit` to fit the connection's outbound
+        /// budget: the messages given are the ones nearest the page's anchor (the newest without
+        /// `after`, the oldest with it), and the rest can be asked for with the next page.
+        #[serde(default)]
+        more: bool,
     },
     /// Answer to a `ping`.
     Pong,
@@ -1736,7 +1798,7 @@ mod tests {
 
     #[test]
     fn encodes_room_joined_and_left() {
-        let joined = encode_room_joined("development", 5);
+        let joined = encode_room_joined("development", 5, None);
         assert_eq!(
             joined,
             br#"{"type":"room_joined","roomId":"development","memberCount":5}"#
@@ -1746,6 +1808,20 @@ mod tests {
             ServerFrame::RoomJoined {
                 room_id: "development".to_owned(),
                 member_count: 5,
+                recovered: None,
+            }
+        );
+        let recovered = encode_room_joined("development", 5, Some(false));
+        assert_eq!(
+            recovered,
+            br#"{"type":"room_joined","roomId":"development","memberCount":5,"recovered":false}"#
+        );
+        assert_eq!(
+            decode(&recovered),
+            ServerFrame::RoomJoined {
+                room_id: "development".to_owned(),
+                member_count: 5,
+                recovered: Some(false),
             }
         );
         let left = encode_room_left("development");
@@ -1825,6 +1901,54 @@ mod tests {
     }
 
     #[test]
+    fn history_frame_is_cut_to_fit_and_says_so() {
+        let payloads: Vec<bytes::Bytes> = (0..10u64)
+            .map(|n| {
+                let mut m = sample_message();
+                m.id = ulid::Ulid::from_parts(1_700_000_000_000 + n, 0);
+                m.content = "x".repeat(1000);
+                bytes::Bytes::from(encode_message(&m))
+            })
+            .collect();
+        let each = payloads[0].len();
+        let ids = |payload: &[u8]| -> (Vec<MessageId>, bool) {
+            match decode(payload) {
+                ServerFrame::History { messages, more, .. } => {
+                    (messages.iter().map(|m| m.message_id).collect(), more)
+                }
+                other => panic!("not a history frame: {other:?}"),
+            }
+        };
+        let all: Vec<MessageId> = (0..10u64)
+            .map(|n| ulid::Ulid::from_parts(1_700_000_000_000 + n, 0))
+            .collect();
+        // Everything fits: all ten, more false.
+        let (whole, kept) = encode_history_frame("general", &payloads, true, 1 << 20);
+        assert_eq!(kept, 10);
+        assert_eq!(ids(&whole), (all.clone(), false));
+        // Room for three and a half: the newest three without `after`...
+        let (cut, kept) = encode_history_frame("general", &payloads, true, 100 + each * 7 / 2);
+        assert_eq!(kept, 3);
+        assert_eq!(ids(&cut), (all[7..].to_vec(), true));
+        assert!(cut.len() + MAX_WS_HEADER <= 100 + each * 7 / 2);
+        // ...the oldest three with it.
+        let (cut, kept) = encode_history_frame("general", &payloads, false, 100 + each * 7 / 2);
+        assert_eq!(kept, 3);
+        assert_eq!(ids(&cut), (all[..3].to_vec(), true));
+        // Never fewer than one, even when one does not fit.
+        let (one, kept) = encode_history_frame("general", &payloads, true, 10);
+        assert_eq!(kept, 1);
+        assert_eq!(ids(&one), (all[9..].to_vec(), true));
+        // An empty page.
+        let (empty, kept) = encode_history_frame("general", &[], true, 10);
+        assert_eq!(kept, 0);
+        assert_eq!(
+            empty,
+            br#"{"type":"history","roomId":"general","messages":[],"more":false}"#
+        );
+    }
+
+    #[test]
     fn history_splices_messages_verbatim() {
         let mut second = sample_message();
         second.id = id(ID_B);
@@ -1841,6 +1965,7 @@ mod tests {
             ServerFrame::History {
                 room_id: "general".to_owned(),
                 messages: vec![],
+                more: false,
             }
         );
 
@@ -1857,7 +1982,10 @@ mod tests {
             true,
         );
         let frame = decode(&three);
-        let ServerFrame::History { room_id, messages } = frame else {
+        let ServerFrame::History {
+            room_id, messages, ..
+        } = frame
+        else {
             panic!("not a history frame: {frame:?}");
         };
         assert_eq!(room_id, "general");

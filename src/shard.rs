@@ -124,10 +124,23 @@ pub struct JoinAnswer {
     pub conn: ConnId,
     /// Distinct users in the room right after the join.
     pub member_count: usize,
-    /// Recovered messages (WebSocket frames) to send before live ones.
-    pub replay: Vec<Bytes>,
+    /// Recovered messages to send before live ones, and whether they are
+    /// all that was missed.
+    pub replay: Replay,
     /// False for a repeated join that was answered but not counted.
     pub counted: bool,
+}
+
+/// The recovery part of a join answer.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// JSON payloads of the `message` frames newer than `since`, oldest
+    /// first, at most `hub::MAX_REPLAY` (shared with the owner's history;
+    /// framed on the member core as its client reads, see `outbound.rs`).
+    pub messages: Vec<Bytes>,
+    /// `None` for a join without `since`; else whether `messages` holds
+    /// every message after `since` (`room_joined`'s `recovered`).
+    pub recovered: Option<bool>,
 }
 
 /// A socket whose `/ws` request was verified on the accepting core, handed to
@@ -294,6 +307,9 @@ pub enum Answer {
     Users(Vec<Arc<str>>),
     /// Encoded `message` payloads, oldest first.
     Messages(Vec<Bytes>),
+    /// The store could not answer in full (a Postgres read shed or
+    /// failed): the asker answers `unavailable`, never a partial page.
+    Unavailable,
 }
 
 /// This core's side of the mesh: sends to a peer's channel or, when it is

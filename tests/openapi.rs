@@ -269,7 +269,10 @@ fn every_frame_has_a_component_schema() {
             "ServerPresenceFrame",
             &["type", "userId", "status", "roomId"],
         ),
-        ("ServerRoomJoinedFrame", &["type", "roomId", "memberCount"]),
+        (
+            "ServerRoomJoinedFrame",
+            &["type", "roomId", "memberCount", "recovered"],
+        ),
         (
             "ServerErrorFrame",
             &["type", "code", "message", "retryAfterMs"],

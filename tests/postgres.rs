@@ -689,6 +689,86 @@ fn postgres_outage_keeps_chat_live_and_loses_nothing() {
     );
 }
 
+/// The next `history` or `error` frame (skipping presence and messages).
+fn history_answer(client: &mut Client) -> Value {
+    loop {
+        let v = client.recv();
+        if v["type"] == "history" || v["type"] == "error" {
+            return v;
+        }
+    }
+}
+
+/// Whole answers or errors (contract section 4): while Postgres is down, a
+/// history page that memory cannot answer alone (HISTORY_PER_ROOM=5 keeps
+/// the newest 5 of 12) is refused with `unavailable` over the WebSocket and
+/// 503 over HTTP, never answered with memory's 5 as if they were the page.
+/// A join with `since` still joins, with memory's replay and
+/// `recovered:false`. Once Postgres is back the same page is whole.
+#[test]
+fn history_while_postgres_is_down_is_unavailable_not_partial() {
+    let _serial = serial();
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let server = Server::start(&env(
+        &url,
+        &[("HISTORY_PER_ROOM", "5"), ("PG_FLUSH_INTERVAL_MS", "50")],
+    ));
+    let count = || -> usize {
+        column(&url, "SELECT count(*) FROM chat_messages")[0]
+            .parse()
+            .unwrap()
+    };
+    let room = "pgdown";
+    let (mut alice, _) = server.connect("alice", room);
+    let sent = ids(&send_all(&mut alice, room, 12, "m"));
+    assert!(poll(Duration::from_secs(5), || (count() == 12).then_some(())).is_some());
+    // Up: the page is whole, from Postgres and memory.
+    alice.send(json!({"type": "history", "roomId": room, "limit": 50}));
+    let whole = history_answer(&mut alice);
+    assert_eq!(ids(whole["messages"].as_array().unwrap()), sent, "{whole}");
+
+    cluster.pg_stop_fast();
+    assert!(poll(Duration::from_secs(10), || (healthz(&server).0 == 503)
+        .then_some(()))
+    .is_some());
+    alice.send(json!({"type": "history", "roomId": room, "limit": 50}));
+    let refused = history_answer(&mut alice);
+    assert_eq!(refused["type"], "error", "not a partial page: {refused}");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    let token = server.token("reader");
+    let (status, body) = server.get(
+        &format!("/api/chats/rooms/{room}/messages?limit=50"),
+        Some(&token),
+    );
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON error body");
+    assert!(body["error"].is_string(), "{body}");
+    // A page memory answers alone is still whole: the newest 3.
+    alice.send(json!({"type": "history", "roomId": room, "limit": 3}));
+    let newest = history_answer(&mut alice);
+    assert_eq!(ids(newest["messages"].as_array().unwrap()), sent[9..]);
+
+    let (mut bob, _) = server.connect("bob", "elsewhere");
+    bob.send(json!({"type": "join_room", "roomId": room, "since": sent[0]}));
+    let joined = bob.recv_type("room_joined");
+    assert_eq!(joined["recovered"], false, "{joined}");
+    let replay: Vec<Value> = (0..5).map(|_| bob.recv_type("message")).collect();
+    assert_eq!(ids(&replay), sent[7..], "memory's part of the gap");
+
+    cluster.pg_start();
+    let back = poll(Duration::from_secs(20), || {
+        alice.send(json!({"type": "history", "roomId": room, "limit": 50}));
+        let answer = history_answer(&mut alice);
+        (answer["type"] == "history").then_some(answer)
+    })
+    .expect("history answered again once Postgres is back");
+    assert_eq!(ids(back["messages"].as_array().unwrap()), sent);
+    assert_eq!(back["more"], false);
+}
+
 /// A log line without its terminal colour codes.
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());

@@ -17,6 +17,16 @@
 //!   subscription is in place by then), then reads Postgres, then counts
 //!   and answers: the same recovery as with Postgres alone, with the
 //!   cluster's `memberCount`.
+//! - **Whole answers or errors** (contract section 4): a history page that
+//!   needs Postgres and cannot have it (reads shed at [`MAX_PG_READS`],
+//!   the read could not be sent, or it failed) is answered `unavailable`
+//!   (a `history` frame) or 503 (the HTTP route), never with the part
+//!   memory has. A join with `since` in the same case still joins: the
+//!   join itself is served in full, and its replay is memory's part with
+//!   `recovered:false`, which tells the client that the replay is not the
+//!   whole gap (its `history` pages then get `unavailable` until Postgres
+//!   answers again). Refusing the join would cost the client its live
+//!   stream for a backlog it can page later.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,17 +40,22 @@ use crate::pg::link::Durable;
 use crate::pg::merge::{self, Pick};
 use crate::pg::{MessageRow, ReadResult, ReadSpec, WriteItem};
 use crate::protocol::{ChatMessage, ErrorCode, MessageId};
-use crate::shard::{Answer, ConnId, JoinAnswer, Query, ShardMsg};
-use crate::ws;
+use crate::shard::{Answer, ConnId, JoinAnswer, Query, Replay, ShardMsg};
 
-/// Postgres reads one core keeps in flight; beyond it reads are answered
-/// from memory (counted in `chat_pg_reads_total{outcome="shed"}`), so the
-/// wait table stays bounded.
+/// Postgres reads one core keeps in flight; beyond it reads are shed
+/// (counted in `chat_pg_reads_total{outcome="shed"}`): a page is answered
+/// `unavailable`, a join gets memory's replay with `recovered:false`. So
+/// the wait table stays bounded.
 pub const MAX_PG_READS: usize = 1024;
 
 /// Text of the `unavailable` error frame.
 pub const UNAVAILABLE_TEXT: &str =
     "history storage is unavailable and its buffer is full; the message was not accepted, retry later";
+
+/// Text of the `unavailable` error frame answering a `history` frame the
+/// store could not answer in full.
+pub const HISTORY_UNAVAILABLE_TEXT: &str =
+    "history storage is unavailable: the page could not be read in full; retry later";
 
 /// Who receives a deferred answer: request `req` of core `core`.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +187,8 @@ impl Hub {
                     if self.start_read(wait, spec) {
                         return;
                     }
+                    // Memory has only part of the page: not an answer.
+                    return self.deliver_answer(origin, Answer::Unavailable, now);
                 }
                 let answer = Answer::Messages(memory.into_iter().map(|m| m.json).collect());
                 self.deliver_answer(origin, answer, now);
@@ -185,9 +202,10 @@ impl Hub {
 
     /// Room owner: sends a join with `since` to Postgres when memory cannot
     /// answer its recovery alone. True when deferred (answered later by
-    /// [`Hub::on_pg_rows`]); false when the caller answers now. `cluster`
-    /// is the room's cluster-wide count when Redis gave one (the join asks
-    /// Redis first, then Postgres).
+    /// [`Hub::on_pg_rows`]); false when the caller answers now from memory
+    /// (whose `recovered` is then false unless memory covers `since`).
+    /// `cluster` is the room's cluster-wide count when Redis gave one (the
+    /// join asks Redis first, then Postgres).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn defer_join(
         &mut self,
@@ -202,16 +220,19 @@ impl Hub {
         if self.durable.is_none() {
             return false;
         }
-        let got = self.history.since(room, since, MAX_REPLAY).len();
+        // One more than the replay holds: more than MAX_REPLAY missed is
+        // `recovered:false` without asking Postgres.
+        let want = MAX_REPLAY + 1;
+        let got = self.history.since(room, since, want).len();
         let first = self.history.first_id(room);
-        if merge::memory_covers(first, Some(since), got, MAX_REPLAY, Pick::Newest) {
+        if merge::memory_covers(first, Some(since), got, want, Pick::Newest) {
             return false;
         }
         let spec = ReadSpec {
             room: room.clone(),
             after: Some(since),
             before: None,
-            limit: MAX_REPLAY,
+            limit: want,
             pick: Pick::Newest,
         };
         let wait = PgWait::Join {
@@ -272,12 +293,16 @@ impl Hub {
                 after,
                 limit,
             } => {
-                let memory = self.history.page(&room, before, after, limit);
-                let page = match rows {
-                    Ok(rows) => merge::merge(rows, memory, limit, Pick::for_page(after)),
-                    Err(_) => memory,
+                let answer = match rows {
+                    Ok(rows) => {
+                        let memory = self.history.page(&room, before, after, limit);
+                        let page = merge::merge(rows, memory, limit, Pick::for_page(after));
+                        Answer::Messages(page.into_iter().map(|m| m.json).collect())
+                    }
+                    // Memory alone did not cover the page (that is why it
+                    // was read): its part is not an answer.
+                    Err(_) => Answer::Unavailable,
                 };
-                let answer = Answer::Messages(page.into_iter().map(|m| m.json).collect());
                 self.deliver_answer(origin, answer, now);
             }
             PgWait::Join {
@@ -293,15 +318,25 @@ impl Hub {
                 // synchronous join does: later messages reach it live.
                 let (local_count, _) = self.join_owner(&room, user.clone(), core, None, count);
                 let member_count = cluster.map_or(local_count, |c| c.max(local_count));
-                let memory = self.history.since(&room, since, MAX_REPLAY);
-                let messages = match rows {
-                    Ok(rows) => merge::merge(rows, memory, MAX_REPLAY, Pick::Newest),
-                    Err(_) => memory,
+                let replay = match rows {
+                    Ok(rows) => {
+                        // Postgres holds every flushed message, so the merge
+                        // reaches back to `since`: recovered unless more
+                        // than the replay holds were missed.
+                        let memory = self.history.since(&room, since, MAX_REPLAY + 1);
+                        let mut messages = merge::merge(rows, memory, MAX_REPLAY + 1, Pick::Newest);
+                        let recovered = messages.len() <= MAX_REPLAY;
+                        if !recovered {
+                            messages.remove(0);
+                        }
+                        Replay {
+                            messages: messages.into_iter().map(|m| m.json).collect(),
+                            recovered: Some(recovered),
+                        }
+                    }
+                    // Memory's part, marked incomplete (module doc).
+                    Err(_) => self.memory_replay(&room, since),
                 };
-                let replay = messages
-                    .into_iter()
-                    .map(|m| Bytes::from(ws::encode_text(&m.json)))
-                    .collect();
                 let answer = JoinAnswer {
                     room,
                     user,

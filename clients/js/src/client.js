@@ -7,6 +7,13 @@
 // - Every room is joined again on reconnect with `since` set to the newest
 //   message id seen there, and `message` events are deduplicated by id
 //   (messages.js): the application sees no gap and no duplicate.
+// - A join the server answers with `recovered: false` (more was missed than
+//   its replay holds, or its history no longer reaches back) is followed by
+//   `history` pages from `since` up to the first replayed message; their
+//   messages are emitted as `message` events, and a `recovery` event says
+//   how it ended. A connection closed with 1013 before a `since` join made
+//   any progress is not retried with the same `since` (that replay would
+//   fail the same way): the room is joined without it and paged instead.
 // - `send` queues (bounded, outbox.js) while disconnected, with a
 //   `clientMsgId` per message, and sends again after a drop with the same
 //   id: the server stores a message once.
@@ -27,6 +34,12 @@ export const DEFAULT_ROOM = 'lobby';
 export const MAX_FRAME_BYTES = 64 * 1024;
 /** Largest history page the server returns. */
 export const HISTORY_MAX_LIMIT = 200;
+/**
+ * Most `history` pages one gap recovery asks for (200 messages each): a gap
+ * longer than this is left to the application (the `recovery` event says
+ * where it stopped), so recovery always ends.
+ */
+export const GAP_MAX_PAGES = 50;
 
 /** Connection states, in the order a connection normally goes through them. */
 export const ConnectionState = Object.freeze({
@@ -144,8 +157,15 @@ export class ChatClient {
   #fetch;
   #clock;
   #random;
-  /** Rooms the application is in, in join order; `joined` is per connection. */
-  /** @type {Map<string, {joined: boolean, memberCount: number, waiters: {resolve: Function, reject: Function}[]}>} */
+  /**
+   * Rooms the application is in, in join order; `joined` is per connection.
+   * Recovery state per room: `joinSince` the `since` of the join in flight or
+   * last answered on this connection; `progressed` whether a message of the
+   * room arrived since that join; `pageFrom` a `since` not to send again
+   * (its connection was closed with 1013 before any progress), paged with
+   * `history` after the next join instead; `gap` the recovery under way.
+   */
+  /** @type {Map<string, RoomState>} */
   #rooms = new Map();
   /** The initial room of the current connection when the application is in none (left again at once). */
   #transientHome = null;
@@ -204,7 +224,7 @@ export class ChatClient {
     const rooms = o.rooms ?? [o.roomId ?? DEFAULT_ROOM];
     for (const room of rooms) {
       if (!isRoomId(room)) throw new TypeError(`ChatClient: invalid room id ${JSON.stringify(room)}`);
-      this.#rooms.set(room, { joined: false, memberCount: 0, waiters: [] });
+      this.#rooms.set(room, newRoom([]));
     }
   }
 
@@ -362,7 +382,7 @@ export class ChatClient {
     const home = first.done ? DEFAULT_ROOM : first.value;
     this.#transientHome = first.done ? home : null;
     const params = new URLSearchParams({ token, roomId: home });
-    const since = first.done ? undefined : this.#cursors.since(home);
+    const since = first.done ? undefined : this.#joinSince(home);
     if (since) params.set('since', since);
     this.#opened = false;
     this.#refusalStatus = undefined;
@@ -411,9 +431,24 @@ export class ChatClient {
 
   #sendJoin(roomId) {
     const frame = { type: 'join_room', roomId };
-    const since = this.#cursors.since(roomId);
+    const since = this.#joinSince(roomId);
     if (since) frame.since = since;
     this.#sendFrame(frame);
+  }
+
+  /**
+   * The `since` of the next join of `roomId` (none after a 1013 that a
+   * `since` join made no progress against: that room is paged instead), and
+   * notes it for the answer.
+   */
+  #joinSince(roomId) {
+    const room = this.#rooms.get(roomId);
+    const since = this.#cursors.since(roomId);
+    if (!room) return since;
+    room.progressed = false;
+    room.firstAfterJoin = undefined;
+    room.joinSince = room.pageFrom === undefined ? since : undefined;
+    return room.joinSince;
   }
 
   /**
@@ -424,6 +459,13 @@ export class ChatClient {
   async #closed(gen, code, reason) {
     const wasOpen = this.#opened;
     this.#ws = null;
+    if (code === CloseCode.TRY_AGAIN_LATER) {
+      // Closed as a slow consumer: a room joined with `since` that got
+      // nothing since would get the same replay again; page it instead.
+      for (const room of this.#rooms.values()) {
+        if (room.joinSince !== undefined && !room.progressed) room.pageFrom = room.joinSince;
+      }
+    }
     this.#connectionGone();
     if (this.#closedByUser) return;
     if (!wasOpen) {
@@ -594,11 +636,14 @@ export class ChatClient {
 
   #onMessage(frame) {
     // Frames of a room the application left are late; drop them.
-    if (!this.#rooms.has(frame.roomId)) return;
+    const room = this.#rooms.get(frame.roomId);
+    if (!room) return;
     if (!this.#cursors.accept(frame.roomId, frame.messageId)) {
       this.#duplicates += 1;
       return;
     }
+    room.progressed = true;
+    room.firstAfterJoin ??= frame.messageId;
     this.#events.emit('message', frame);
   }
 
@@ -623,9 +668,71 @@ export class ChatClient {
     }
     room.joined = true;
     room.memberCount = frame.memberCount;
+    // What this join leaves to page: everything after its `since` when the
+    // replay was not all of it, or after the `since` not sent again.
+    const gapFrom = frame.recovered === false ? room.joinSince : room.pageFrom;
+    room.pageFrom = undefined;
     for (const w of room.waiters.splice(0)) w.resolve(frame);
     this.#events.emit('room_joined', frame);
     this.#flush();
+    if (gapFrom !== undefined && room.gap === undefined) void this.#recoverGap(frame.roomId, room, gapFrom);
+  }
+
+  /**
+   * Pages the messages a join did not replay: `history` after `since`,
+   * oldest first, until a page reaches the first message that arrived after
+   * the join (the replay's oldest, or the first live one), the room has no
+   * more, or {@link GAP_MAX_PAGES} pages. Every page asks from the last id
+   * of the one before, so it always moves forward and always ends. The
+   * answers come after the replay (the server sends them behind it), so the
+   * first message after the join is known by the time a page is looked at.
+   * Messages of the gap are emitted as `message` events (older than what
+   * the replay delivered: `mergeMessages` puts them in place).
+   */
+  async #recoverGap(roomId, room, since) {
+    const gen = this.#gen;
+    room.gap = { since };
+    let after = since;
+    let messages = 0;
+    let pages = 0;
+    let complete = false;
+    let error;
+    try {
+      while (pages < GAP_MAX_PAGES) {
+        const page = await this.history(roomId, { after, limit: HISTORY_MAX_LIMIT });
+        pages += 1;
+        if (gen !== this.#gen || this.#rooms.get(roomId) !== room) return;
+        const list = page.messages ?? [];
+        const upTo = room.firstAfterJoin;
+        let reached = false;
+        for (const m of list) {
+          if (upTo !== undefined && m.messageId >= upTo) {
+            reached = true;
+            break;
+          }
+          messages += 1;
+          this.#events.emit('message', m);
+        }
+        if (reached || list.length === 0 || (!page.more && list.length < HISTORY_MAX_LIMIT)) {
+          complete = true;
+          break;
+        }
+        after = list[list.length - 1].messageId;
+      }
+    } catch (err) {
+      // Disconnected (the next join recovers from the cursor again),
+      // `unavailable` or no answer: the application may page the rest.
+      error = err;
+    } finally {
+      if (room.gap?.since === since) room.gap = undefined;
+    }
+    if (gen !== this.#gen || this.#rooms.get(roomId) !== room) return;
+    const event = { roomId, since, complete, pages, messages };
+    if (!complete) {
+      event.after = after;
+      if (error) event.code = error.code ?? 'internal';
+    }
+    this.#events.emit('recovery', event);
   }
 
   #onHistory(frame) {
@@ -650,6 +757,14 @@ export class ChatClient {
           break;
         }
       }
+    } else if (frame.code === 'unavailable' && !this.#outbox.inflight && this.#historyWaiters.size > 0) {
+      // A `history` the store could not answer in full (nothing else is
+      // waiting for an answer that could be `unavailable`): the oldest
+      // request gets it.
+      const [roomId, waiters] = this.#historyWaiters.entries().next().value;
+      const w = waiters.shift();
+      if (waiters.length === 0) this.#historyWaiters.delete(roomId);
+      if (w && !w.expired) w.reject(new ChatError(frame.code, frame.message));
     } else if (this.#outbox.inflight && MESSAGE_ERROR_CODES.has(frame.code)) {
       this.#clearTimer('ack');
       const refused = this.#outbox.refuse(frame.code, frame.retryAfterMs, now);
@@ -792,7 +907,7 @@ export class ChatClient {
       if (existing) {
         existing.waiters.push({ resolve, reject });
       } else {
-        this.#rooms.set(roomId, { joined: false, memberCount: 0, waiters: [{ resolve, reject }] });
+        this.#rooms.set(roomId, newRoom([{ resolve, reject }]));
         if (this.#state === ConnectionState.OPEN) this.#sendJoin(roomId);
       }
     });
@@ -942,4 +1057,30 @@ export class ChatClient {
   ping() {
     return this.#sendFrame({ type: 'ping' });
   }
+}
+
+/**
+ * @typedef {object} RoomState
+ * @property {boolean} joined
+ * @property {number} memberCount
+ * @property {{resolve: Function, reject: Function}[]} waiters
+ * @property {string | undefined} joinSince
+ * @property {boolean} progressed
+ * @property {string | undefined} firstAfterJoin the first new message of the room after its join
+ * @property {string | undefined} pageFrom
+ * @property {{since: string} | undefined} gap
+ */
+
+/** A room's state before its first join. */
+function newRoom(waiters) {
+  return {
+    joined: false,
+    memberCount: 0,
+    waiters,
+    joinSince: undefined,
+    progressed: false,
+    firstAfterJoin: undefined,
+    pageFrom: undefined,
+    gap: undefined,
+  };
 }

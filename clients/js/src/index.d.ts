@@ -105,6 +105,12 @@ export interface RoomJoinedFrame {
   roomId: RoomId;
   /** Distinct users in the room right after the join. */
   memberCount: number;
+  /**
+   * Only on a join with `since`: true when the replay that follows holds every
+   * message after `since`; false when it does not (the client then pages the
+   * rest with `history` and reports it with a `recovery` event).
+   */
+  recovered?: boolean;
 }
 
 /** Answer to `leave_room`. */
@@ -128,6 +134,8 @@ export interface HistoryFrame {
   type: 'history';
   roomId: RoomId;
   messages: MessageFrame[];
+  /** True when the page was cut short of its `limit` to fit the connection's outbound budget: ask for the next one. */
+  more?: boolean;
 }
 
 /** Answer to `ping`. */
@@ -278,6 +286,23 @@ export interface SendFailedEvent {
   message: string;
 }
 
+/** How the paging of a join's unreplayed messages (`recovered: false`) ended. */
+export interface RecoveryEvent {
+  roomId: RoomId;
+  /** The `since` the gap starts after. */
+  since: MessageId;
+  /** True when every message of the gap was emitted as a `message` event. */
+  complete: boolean;
+  /** `history` pages asked for. */
+  pages: number;
+  /** Messages of the gap emitted. */
+  messages: number;
+  /** Unless complete: the last message id paged; the rest of the gap is after it. */
+  after?: MessageId;
+  /** Unless complete: why it stopped early (`unavailable`, `disconnected`, `timeout`), absent after the page cap. */
+  code?: string;
+}
+
 export interface ChatClientEvents {
   message: MessageFrame;
   ack: AckFrame;
@@ -296,6 +321,7 @@ export interface ChatClientEvents {
   auth_failed: RefusalEvent;
   refused: RefusalEvent;
   send_failed: SendFailedEvent;
+  recovery: RecoveryEvent;
 }
 
 /** A server error code, or one of the client's: `queue_full`, `closed`, `disconnected`, `timeout`, `invalid_room`, `auth_failed`, `http_error`, `unsupported`. */
@@ -341,6 +367,8 @@ export declare class ChatClient {
 export declare const DEFAULT_ROOM: 'lobby';
 export declare const MAX_FRAME_BYTES: number;
 export declare const HISTORY_MAX_LIMIT: number;
+/** Most `history` pages one gap recovery asks for. */
+export declare const GAP_MAX_PAGES: number;
 export declare function tokenClaims(token: string): Record<string, unknown> | null;
 
 // ---- policy building blocks (pure, time passed in) -----------------------------------

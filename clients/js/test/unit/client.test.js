@@ -365,3 +365,111 @@ test('leaving a room drops its frames and queued messages; joining sends since o
   assert.deepEqual(of('message').map((m) => m.messageId), [mid(1)]);
   assert.deepEqual(client.rooms, ['general']);
 });
+
+/** Connects, sees messages 1 and 2 of `general`, and reconnects after a drop: the second socket. */
+async function reconnectedAfter2(t) {
+  t.client.connect();
+  await settle();
+  const ws1 = t.sockets[0];
+  ws1.serverOpen('general');
+  ws1.serverSend(msgFrame(1));
+  ws1.serverSend(msgFrame(2));
+  t.clock.advance(10_000);
+  ws1.serverClose(1006);
+  await settle();
+  t.clock.advance(60_000);
+  await settle();
+  assert.equal(t.sockets.length, 2);
+  return t.sockets[1];
+}
+
+test('recovered:false: pages the gap with history after since up to the replay, then stops', async () => {
+  const t = setup({ client: { pingIntervalMs: 0 } });
+  t.client.on('recovery', (e) => t.events.push(['recovery', e]));
+  const ws2 = await reconnectedAfter2(t);
+  assert.equal(new URL(ws2.url).searchParams.get('since'), mid(2));
+  ws2.readyState = 1;
+  ws2.fire('open');
+  // More was missed than the replay holds: it starts at 100.
+  ws2.serverSend({ type: 'room_joined', roomId: 'general', memberCount: 3, recovered: false });
+  for (const n of [100, 101, 102]) ws2.serverSend(msgFrame(n));
+  await settle();
+  assert.deepEqual(ws2.sentOfType('history'), [{ type: 'history', roomId: 'general', after: mid(2), limit: 200 }]);
+  // A page cut to the server's budget says `more`: the next one follows it.
+  ws2.serverSend({ type: 'history', roomId: 'general', messages: [msgFrame(3), msgFrame(4)], more: true });
+  await settle();
+  assert.deepEqual(ws2.sentOfType('history').at(-1), { type: 'history', roomId: 'general', after: mid(4), limit: 200 });
+  // This page reaches the replay: the gap is closed, paging stops.
+  ws2.serverSend({
+    type: 'history',
+    roomId: 'general',
+    messages: [msgFrame(5), msgFrame(6), msgFrame(100), msgFrame(101)],
+    more: false,
+  });
+  await settle();
+  assert.equal(ws2.sentOfType('history').length, 2, 'no third page');
+  assert.deepEqual(
+    t.of('message').map((m) => m.messageId),
+    [1, 2, 100, 101, 102, 3, 4, 5, 6].map(mid),
+    'every message once: the gap after the replay',
+  );
+  assert.deepEqual(t.of('recovery'), [{ roomId: 'general', since: mid(2), complete: true, pages: 2, messages: 4 }]);
+  // No reconnect, and the next join recovers from the newest message.
+  assert.equal(t.sockets.length, 2);
+  assert.equal(t.client.lastMessageId('general'), mid(102));
+  // A join with recovered:true pages nothing.
+  t.client.join('dev');
+  assert.deepEqual(ws2.sentOfType('join_room'), [{ type: 'join_room', roomId: 'dev' }]);
+  ws2.serverSend({ type: 'room_joined', roomId: 'dev', memberCount: 1 });
+  await settle();
+  assert.equal(ws2.sentOfType('history').length, 2);
+});
+
+test('recovered:false: an unavailable page ends the paging and says where', async () => {
+  const t = setup({ client: { pingIntervalMs: 0 } });
+  t.client.on('recovery', (e) => t.events.push(['recovery', e]));
+  const ws2 = await reconnectedAfter2(t);
+  ws2.readyState = 1;
+  ws2.fire('open');
+  ws2.serverSend({ type: 'room_joined', roomId: 'general', memberCount: 1, recovered: false });
+  await settle();
+  assert.equal(ws2.sentOfType('history').length, 1);
+  ws2.serverSend({ type: 'error', code: 'unavailable', message: 'history storage is unavailable' });
+  await settle();
+  assert.deepEqual(t.of('recovery'), [
+    { roomId: 'general', since: mid(2), complete: false, pages: 0, messages: 0, after: mid(2), code: 'unavailable' },
+  ]);
+  assert.equal(ws2.sentOfType('history').length, 1, 'not asked again by itself');
+  assert.equal(t.sockets.length, 2, 'the connection is kept');
+});
+
+test('a 1013 before a since join made progress: the next join drops since and pages instead, so it does not loop', async () => {
+  const t = setup({ client: { pingIntervalMs: 0 } });
+  t.client.on('recovery', (e) => t.events.push(['recovery', e]));
+  const ws2 = await reconnectedAfter2(t);
+  assert.equal(new URL(ws2.url).searchParams.get('since'), mid(2));
+  // Closed as a slow consumer before any of the replay arrived.
+  ws2.serverOpen('general');
+  ws2.serverClose(1013);
+  await settle();
+  t.clock.advance(60_000);
+  await settle();
+  assert.equal(t.sockets.length, 3);
+  const ws3 = t.sockets[2];
+  assert.equal(new URL(ws3.url).searchParams.get('since'), null, 'the same since is not sent again');
+  ws3.serverOpen('general');
+  await settle();
+  assert.deepEqual(ws3.sentOfType('history'), [{ type: 'history', roomId: 'general', after: mid(2), limit: 200 }]);
+  // Live traffic meanwhile: the gap ends before it.
+  ws3.serverSend(msgFrame(9));
+  ws3.serverSend({ type: 'history', roomId: 'general', messages: [3, 4, 9].map((n) => msgFrame(n)) });
+  await settle();
+  assert.deepEqual(t.of('message').map((m) => m.messageId), [1, 2, 9, 3, 4].map(mid));
+  assert.deepEqual(t.of('recovery'), [{ roomId: 'general', since: mid(2), complete: true, pages: 1, messages: 2 }]);
+  // Progress was made: a later 1013 reconnects with the cursor as usual.
+  ws3.serverClose(1013);
+  await settle();
+  t.clock.advance(60_000);
+  await settle();
+  assert.equal(new URL(t.sockets[3].url).searchParams.get('since'), mid(9));
+});

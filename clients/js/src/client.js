@@ -282,7 +282,8 @@ export class ChatClient {
    * Events: one per server frame type (`message`, `ack`, `presence`,
    * `room_joined`, `room_left`, `typing_indicator`, `history`, `pong`,
    * `error`), `frame` (every frame, before dedupe), and `state`, `open`,
-   * `close`, `auth_failed`, `refused`, `send_failed`.
+   * `close`, `auth_failed`, `refused`, `send_failed`, and `recovery` (how the
+   * paging of a join answered `recovered: false` ended).
    */
   on(event, handler) {
     return this.#events.on(event, handler);

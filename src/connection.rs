@@ -10,6 +10,10 @@
 //!   gathers what remains (a full socket, a backlog) into one `sendmsg` per
 //!   wake-up. When the socket is full, the driver waits for writability
 //!   through glommio (io_uring poll) and keeps reading meanwhile.
+//! - **Replays**: every write's `consume` tops the queue up from the
+//!   connection's `since` replay backlog (`outbound.rs`), so a replay goes
+//!   out as fast as this loop (or the writer) gets bytes into the socket,
+//!   and no faster.
 //! - **Backpressure**: while the cross-core staging queues are over their
 //!   soft limit, the driver stops reading its socket.
 //!

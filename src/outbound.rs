@@ -14,9 +14,11 @@
 //!    reconnects and recovers what it missed with `join_room` + `since`.
 //! 3. **A lone frame is always admitted**: a live frame arriving while no
 //!    live bytes are queued is taken whatever its size, so one frame larger
-//!    than the budget (a 64 KiB message of control characters is ~6x that
-//!    as JSON) never closes the connection by itself. Memory stays bounded:
-//!    live bytes are at most the budget or one frame, whichever is larger.
+//!    than the budget (with OUTBOUND_QUEUE_BYTES at its 65552 minimum, a
+//!    full 64 KiB client frame comes back a few hundred bytes bigger, with
+//!    ids, names and a timestamp added) never closes the connection by
+//!    itself. Memory stays bounded: live bytes are at most the budget or
+//!    one frame, whichever is larger.
 //!
 //! **Recovery replays are paced, not budgeted.** A `since` replay (up to
 //! 1,000 messages of any size) is kept as a backlog of message payloads that

@@ -163,9 +163,12 @@ fn replay_of_200_escaped_messages_arrives_whole_then_live() {
     replay_arrives_whole(200, 1000, '\u{1}', true);
 }
 
-/// A reader that reads with pauses, through a small receive window (so the
-/// replay waits on the server), still gets all of it; a live message
-/// posted while the replay is under way comes after the replay, once.
+/// A reader that reads with pauses still gets the whole replay; a live
+/// message posted while the replay is under way comes after it, once.
+/// SOCKET_SEND_BUFFER=16384 on the server and a 16 KiB receive buffer on the
+/// reader keep the kernel from absorbing the ~1.1 MB replay: when the live
+/// message arrives, most of the replay still waits in the server's backlog,
+/// so the live frame really is queued behind it.
 #[test]
 fn slow_reader_gets_the_whole_replay_and_live_messages_after_it() {
     let server = Server::start(&[BURST, ("SOCKET_SEND_BUFFER", "16384")]);
@@ -286,4 +289,46 @@ fn history_bigger_than_the_budget_is_cut_with_more() {
     assert_eq!(ids_of(&all[1..]), ids, "every message once, in order");
     assert!(pages >= 5, "1.2 MB in pages under 256 KiB: {pages}");
     reader.close();
+}
+
+/// A lone frame bigger than the whole budget is delivered, not a slow
+/// consumer: with OUTBOUND_QUEUE_BYTES at its minimum (65552, one client
+/// frame) and MAX_MESSAGE_LENGTH raised so the content fits a 64 KiB client
+/// frame, the server's `message` frame (ids, user names and timestamp
+/// added) is bigger than the budget, for the sender and for a reader who
+/// recovers it with `since`.
+#[test]
+fn a_frame_bigger_than_the_budget_is_delivered_alone() {
+    let server = Server::start(&[
+        BURST,
+        ("OUTBOUND_QUEUE_BYTES", "65552"),
+        ("MAX_MESSAGE_LENGTH", "20000"),
+    ]);
+    let room = "big";
+    let user = "u".repeat(80);
+    let (mut sender, _) = server.connect(&user, room);
+    let marker = post(&mut sender, room, &["marker".to_string()]).remove(0);
+    // 10,900 x U+0001 is 65,400 bytes of JSON: the client frame fits 64 KiB.
+    let big: String = std::iter::repeat_n('\u{1}', 10_900).collect();
+    let frame = json!({"type": "message", "roomId": room, "content": big}).to_string();
+    assert!(
+        frame.len() <= 64 * 1024,
+        "client frame {} bytes",
+        frame.len()
+    );
+    sender.send_text(&frame);
+    let echo = sender.recv_type("message");
+    assert_eq!(echo["content"].as_str(), Some(big.as_str()));
+    let server_frame = echo.to_string().len();
+    assert!(server_frame > 65_552, "server frame {server_frame} bytes");
+
+    let (mut reader, joined) = server.connect_with("reader", room, &format!("since={marker}"));
+    assert_eq!(joined["recovered"], true, "{joined}");
+    let replayed = reader.recv_type("message");
+    assert_eq!(replayed["messageId"], echo["messageId"]);
+    assert_eq!(replayed["content"].as_str(), Some(big.as_str()));
+    reader.send(json!({"type": "ping"}));
+    assert_eq!(reader.recv_type("pong")["type"], "pong", "still open");
+    sender.send(json!({"type": "ping"}));
+    assert_eq!(sender.recv_type("pong")["type"], "pong", "still open");
 }

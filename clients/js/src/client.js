@@ -178,7 +178,7 @@ export class ChatClient {
   #typing = new Map();
   /** @type {Map<string, any>} room -> idle-stop timer */
   #typingTimers = new Map();
-  /** @type {Map<string, {resolve: Function, reject: Function, expired: boolean}[]>} room -> pending history requests, oldest first */
+  /** @type {Map<string, {resolve: Function, reject: Function, expired: boolean, restart: Function}[]>} room -> pending history requests, oldest first; `restart` pushes the timeout back (a frame arrived) */
   #historyWaiters = new Map();
   /** Socket of the current attempt. */
   #ws = null;
@@ -282,7 +282,8 @@ export class ChatClient {
    * Events: one per server frame type (`message`, `ack`, `presence`,
    * `room_joined`, `room_left`, `typing_indicator`, `history`, `pong`,
    * `error`), `frame` (every frame, before dedupe), and `state`, `open`,
-   * `close`, `auth_failed`, `refused`, `send_failed`.
+   * `close`, `auth_failed`, `refused`, `send_failed`, and `recovery` (how the
+   * paging of a join answered `recovered: false` ended).
    */
   on(event, handler) {
     return this.#events.on(event, handler);
@@ -605,6 +606,8 @@ export class ChatClient {
       return; // not JSON: chatd sends none; ignore rather than fail
     }
     if (frame === null || typeof frame !== 'object') return;
+    // Frames still flow: a history answer queued behind them is coming.
+    for (const waiters of this.#historyWaiters.values()) for (const w of waiters) w.restart();
     this.#events.emit('frame', frame);
     switch (frame.type) {
       case 'message':
@@ -993,7 +996,9 @@ export class ChatClient {
    * Asks for stored messages of a room over the WebSocket; resolves with the
    * `history` frame (oldest first). Needs a connection (rejects with
    * `disconnected` otherwise); rejects with `timeout` when no answer comes
-   * within `ackTimeoutMs`.
+   * within `ackTimeoutMs` of the last frame received (the server answers
+   * behind what it is already sending, a `since` replay of up to 1,000
+   * messages included, so frames still arriving mean the answer is coming).
    * @param {string} roomId
    * @param {{before?: string, after?: string, limit?: number}} [page]
    * @returns {Promise<import('./index.js').HistoryFrame>}
@@ -1011,17 +1016,23 @@ export class ChatClient {
     if (limit !== undefined) frame.limit = Math.min(HISTORY_MAX_LIMIT, Math.max(1, Math.floor(limit)));
     if (!this.#sendFrame(frame)) return Promise.reject(new ChatError('disconnected', 'not connected'));
     return new Promise((resolve, reject) => {
-      const waiter = { resolve, reject, expired: false };
+      const waiter = { resolve, reject, expired: false, restart: () => {} };
       let list = this.#historyWaiters.get(roomId);
       if (!list) this.#historyWaiters.set(roomId, (list = []));
       list.push(waiter);
-      const timer = this.#clock.setTimeout(() => {
+      const expire = () => {
         if (!waiter.expired) {
           // Left in the list: a late answer still belongs to this request.
           waiter.expired = true;
           reject(new ChatError('timeout', 'no history answer'));
         }
-      }, this.#ackTimeoutMs);
+      };
+      let timer = this.#clock.setTimeout(expire, this.#ackTimeoutMs);
+      waiter.restart = () => {
+        if (waiter.expired) return;
+        this.#clock.clearTimeout(timer);
+        timer = this.#clock.setTimeout(expire, this.#ackTimeoutMs);
+      };
       const done = () => this.#clock.clearTimeout(timer);
       waiter.resolve = (v) => {
         done();

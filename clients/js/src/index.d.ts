@@ -249,7 +249,7 @@ export interface ChatClientOptions {
   queueLimit?: number;
   reconnect?: ReconnectSettings;
   typing?: TypingSettings;
-  /** No ack (or history answer) within this long gives the socket up, ms (10000). */
+  /** No ack within this long gives the socket up; no history answer within this long of the last frame received rejects it with `timeout`, ms (10000). */
   ackTimeoutMs?: number;
   /** `ping` after this long, ms (25000); 0 turns the heartbeat off. */
   pingIntervalMs?: number;

@@ -9,6 +9,9 @@ const client = new ChatClient({ url: 'ws://localhost:8000/ws', token: () => 'jwt
 client.on('message', (m: MessageFrame) => m.messageId.length + m.content.length);
 client.on('close', (e) => (e.reconnect ? e.delayMs : e.code));
 client.on('state', ({ state }) => state === 'auth_failed');
+client.on('recovery', (e) => (e.complete ? e.messages : (e.after ?? e.since).length + (e.code ?? '').length));
+client.on('room_joined', (f) => f.recovered === false);
+client.on('history', (h) => (h.more ? h.messages.length : 0));
 const sent = client.send('hello', 'general');
 const id: string = sent.clientMsgId;
 sent.then((ack) => ack.messageId).catch((e: unknown) => e instanceof ChatError && e.code === 'queue_full');

@@ -473,3 +473,38 @@ test('a 1013 before a since join made progress: the next join drops since and pa
   await settle();
   assert.equal(new URL(t.sockets[3].url).searchParams.get('since'), mid(9));
 });
+
+test('a history answer may take longer than ackTimeoutMs while frames keep arriving ahead of it', async () => {
+  const { client, sockets, clock } = setup({ client: { pingIntervalMs: 0 } });
+  client.connect();
+  await settle();
+  const ws = sockets[0];
+  ws.serverOpen('general');
+  let outcome;
+  client.history('general', { limit: 10 }).then(
+    (page) => (outcome = ['answer', page.messages.length]),
+    (err) => (outcome = ['rejected', err.code]),
+  );
+  // A long replay ahead of the answer: a frame every 9 s, 27 s in all.
+  for (const n of [1, 2, 3]) {
+    clock.advance(9_000);
+    ws.serverSend(msgFrame(n));
+    await settle();
+    assert.equal(outcome, undefined, `still waiting after ${n * 9} s`);
+  }
+  ws.serverSend({ type: 'history', roomId: 'general', messages: [msgFrame(1)], more: false });
+  await settle();
+  assert.deepEqual(outcome, ['answer', 1]);
+  // Silence: the next request times out after ackTimeoutMs.
+  outcome = undefined;
+  client.history('general', { limit: 10 }).then(
+    () => (outcome = ['answer']),
+    (err) => (outcome = ['rejected', err.code]),
+  );
+  clock.advance(9_999);
+  await settle();
+  assert.equal(outcome, undefined);
+  clock.advance(1);
+  await settle();
+  assert.deepEqual(outcome, ['rejected', 'timeout']);
+});

@@ -5,18 +5,27 @@
 //! false) is answered with `message_blocked`, and every masked or blocked message writes an audit
 //! record (`auditMessage`).
 //!
-//! Matching is per word as Unicode word segmentation (UAX #29) sees the text, so a listed word is
-//! masked wherever it stands alone ("Shit!", "SHIT,", "(shit)") but never inside a longer word
-//! (a listed "ass" leaves "class" and "assessment" alone). Comparison is case-insensitive through
-//! per-character Unicode lowercasing, so non-ASCII entries such as "scheiße" or "мат" work, and a
-//! match is replaced by one `*` per character of the text it covers.
+//! Matching is done on a folded copy of the text ([`normalize`]: compatibility decomposition,
+//! invisible characters and accents dropped, lowercased, non-ASCII look-alikes folded onto what
+//! they imitate), so "ｄａｒｎ", "d\u{200B}arn", "dаrn" (Cyrillic а), "d\u{AD}arn" and "dárn" all
+//! match a listed "darn". List entries are folded the same way, so non-ASCII entries such as
+//! "scheiße" or "мат" work. Matching is per word as Unicode word segmentation (UAX #29) sees the
+//! folded text, so a listed word is masked wherever it stands alone ("Shit!", "SHIT,", "(shit)")
+//! but never inside a longer word (a listed "ass" leaves "class" and "assessment" alone).
+//!
+//! Masking edits the *original* text: each match is mapped back to the original characters it
+//! came from, and each of those is replaced by one `*`, except characters with no visible form
+//! of their own (an invisible character or an accent inside the word), which are removed. Every
+//! original character outside a match is kept exactly as sent.
 //!
 //! Two rules refuse a message instead of masking it:
 //! 1. every word in it is a blocked word (masking would leave nothing but asterisks), and
-//! 2. a configured regular expression (`MODERATION_PATTERNS`, compiled case-insensitive) matches.
+//! 2. a configured regular expression (`MODERATION_PATTERNS`, compiled case-insensitive) matches
+//!    the folded text (so a pattern is written in folded form: lowercase, no accents).
 //!
-//! The hot path is a clean message with moderation on; it is scanned once and no memory is
-//! allocated for it ([`Moderator::filter_message`] returns [`Cow::Borrowed`]).
+//! The hot path is a clean message with moderation on. Pure ASCII content (most messages) is
+//! already in folded form up to case, so it is scanned as it is, once, with no allocation
+//! ([`Moderator::filter_message`] returns [`Cow::Borrowed`]); other content costs one folded copy.
 //!
 //! Everything here is pure except [`Moderator::read_list_file`] (startup configuration) and the
 //! `tracing` event that [`MemoryAudit`] emits per record.
@@ -29,6 +38,10 @@ use std::sync::Arc;
 
 use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 use unicode_segmentation::UnicodeSegmentation;
+
+pub mod normalize;
+
+use normalize::lower_char as fold_char;
 
 /// Built-in block list used when `MODERATION_BLOCKLIST` is not set.
 ///
@@ -118,7 +131,7 @@ impl fmt::Display for BlockReason {
 /// copy (or share one behind an `Arc`) without coordination.
 #[derive(Debug, Clone)]
 pub struct Moderator {
-    /// Blocked words, lowercased with [`fold_char`] so they compare equal to folded text.
+    /// Blocked words in folded form ([`normalize::fold`], lowercased), as text words are compared.
     words: HashSet<Box<str>>,
     /// Length in bytes of the longest folded word: a text word that folds to more bytes cannot
     /// match, which lets the scan stop folding early and keeps the common case on the stack.
@@ -143,7 +156,8 @@ struct Scan {
 impl Moderator {
     /// Builds a moderator from block-list words and regex patterns.
     ///
-    /// Words are lowercased here, so callers may pass them in any case; empty entries are ignored.
+    /// Words are folded here like text ([`normalize`]), so callers may pass them in any case and
+    /// spelling of accents; empty entries are ignored.
     /// Each entry is matched against one word of the text, so an entry that word segmentation
     /// would split (say "a-hole") can never match: such entries are ignored with a warning, and a
     /// pattern is the tool for them. Patterns are compiled case-insensitive; the first invalid one
@@ -154,7 +168,10 @@ impl Moderator {
     ) -> Result<Self, ModerationError> {
         let mut set = HashSet::new();
         for word in words {
-            let folded: String = word.trim().chars().map(fold_char).collect();
+            let folded: String = normalize::fold(word.trim())
+                .chars()
+                .map(fold_char)
+                .collect();
             if folded.is_empty() {
                 continue;
             }
@@ -169,6 +186,19 @@ impl Moderator {
         // Compile each pattern alone first so an error names the pattern at fault; the set
         // builder only reports that *some* pattern is bad.
         for pattern in patterns {
+            // Patterns see folded text, where an accented or non-ASCII-cased letter never occurs;
+            // say so instead of letting such a pattern silently never match.
+            if pattern.chars().any(|c| {
+                let mut folded = String::new();
+                normalize::fold_char_into(c, &mut folded);
+                !c.is_ascii() && folded.chars().ne(std::iter::once(c))
+            }) {
+                tracing::warn!(
+                    %pattern,
+                    "moderation pattern has characters that folded text never contains \
+                     (accents, non-ASCII capitals, look-alikes); write it in folded form"
+                );
+            }
             RegexBuilder::new(pattern)
                 .case_insensitive(true)
                 .build()
@@ -240,9 +270,10 @@ impl Moderator {
         if self.words.is_empty() {
             return Cow::Borrowed(content);
         }
-        match self.first_blocked(content) {
+        let folded = normalize::fold(content);
+        match self.first_blocked(&folded) {
             None => Cow::Borrowed(content),
-            Some(start) => Cow::Owned(self.mask_from(content, start)),
+            Some(start) => Cow::Owned(self.mask(content, start)),
         }
     }
 
@@ -258,59 +289,63 @@ impl Moderator {
         if self.is_empty() {
             return Verdict::Clean;
         }
-        if let Some(reason) = self.pattern_match(content) {
+        let folded = normalize::fold(content);
+        if let Some(reason) = self.pattern_match(&folded) {
             return Verdict::Blocked(reason);
         }
         if self.words.is_empty() {
             return Verdict::Clean;
         }
-        let scan = self.scan(content, false);
+        let scan = self.scan(&folded, false);
         match scan.first_blocked {
             None => Verdict::Clean,
             Some(_) if scan.blocked == scan.words => {
                 Verdict::Blocked(BlockReason::OnlyBlockedWords)
             }
-            Some(start) => Verdict::Masked(self.mask_from(content, start)),
+            Some(start) => Verdict::Masked(self.mask(content, start)),
         }
     }
 
     /// The refusal rule that applies to `content`, if any.
     fn block_reason(&self, content: &str) -> Option<BlockReason> {
-        if let Some(reason) = self.pattern_match(content) {
+        let folded = normalize::fold(content);
+        if let Some(reason) = self.pattern_match(&folded) {
             return Some(reason);
         }
         if self.words.is_empty() {
             return None;
         }
-        let scan = self.scan(content, false);
+        let scan = self.scan(&folded, false);
         (scan.blocked > 0 && scan.blocked == scan.words).then_some(BlockReason::OnlyBlockedWords)
     }
 
-    /// The first configured pattern (in configuration order) that matches `content`.
-    fn pattern_match(&self, content: &str) -> Option<BlockReason> {
+    /// The first configured pattern (in configuration order) that matches `folded` (the content
+    /// after [`normalize::fold`]).
+    fn pattern_match(&self, folded: &str) -> Option<BlockReason> {
         let set = self.patterns.as_ref()?;
         // `is_match` is the cheap test; only a hit pays for finding which pattern it was.
-        if !set.is_match(content) {
+        if !set.is_match(folded) {
             return None;
         }
-        let index = set.matches(content).into_iter().next()?;
+        let index = set.matches(folded).into_iter().next()?;
         Some(BlockReason::Pattern(self.pattern_sources[index].clone()))
     }
 
-    /// Byte offset of the first blocked word, if any.
-    fn first_blocked(&self, content: &str) -> Option<usize> {
-        self.scan(content, true).first_blocked
+    /// Byte offset in `folded` of the first blocked word, if any.
+    fn first_blocked(&self, folded: &str) -> Option<usize> {
+        self.scan(folded, true).first_blocked
     }
 
-    /// One pass over the word segments of `content`; with `stop_at_first` it returns as soon as a
-    /// blocked word is found (enough for masking, not for the only-blocked-words rule).
-    fn scan(&self, content: &str, stop_at_first: bool) -> Scan {
+    /// One pass over the word segments of `folded` (the content after [`normalize::fold`]); with
+    /// `stop_at_first` it returns as soon as a blocked word is found (enough for masking, not for
+    /// the only-blocked-words rule).
+    fn scan(&self, folded: &str, stop_at_first: bool) -> Scan {
         let mut scan = Scan {
             words: 0,
             blocked: 0,
             first_blocked: None,
         };
-        for (offset, segment) in content.split_word_bound_indices() {
+        for (offset, segment) in folded.split_word_bound_indices() {
             if !is_word(segment) {
                 continue;
             }
@@ -328,8 +363,50 @@ impl Moderator {
         scan
     }
 
-    /// Copies `content`, masking blocked words from byte offset `start` (the first blocked word)
-    /// onwards; the part before it is known to be clean and is copied as is.
+    /// The masked copy of `content`, given the offset in its folded form of the first blocked
+    /// word. Pure ASCII content is its own folded form (up to case, [`normalize::fold`] borrows
+    /// it), so it is masked in place; other content is masked through the map from folded bytes
+    /// back to the original.
+    fn mask(&self, content: &str, start: usize) -> String {
+        if content.is_ascii() {
+            self.mask_from(content, start)
+        } else {
+            self.mask_mapped(content, start)
+        }
+    }
+
+    /// Masks non-ASCII `content`: finds the blocked words in its folded form (from folded byte
+    /// offset `start`, the first blocked word), and replaces the original characters each came
+    /// from. Each replaced character becomes one `*`, except one that folds to nothing (an
+    /// invisible character or a lone accent inside the word), which is removed; everything
+    /// outside the matches is copied unchanged.
+    fn mask_mapped(&self, content: &str, start: usize) -> String {
+        let mapped = normalize::fold_mapped(content);
+        let mut out = String::with_capacity(content.len());
+        // Original bytes before this offset are already in `out`. One original character can
+        // fold to several words ("¼" to "1⁄4"), so a match may begin inside what was copied.
+        let mut copied = 0;
+        for (offset, segment) in mapped.text[start..].split_word_bound_indices() {
+            if !(is_word(segment) && self.is_blocked(segment)) {
+                continue;
+            }
+            let from = start + offset;
+            let span = mapped.original(from..from + segment.len());
+            let span = span.start.max(copied)..span.end.max(copied);
+            out.push_str(&content[copied..span.start]);
+            let stars = content[span.clone()]
+                .chars()
+                .filter(|&c| !normalize::folds_to_nothing(c))
+                .count();
+            out.extend(std::iter::repeat_n('*', stars));
+            copied = span.end;
+        }
+        out.push_str(&content[copied..]);
+        out
+    }
+
+    /// Copies ASCII `content`, masking blocked words from byte offset `start` (the first blocked
+    /// word) onwards; the part before it is known to be clean and is copied as is.
     fn mask_from(&self, content: &str, start: usize) -> String {
         let mut out = String::with_capacity(content.len());
         out.push_str(&content[..start]);
@@ -364,20 +441,6 @@ impl Moderator {
         }
         // The buffer holds whole UTF-8 encoded chars only, so this cannot fail.
         std::str::from_utf8(&buf[..len]).is_ok_and(|w| self.words.contains(w))
-    }
-}
-
-/// Lowercases one character for comparison. `char::to_lowercase` is per character (unlike
-/// `str::to_lowercase`, which lowers a word-final Greek capital sigma to `ς`), so the Greek final
-/// sigma is mapped to `σ` here to make "ΜΑΛΑΚΑΣ" and "μαλάκας"-style spellings compare equal
-/// regardless of position. The rare characters whose lowercase is several characters keep only
-/// the first (İ lowercases to "i̇"; comparing "i" is what a user would expect anyway).
-fn fold_char(c: char) -> char {
-    let lower = c.to_lowercase().next().unwrap_or(c);
-    if lower == 'ς' {
-        'σ'
-    } else {
-        lower
     }
 }
 
@@ -688,6 +751,165 @@ mod tests {
         let m = Moderator::new(Moderator::default_words(), &[]).unwrap();
         assert_eq!(m.filter_message("what the fuck"), "what the ****");
         assert!(!Moderator::default_words().is_empty());
+    }
+
+    // ---- look-alike and invisible characters ----------------------------------------------
+
+    #[test]
+    fn zero_width_characters_do_not_hide_a_word() {
+        let m = moderator(&["darn"]);
+        // Zero-width space, non-joiner, joiner, word joiner, BOM.
+        for invisible in ['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'] {
+            let text = format!("oh d{invisible}ar{invisible}n it");
+            assert_eq!(m.filter_message(&text), "oh **** it", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn soft_hyphen_does_not_hide_a_word() {
+        let m = moderator(&["darn"]);
+        assert_eq!(m.filter_message("oh d\u{AD}arn it"), "oh **** it");
+    }
+
+    #[test]
+    fn variation_selectors_and_tags_do_not_hide_a_word() {
+        let m = moderator(&["darn"]);
+        assert_eq!(m.filter_message("da\u{FE0F}rn it"), "**** it");
+        assert_eq!(m.filter_message("dar\u{E0061}n it"), "**** it");
+        assert_eq!(m.filter_message("d\u{180E}arn it"), "**** it");
+    }
+
+    #[test]
+    fn full_width_letters_match() {
+        let m = moderator(&["darn"]);
+        assert_eq!(m.filter_message("ｄａｒｎ it"), "**** it");
+        assert_eq!(m.filter_message("ＤＡＲＮ it"), "**** it");
+        // Mathematical bold letters fold the same way (NFKC).
+        assert_eq!(m.filter_message("𝐝𝐚𝐫𝐧 it"), "**** it");
+    }
+
+    #[test]
+    fn cyrillic_and_greek_look_alikes_match() {
+        let m = moderator(&["darn", "shit", "poop"]);
+        // Cyrillic а (U+0430).
+        assert_eq!(m.filter_message("d\u{430}rn it"), "**** it");
+        // Cyrillic capital А (U+0410) and Ukrainian і (U+0456).
+        assert_eq!(m.filter_message("D\u{410}RN it"), "**** it");
+        assert_eq!(m.filter_message("sh\u{456}t happens"), "**** happens");
+        // Cyrillic р and о, Greek ο.
+        assert_eq!(m.filter_message("\u{440}\u{43E}\u{3BF}p"), "****");
+        assert_eq!(
+            m.moderate("my \u{440}\u{43E}\u{3BF}p"),
+            Verdict::Masked("my ****".into())
+        );
+    }
+
+    #[test]
+    fn combining_accents_do_not_hide_a_word() {
+        let m = moderator(&["darn"]);
+        // Precomposed á (U+00E1), a typed combining acute (U+0301), several stacked marks.
+        assert_eq!(m.filter_message("d\u{E1}rn it"), "**** it");
+        assert_eq!(m.filter_message("da\u{301}rn it"), "**** it");
+        assert_eq!(m.filter_message("d\u{323}a\u{301}\u{308}rn it"), "**** it");
+        // A mark after the last letter goes with the word rather than sitting on a `*`.
+        assert_eq!(m.filter_message("darn\u{301} it"), "**** it");
+    }
+
+    #[test]
+    fn all_tricks_at_once_and_only_blocked_words() {
+        let m = moderator(&["darn"]);
+        let text = "ｄ\u{200B}\u{430}\u{301}r\u{AD}n";
+        assert_eq!(m.filter_message(text), "****");
+        assert_eq!(
+            m.moderate(text),
+            Verdict::Blocked(BlockReason::OnlyBlockedWords)
+        );
+        assert_eq!(
+            m.moderate("ｄａｒｎ!! DARN"),
+            Verdict::Blocked(BlockReason::OnlyBlockedWords)
+        );
+    }
+
+    #[test]
+    fn the_original_is_kept_outside_matches() {
+        let m = moderator(&["darn"]);
+        let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}";
+        let text = format!("Café ☕ ｄａｒｎ {family} naïve ＯＫ d\u{430}rn! ✌\u{FE0F}");
+        let want = format!("Café ☕ **** {family} naïve ＯＫ ****! ✌\u{FE0F}");
+        assert_eq!(m.filter_message(&text), want);
+        assert_eq!(m.moderate(&text), Verdict::Masked(want));
+        // Invisible characters next to (not inside) a match are kept too.
+        assert_eq!(
+            m.filter_message("\u{200B}darn\u{200B} é"),
+            "\u{200B}****\u{200B} é"
+        );
+    }
+
+    #[test]
+    fn masks_are_one_star_per_visible_original_character() {
+        let m = moderator(&["darn", "fine"]);
+        // The ligature ﬁ is one character standing for "fi": one star.
+        assert_eq!(m.filter_message("\u{FB01}ne day"), "*** day");
+        // Invisible characters and accents inside the word leave no star of their own.
+        assert_eq!(m.filter_message("é d\u{200B}a\u{301}rn é"), "é **** é");
+        // Masking never leaves part of an original character behind.
+        let masked = m.filter_message("ｄａｒｎ\u{301}ｄ");
+        assert_eq!(masked, "ｄａｒｎ\u{301}ｄ", "one longer word: clean");
+    }
+
+    #[test]
+    fn one_character_folding_to_several_words_is_masked_once() {
+        // ¼ folds to "1⁄4": two listed words from one original character.
+        let m = moderator(&["1", "4"]);
+        assert_eq!(m.filter_message("a \u{BC} b"), "a * b");
+    }
+
+    #[test]
+    fn list_entries_are_folded_like_text() {
+        let m = moderator(&["ＤÁＲＮ", "d\u{200B}amn"]);
+        assert_eq!(m.filter_message("darn, damn"), "****, ****");
+        assert_eq!(m.filter_message("d\u{430}rn"), "****");
+    }
+
+    #[test]
+    fn ascii_is_compared_as_typed() {
+        // UTS #39 would make "dam" a look-alike of "darn" (m as rn) and "SHIT" unequal to "shit"
+        // (I as l); ASCII is only lowercased, so neither happens.
+        let m = moderator(&["darn", "shit"]);
+        assert!(matches!(
+            m.filter_message("the dam broke"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(m.filter_message("SHIT happens"), "**** happens");
+        assert_eq!(m.moderate("a dam"), Verdict::Clean);
+        // ...while a non-ASCII look-alike of "m" is folded to "m", not "rn".
+        let m = moderator(&["damn"]);
+        assert_eq!(m.filter_message("da\u{FF4D}n it"), "**** it");
+        assert_eq!(m.filter_message("da\u{1E43}n it"), "**** it");
+    }
+
+    #[test]
+    fn clean_non_ascii_text_is_borrowed() {
+        let m = Moderator::new(Moderator::default_words(), &[]).unwrap();
+        let text = "Grüße aus Köln 👋 — на связи, ｏｋ?";
+        assert!(matches!(m.filter_message(text), Cow::Borrowed(t) if t == text));
+        assert_eq!(m.moderate(text), Verdict::Clean);
+    }
+
+    #[test]
+    fn patterns_match_the_folded_text() {
+        let m = Moderator::new(Vec::new(), &words(&[r"buy\s+now"])).unwrap();
+        let blocked = Verdict::Blocked(BlockReason::Pattern(r"buy\s+now".to_string()));
+        for text in [
+            "ＢＵＹ ＮＯＷ",
+            "b\u{200B}uy n\u{AD}ow",
+            "buy n\u{43E}w",
+            "bu\u{301}y\u{3000}now",
+        ] {
+            assert_eq!(m.moderate(text), blocked, "{text:?}");
+            assert!(!m.is_message_allowed(text), "{text:?}");
+        }
+        assert_eq!(m.moderate("buy nothing"), Verdict::Clean);
     }
 
     fn record(n: u64, action: AuditAction) -> AuditRecord {

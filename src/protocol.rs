@@ -502,7 +502,9 @@ impl<'a> RawFrame<'a> {
             "message" => {
                 let content =
                     string_field(self.content, "content")?.ok_or_else(|| missing("content"))?;
-                if content.chars().all(char::is_whitespace) {
+                // Invisible characters (zero-width space, joiners, BOM, ...) show nothing either,
+                // so content of only those and whitespace is as empty as "" is.
+                if crate::moderation::normalize::is_blank(&content) {
                     return Err(FrameError::new(
                         "field `content` must not be empty or whitespace-only",
                     ));
@@ -1494,7 +1496,17 @@ mod tests {
 
     #[test]
     fn refuses_blank_content() {
-        for content in ["", " ", "\\n\\t ", "\u{3000}\u{a0}"] {
+        // The last three show nothing: zero-width space and non-joiner; BOM, word joiner and a
+        // space; soft hyphen, variation selector and Hangul filler.
+        let invisible = [
+            "\u{200b}\u{200c}",
+            "\u{feff} \u{2060}",
+            "\u{ad}\u{fe0f}\u{3164}",
+        ];
+        for content in ["", " ", "\\n\\t ", "\u{3000}\u{a0}"]
+            .into_iter()
+            .chain(invisible)
+        {
             refused(
                 &format!(r#"{{"type":"message","content":"{content}"}}"#),
                 "field `content` must not be empty or whitespace-only",

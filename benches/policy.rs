@@ -4,7 +4,8 @@
 //! Time is passed in by the caller in both types, so the rate-limit cases advance a synthetic
 //! clock to stay in the state their names say (each is checked before it is measured). The
 //! binary counts heap allocations and prints allocations per call for every case before the
-//! timings: a clean message must cost moderation no allocation.
+//! timings: a clean ASCII message must cost moderation no allocation (non-ASCII content costs
+//! its folded copy).
 //!
 //! Run with `cargo bench --bench policy`.
 
@@ -166,6 +167,14 @@ const CLEAN_100B: &str =
     "Hey team, the deploy finished and the dashboards look good. Lunch at noon? I'll book a table.";
 const ONE_MASKED: &str =
     "Hey team, the deploy finished and the damn dashboards look good. Lunch at noon? I'll book it.";
+/// Non-ASCII content takes the folding path (NFKD, invisible characters and marks dropped,
+/// confusables): accents, Cyrillic, an emoji, about 100 characters.
+const CLEAN_NON_ASCII: &str =
+    "Grüße an alle, das Deploy ist fertig 👍 Обед в полдень? Je réserve une table pour nous à midi.";
+/// A listed word spelled in full-width letters inside otherwise ASCII text: folded, matched, and
+/// masked through the map back to the original characters.
+const LOOKALIKE_MASKED: &str =
+    "Hey team, the deploy finished and the ｄａｍｎ dashboards look good. Lunch at noon? I'll book.";
 
 fn clean_1000_chars() -> String {
     const WORDS: &str =
@@ -188,6 +197,8 @@ fn policy(c: &mut Criterion) {
         ("clean_100B", CLEAN_100B, false),
         ("one_masked_word", ONE_MASKED, true),
         ("clean_1000_chars", long_clean.as_str(), false),
+        ("clean_non_ascii", CLEAN_NON_ASCII, false),
+        ("lookalike_masked", LOOKALIKE_MASKED, true),
     ];
     for (list, moderator) in &lists {
         for (name, content, masked) in contents {

@@ -1090,6 +1090,37 @@ fn moderation_patterns_refuse_matching_messages() {
     assert_eq!(http_history(&server, &token, &room, ""), seen);
 }
 
+#[test]
+fn look_alike_spellings_are_masked_and_invisible_content_is_refused() {
+    let server = Server::start(&[("MODERATION_BLOCKLIST", "darn")]);
+    let (room, _) = rooms_on_cores("lookalike");
+    let token = server.token("auditor");
+    let (mut sender, _) = server.connect("trickster", &room);
+    let (mut reader, _) = server.connect("watcher", &room);
+    // Zero-width space and non-joiner only: as empty as "".
+    sender.send(say("\u{200B}\u{200C}"));
+    let e = next_of(&mut sender, &["message", "error"]);
+    assert_fields(&e, json!({"type": "error", "code": "invalid_message"}));
+    // Full-width letters fold onto the listed word; the rest of the text is kept as sent.
+    sender.send(say("ｄａｒｎ it ☕ café"));
+    let own = next_of(&mut sender, &["message", "error"]);
+    assert_fields(
+        &own,
+        json!({"type": "message", "content": "**** it ☕ café"}),
+    );
+    let seen = messages_until(&mut reader, "**** it ☕ café");
+    assert_eq!(seen, [own], "the invisible message was not broadcast");
+    assert_eq!(http_history(&server, &token, &room, ""), seen);
+    assert_eq!(
+        server.wait_metric("chat_audit_records_total{action=\"masked\"}", 1.0),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("chat_errors_total{code=\"invalid_message\"}"),
+        Some(1.0)
+    );
+}
+
 /// A user id starting with `prefix` whose per-user state lives on `core`.
 fn user_owned_by(prefix: &str, core: usize) -> String {
     (0..)

@@ -259,7 +259,10 @@ pub fn parse_client_frame_simd(buf: &mut [u8]) -> Result<ClientFrame<'_>, FrameE
     // simd-json decodes an unpaired surrogate escape (`"\ud83dx"`) as U+0000 where serde_json
     // refuses it; such frames (and, harmlessly, paired ones) go to serde_json so that both
     // parsers, picked by length, read a frame the same way.
-    if has_surrogate_escape(buf) {
+    // simd-json also refuses an integer too long for 64 bits (valid JSON, which serde_json reads
+    // as a float): an unknown field holding one must not make the frame invalid (found by
+    // `fuzz/fuzz_targets/client_frame.rs`).
+    if has_surrogate_escape(buf) || has_long_digit_run(buf) {
         return parse_client_frame_serde_json(buf);
     }
     precheck(buf)?;
@@ -295,6 +298,23 @@ fn has_surrogate_escape(buf: &[u8]) -> bool {
                 Some(b'8' | b'9' | b'a'..=b'f' | b'A'..=b'F')
             )
     })
+}
+
+/// Digits in a row from which a JSON integer may not fit 64 bits (u64::MAX has 20 digits, and
+/// every 19-digit integer fits).
+const LONG_DIGIT_RUN: usize = 20;
+
+/// Whether `buf` holds [`LONG_DIGIT_RUN`] ASCII digits in a row (inside strings too, where it is
+/// harmless: such a frame is just parsed by serde_json).
+fn has_long_digit_run(buf: &[u8]) -> bool {
+    let mut run = 0;
+    for &b in buf {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= LONG_DIGIT_RUN {
+            return true;
+        }
+    }
+    false
 }
 
 fn invalid_json(detail: &dyn fmt::Display) -> FrameError {
@@ -1130,6 +1150,25 @@ mod tests {
     /// Found by the `client_frame` fuzz target (exact bytes): an unpaired surrogate escape,
     /// which serde_json refuses and simd-json read as U+0000, so the frame was refused when
     /// short and accepted, altered, when 32 bytes or longer.
+    #[test]
+    fn an_integer_longer_than_64_bits_in_an_unknown_field_is_accepted_by_both_parsers() {
+        // Found by the client_frame fuzz target: simd-json refused it, serde_json did not.
+        let frame =
+            b"{\"type\":\"history\",\"roomId\":\"gener0000A\",\"limst\":5333333333333333333330}";
+        let want = ClientFrame::History {
+            room_id: "gener0000A".into(),
+            before: None,
+            after: None,
+            limit: 50,
+        };
+        let mut buf = frame.to_vec();
+        assert_eq!(parse_client_frame_simd(&mut buf).unwrap(), want);
+        assert_eq!(parse_client_frame_serde_json(frame).unwrap(), want);
+        let mut buf = frame.to_vec();
+        assert_eq!(parse_client_frame(&mut buf).unwrap(), want);
+        assert!(!has_long_digit_run(b"{\"n\":9223372036854775807}"));
+    }
+
     #[test]
     fn a_control_byte_after_a_number_is_refused_by_both_parsers() {
         // Found by the client_frame fuzz target: simd-json accepted it as a ping.

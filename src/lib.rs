@@ -14,11 +14,16 @@
 //!      `-- not local: dup the socket, ShardMsg::Adopt --> home core
 //!  home core: handshake + connection driver               connection.rs, ws.rs
 //!    bytes -> frames -> session (client.rs) -> protocol.rs (JSON parse)
+//!    frame budgets per connection: join/leave, history, typing  ratelimit.rs
 //!    message: length/room checks on the connection's core
 //!      -> user's owner core: dedupe (dedupe.rs), rate limit (ratelimit.rs)
-//!      -> room's owner core: moderation (moderation.rs), id + timestamp,
+//!      -> room's owner core: moderation on folded text    moderation.rs,
+//!         (NFKC, invisibles, marks, confusables)         moderation/normalize.rs
+//!         id + timestamp,
 //!         encode once, history (history.rs), fan-out (hub.rs):
 //!           local members' outbound queues (outbound.rs)
+//!         join with `since`: replay kept per connection, framed into
+//!           the queue as the client reads it                  outbound.rs
 //!           + one copy per other core with members (ShardMsg::Deliver)
 //!         + with DATABASE_URL: row to the Postgres writer  hub/durable.rs
 //!  delivering core: a queue that became non-empty -> the core's writer:

@@ -328,6 +328,30 @@ mod tests {
     }
 
     #[test]
+    fn timeline_flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "churn",
+            "--metrics-path",
+            "/metrics",
+            "--timeline-svg",
+            "t.svg",
+        ])
+        .unwrap();
+        let Command::Churn(c) = cli.command else {
+            panic!("not churn")
+        };
+        let common = &c.fanout.common;
+        assert_eq!(common.metrics_path.as_deref(), Some("/metrics"));
+        assert_eq!(common.metrics_gauge, "chat_connections");
+        assert_eq!(common.timeline_svg, Some(PathBuf::from("t.svg")));
+        let Command::Churn(c) = Cli::try_parse_from(["loadgen", "churn"]).unwrap().command else {
+            panic!("not churn")
+        };
+        assert_eq!(c.fanout.common.metrics_path, None);
+    }
+
+    #[test]
     fn floor_is_back_to_back_unless_given_a_group_rate() {
         let floor = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
             Command::Floor(f) => f,

@@ -211,9 +211,12 @@ fn slope(points: &[(f64, u64)]) -> f64 {
 /// Why a scrape of the metrics page failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
-    /// Connecting, writing or reading failed or timed out.
+    /// The exchange took longer than `SCRAPE_TIMEOUT` (a busy or stalled server).
+    #[error("metrics request timed out after {} ms", SCRAPE_TIMEOUT.as_millis())]
+    Timeout,
+    /// Connecting, writing or reading failed.
     #[error("metrics request failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The answer was not `200` (the status line is given).
     #[error("metrics answered {0:?}")]
     Status(String),
@@ -223,6 +226,16 @@ pub enum ScrapeError {
     /// The page has no sample of the gauge.
     #[error("no {0} sample on the metrics page")]
     NoGauge(String),
+}
+
+impl From<std::io::Error> for ScrapeError {
+    fn from(e: std::io::Error) -> Self {
+        // A socket timeout surfaces as EAGAIN (`WouldBlock`) on Linux.
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ScrapeError::Timeout,
+            _ => ScrapeError::Io(e),
+        }
+    }
 }
 
 /// GETs `path` from `addr` (the loopback address of `--url`, already checked) and returns
@@ -240,7 +253,7 @@ pub fn scrape(addr: SocketAddr, authority: &str, path: &str) -> Result<String, S
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+            return Err(ScrapeError::Timeout);
         }
         s.set_read_timeout(Some(left))?;
         let n = s.read(&mut chunk)?;
@@ -442,6 +455,28 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(gauge_value(&page, "chat_connections").unwrap(), 42);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_server_is_a_timeout() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (c, _) = l.accept().unwrap();
+            // Never answer; hold the connection past the scrape timeout.
+            std::thread::sleep(SCRAPE_TIMEOUT * 2);
+            drop(c);
+        });
+        let started = Instant::now();
+        let e = scrape(addr, "x", "/metrics").unwrap_err();
+        assert!(matches!(e, ScrapeError::Timeout), "{e:?}");
+        assert_eq!(e.to_string(), "metrics request timed out after 300 ms");
+        let took = started.elapsed();
+        assert!(
+            took >= SCRAPE_TIMEOUT && took < SCRAPE_TIMEOUT * 2,
+            "{took:?}"
+        );
         server.join().unwrap();
     }
 

@@ -99,6 +99,28 @@ pub struct Common {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Path of the server's Prometheus page on the host and port of --url (e.g.
+    /// `/metrics`): read once a second for the server's count of open connections.
+    #[arg(long, value_parser = metrics_path)]
+    pub metrics_path: Option<String>,
+    /// Gauge on that page that counts the server's open connections (summed over labels).
+    #[arg(long, default_value = "chat_connections")]
+    pub metrics_gauge: String,
+    /// Save an SVG plot of server RSS and open connections over time (the report's
+    /// `timeline`).
+    #[arg(long, value_name = "FILE")]
+    pub timeline_svg: Option<PathBuf>,
+}
+
+/// A parser for `--metrics-path`: an absolute path that fits in a request line.
+fn metrics_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.len() <= 1_000 && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: expected a path such as /metrics (starting with '/', no spaces)"
+        ))
+    }
 }
 
 /// Flags of scenarios that send messages.
@@ -298,9 +320,35 @@ mod tests {
             &["loadgen", "floor", "--group", "0", "--group-rate", "400"],
             // A group size alone would be ignored: it needs a rate.
             &["loadgen", "floor", "--group", "10"],
+            &["loadgen", "churn", "--metrics-path", "metrics"],
+            &["loadgen", "churn", "--metrics-path", "/a b"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn timeline_flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "churn",
+            "--metrics-path",
+            "/metrics",
+            "--timeline-svg",
+            "t.svg",
+        ])
+        .unwrap();
+        let Command::Churn(c) = cli.command else {
+            panic!("not churn")
+        };
+        let common = &c.fanout.common;
+        assert_eq!(common.metrics_path.as_deref(), Some("/metrics"));
+        assert_eq!(common.metrics_gauge, "chat_connections");
+        assert_eq!(common.timeline_svg, Some(PathBuf::from("t.svg")));
+        let Command::Churn(c) = Cli::try_parse_from(["loadgen", "churn"]).unwrap().command else {
+            panic!("not churn")
+        };
+        assert_eq!(c.fanout.common.metrics_path, None);
     }
 
     #[test]

@@ -32,6 +32,10 @@
 //! - With `--server-pid`: the server's CPU time (`/proc/PID/stat`) and RSS
 //!   (`/proc/PID/status`) at the phase boundaries, beside loadgen's own CPU time, since
 //!   both share the machine.
+//! - Once a second for the whole run (the report's `timeline`): the server's RSS, its
+//!   own gauge of open connections (`--metrics-path`), loadgen's open connections and
+//!   running totals; the RSS trend over the measured interval says whether memory
+//!   stayed flat after the warm-up (`--timeline-svg` plots it).
 //! - `floor`: the CPU cost of one plain `send()` of a frame on loopback, the lower bound
 //!   for a server's CPU per delivered frame.
 //!
@@ -58,6 +62,7 @@ mod stats;
 mod supervisor;
 mod svg;
 mod target;
+mod timeline;
 mod worker;
 
 use anyhow::{Context, Result};
@@ -102,6 +107,14 @@ fn run() -> Result<()> {
             if let Some(path) = &plan.common.svg {
                 let title = format!("loadgen {}: {what} by percentile", plan.scenario);
                 std::fs::write(path, svg::render(hist, &title))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = &plan.common.timeline_svg {
+                let title = format!(
+                    "loadgen {}: server RSS and open connections over time",
+                    plan.scenario
+                );
+                std::fs::write(path, svg::render_timeline(&outcome.timeline, &title))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if plan.common.json {

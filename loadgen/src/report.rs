@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::scenario::Plan;
 use crate::stats::{ConnTally, LatencySummary};
 use crate::supervisor::Outcome;
+use crate::timeline::Timeline;
 
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +41,8 @@ pub struct Report {
     pub server: Option<ServerReport>,
     /// loadgen's own CPU use.
     pub loadgen: LoadgenReport,
+    /// Once-a-second samples of the run, and the RSS trend over the measured interval.
+    pub timeline: Timeline,
 }
 
 /// Outcome counts of a set of connections.
@@ -281,6 +284,7 @@ pub fn build(plan: &Plan, out: &Outcome) -> Report {
             cpu_us_per_delivery: per(out.loadgen_cpu_measured_us, t.delivered_measured),
             cpu_us_total: out.loadgen_cpu_total_us,
         },
+        timeline: out.timeline.clone(),
     }
 }
 
@@ -417,5 +421,34 @@ pub fn human(r: &Report) -> String {
         l.cpu_cores_measured,
         l.cpu_us_total as f64 / 1e3
     ));
+    let tl = &r.timeline;
+    line(String::new());
+    line(format!(
+        "timeline ({} points every {:.0} s, {} dropped)",
+        tl.points.len(),
+        tl.interval_s,
+        tl.points_dropped
+    ));
+    if let Some(tr) = &tl.rss_trend {
+        line(format!(
+            "  server rss trend       {:.1} MiB after warm-up, {:.1} MiB at the end: {:+.2}% (peak {:+.2}%, {:+.0} KiB/min)",
+            tr.start_bytes as f64 / 1048576.0,
+            tr.end_bytes as f64 / 1048576.0,
+            tr.growth_pct,
+            tr.peak_growth_pct,
+            tr.slope_bytes_per_min / 1024.0
+        ));
+    }
+    if let Some(max) = tl.points.iter().filter_map(|p| p.server_connections).max() {
+        line(format!(
+            "  server connections     at most {max} ({} failed scrapes)",
+            tl.scrape_failures
+        ));
+    } else if let Some(e) = &tl.last_scrape_error {
+        line(format!(
+            "  server connections     unknown: {} failed scrapes, last: {e}",
+            tl.scrape_failures
+        ));
+    }
     s
 }

@@ -12,7 +12,9 @@
 //! 5. after the grace period workers close their connections and report `done`.
 //!
 //! The server is sampled before connecting, after connecting, and at both ends of the
-//! measured interval.
+//! measured interval; besides, once a second for the whole run, the server's RSS, its
+//! count of open connections (`--metrics-path`) and loadgen's counts go into the
+//! timeline (see `timeline`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -33,6 +35,7 @@ use crate::scenario::Plan;
 use crate::seqtrack::SenderWindow;
 use crate::srcaddr::default_per_source;
 use crate::stats::{merge_encoded, new_hist, LatencySummary, Tally};
+use crate::timeline::{self, Point, Timeline};
 
 /// Time workers get to start and read their job.
 const PREPARE_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -79,6 +82,8 @@ pub struct Outcome {
     pub senders_judged: usize,
     /// Connections per source address used.
     pub per_source: u32,
+    /// Once-a-second samples of the whole run.
+    pub timeline: Timeline,
 }
 
 /// A message from a worker's stdout reader thread.
@@ -143,6 +148,8 @@ struct Run<'a> {
     next_progress: u64,
     /// Deliveries and sends at the previous progress line, for rates.
     last_counts: (u64, u64, u64),
+    /// The once-a-second series (bounded: `timeline::MAX_POINTS`).
+    timeline: Timeline,
 }
 
 /// Runs `plan` to completion.
@@ -189,6 +196,10 @@ pub fn run(plan: &Plan) -> Result<Outcome> {
         phase: "starting",
         next_progress: started + 1_000_000_000,
         last_counts: (0, 0, 0),
+        timeline: Timeline {
+            interval_s: 1.0,
+            ..Timeline::default()
+        },
     };
     run.execute(processes, per_source)
 }
@@ -311,6 +322,8 @@ impl Run<'_> {
         }
 
         let before_connect = sample()?;
+        // The first point: the server before any connection.
+        self.sample_timeline(mono_ns());
         let t0 = mono_ns() + LEAD_NS;
         self.broadcast(&Control::Connect { t0_ns: t0 })?;
         self.phase = "connecting";
@@ -359,6 +372,13 @@ impl Run<'_> {
             w.reaped = true;
             w.stdin = None;
         }
+        // The last point: every connection closed.
+        self.phase = "closed";
+        self.sample_timeline(mono_ns());
+        let rel = |ns: u64| ns.saturating_sub(self.started) as f64 / 1e9;
+        self.timeline.measure_start_s = Some(rel(phases.measure));
+        self.timeline.measure_end_s = Some(rel(phases.end));
+        self.timeline.finish();
         let loadgen_cpu_total_us = procstat::children_cpu_us() + procstat::self_cpu_us();
 
         let mut tally = Tally::default();
@@ -396,6 +416,7 @@ impl Run<'_> {
             loadgen_cpu_total_us,
             senders_judged,
             per_source,
+            timeline: std::mem::take(&mut self.timeline),
         })
     }
 
@@ -428,6 +449,7 @@ impl Run<'_> {
                 bail!("hard deadline passed; stopping the run");
             }
             if now >= self.next_progress {
+                self.sample_timeline(now);
                 self.progress(now);
                 self.next_progress += 1_000_000_000;
                 continue;
@@ -472,6 +494,44 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Adds one point to the timeline: the server's RSS and CPU (with `--server-pid`),
+    /// its connection gauge (with `--metrics-path`), and the workers' latest counts.
+    fn sample_timeline(&mut self, now: u64) {
+        let common = &self.plan.common;
+        let proc = common.server_pid.and_then(|pid| procstat::sample(pid).ok());
+        let server_connections = common.metrics_path.as_ref().and_then(|path| {
+            let t = &self.plan.target;
+            match timeline::scrape(t.addr, &t.authority, path)
+                .and_then(|page| timeline::gauge_value(&page, &common.metrics_gauge))
+            {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.timeline.scrape_failures += 1;
+                    self.timeline.last_scrape_error = Some(e.to_string());
+                    None
+                }
+            }
+        });
+        let mut tally = Tally::default();
+        for snap in self.seen.iter().filter_map(|s| s.last.as_ref()) {
+            tally.merge(&snap.tally);
+        }
+        let open = |c: &crate::stats::ConnTally| c.established.saturating_sub(c.dropped + c.closed);
+        self.timeline.push(Point {
+            t_s: now.saturating_sub(self.started) as f64 / 1e9,
+            phase: self.phase,
+            server_rss_bytes: proc.map(|p| p.rss_bytes),
+            server_cpu_us: proc.map(|p| p.cpu_us),
+            server_connections,
+            open_connections: open(&tally.conns) + open(&tally.churn),
+            sent: tally.sent,
+            delivered: tally.delivered,
+            failed: tally.conns.failed + tally.churn.failed,
+            dropped: tally.conns.dropped + tally.churn.dropped,
+            error_frames: tally.error_frames(),
+        });
     }
 
     /// One progress line on stderr from the workers' latest snapshots.

@@ -87,13 +87,21 @@ fn main() -> Result<()> {
             "{name} got bob's messages as {from_b:?}"
         );
     }
-    let (status, text) = http_get(addr, "/metrics")?;
-    ensure!(status == 200, "/metrics answered {status}");
-    let accepted = sample(&text, "chat_messages_received_total{outcome=\"accepted\"}")?;
-    ensure!(
-        accepted >= (2 * MESSAGES) as f64,
-        "chat_messages_received_total accepted = {accepted}"
-    );
+    // `/metrics` answers from a snapshot at most 1 s old: poll, bounded.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let (status, text) = http_get(addr, "/metrics")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        let accepted = sample(&text, "chat_messages_received_total{outcome=\"accepted\"}")?;
+        if accepted >= (2 * MESSAGES) as f64 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "chat_messages_received_total accepted = {accepted} after {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     println!(
         "defaults check: {cores} cores (machine {machine}), rooms {room_a} and {room_b} on cores 0 and {}, {} messages delivered in order, /metrics scraped {} times",
         1.min(cores - 1),

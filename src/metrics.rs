@@ -127,8 +127,14 @@ impl MetricsCache {
         }
     }
 
-    /// Keeps `snapshot`, taken at `taken`, for the next scrapes.
+    /// Keeps `snapshot`, taken at `taken`, for the next scrapes, unless a
+    /// newer one is already kept: two scrapes merging at once on different
+    /// cores must not leave the older one behind, or the next scrape's
+    /// counters would go backwards (a reset to Prometheus).
     pub fn store(&mut self, taken: Instant, snapshot: CoreSnapshot) {
+        if self.merged.as_ref().is_some_and(|(at, _)| *at > taken) {
+            return;
+        }
         self.merged = Some((taken, snapshot));
     }
 }
@@ -498,6 +504,23 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_merge_never_replaces_a_newer_one() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut cache = MetricsCache::default();
+        let at = |n| CoreSnapshot {
+            connections: n,
+            ..Default::default()
+        };
+        cache.store(t0 + ms(20), at(2));
+        // A merge that began earlier finishes later: it is not kept.
+        cache.store(t0 + ms(10), at(1));
+        assert_eq!(cache.fresh(t0 + ms(30)).map(|s| s.connections), Some(2));
+        cache.store(t0 + ms(40), at(3));
+        assert_eq!(cache.fresh(t0 + ms(50)).map(|s| s.connections), Some(3));
+    }
 
     #[test]
     fn the_merged_snapshot_is_reused_for_one_second() {

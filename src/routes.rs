@@ -162,12 +162,18 @@ async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
     http::response(200, "text/plain; version=0.0.4", body.as_bytes(), keep, &[])
 }
 
-/// Every core's counters merged: this core's cached copy when it is under
+/// Every core's counters merged: the process's cached copy when it is under
 /// [`crate::metrics::SNAPSHOT_MAX_AGE`] old, else a fresh round of queries
 /// (then cached). None when a core did not answer.
 async fn merged_snapshot(ctx: &CoreCtx) -> Option<CoreSnapshot> {
-    if let Some(cached) = ctx.metrics_cache.borrow().fresh(Instant::now()) {
-        return Some(cached.clone());
+    let cached = ctx
+        .shared
+        .metrics_cache
+        .lock()
+        .ok()
+        .and_then(|c| c.fresh(Instant::now()).cloned());
+    if cached.is_some() {
+        return cached;
     }
     let taken = Instant::now();
     let mut total = CoreSnapshot::default();
@@ -177,7 +183,9 @@ async fn merged_snapshot(ctx: &CoreCtx) -> Option<CoreSnapshot> {
             _ => return None,
         }
     }
-    ctx.metrics_cache.borrow_mut().store(taken, total.clone());
+    if let Ok(mut cache) = ctx.shared.metrics_cache.lock() {
+        cache.store(taken, total.clone());
+    }
     Some(total)
 }
 

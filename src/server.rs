@@ -97,6 +97,12 @@ pub struct Shared {
     pub pg: Option<Arc<crate::pg::PgHandle>>,
     /// The Redis thread (REDIS_URL set).
     pub redis: Option<broker::Link>,
+    /// The last merged `/metrics` snapshot (reused for up to 1 s). One for
+    /// the process, not one per core: scrapes land on any core, and
+    /// per-core copies of different ages would let a counter go backwards
+    /// between two scrapes. Locked only on the scrape path, never across an
+    /// await.
+    pub metrics_cache: std::sync::Mutex<crate::metrics::MetricsCache>,
 }
 
 /// One core's context, shared by its tasks through an `Rc`.
@@ -111,8 +117,6 @@ pub struct CoreCtx {
     pub shared: Arc<Shared>,
     /// Read buffer shared by this core's connections (never held across an await).
     pub scratch: RefCell<Box<[u8]>>,
-    /// The last merged `/metrics` snapshot this core served (reused for up to 1 s).
-    pub metrics_cache: RefCell<crate::metrics::MetricsCache>,
     /// Which new connections get a "WebSocket connection established" line
     /// (LOG_CONNECTIONS_PER_SEC, one per user per [`CONNECTION_LOG_WINDOW`]).
     pub connection_log: RefCell<LogSampler>,
@@ -230,6 +234,7 @@ pub fn run(
         health,
         pg: pg.clone(),
         redis: redis.as_ref().map(|r| r.link.clone()),
+        metrics_cache: std::sync::Mutex::default(),
     });
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -359,7 +364,6 @@ async fn core_main(
         shutdown: Shutdown::default(),
         shared: shared.clone(),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
-        metrics_cache: RefCell::new(crate::metrics::MetricsCache::default()),
         connection_log: RefCell::new(connection_log(&shared.settings, cores)),
     });
     crate::pg::link::attach(&ctx);

@@ -1038,11 +1038,11 @@ fn block_list_masks_whole_words_refuses_only_blocked_and_audits() {
         Some(2.0)
     );
     assert_eq!(
-        server.metric("chat_audit_records_total{action=\"masked\"}"),
+        server.wait_metric("chat_audit_records_total{action=\"masked\"}", 2.0),
         Some(2.0)
     );
     assert_eq!(
-        server.metric("chat_audit_records_total{action=\"blocked\"}"),
+        server.wait_metric("chat_audit_records_total{action=\"blocked\"}", 2.0),
         Some(2.0)
     );
 }
@@ -1116,7 +1116,7 @@ fn look_alike_spellings_are_masked_and_invisible_content_is_refused() {
         Some(1.0)
     );
     assert_eq!(
-        server.metric("chat_errors_total{code=\"invalid_message\"}"),
+        server.wait_metric("chat_errors_total{code=\"invalid_message\"}", 1.0),
         Some(1.0)
     );
 }

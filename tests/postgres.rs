@@ -640,7 +640,7 @@ fn postgres_outage_keeps_chat_live_and_loses_nothing() {
     let refused = alice.recv_type("error");
     assert_eq!(refused["code"], "unavailable", "{refused}");
     assert_eq!(
-        server.metric("chat_messages_received_total{outcome=\"unavailable\"}"),
+        server.wait_metric("chat_messages_received_total{outcome=\"unavailable\"}", 1.0),
         Some(1.0)
     );
 

@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{poll, rooms_on_cores, Client, Server};
+use common::{ids, poll, rooms_on_cores, send_all, stop, Client, Server};
 use serde_json::{json, Value};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
@@ -157,32 +157,9 @@ impl Drop for Backends {
 }
 
 /// Sends `n` messages to `room` and returns the broadcasts the sender got back.
-fn send_all(client: &mut Client, room: &str, n: usize, prefix: &str) -> Vec<Value> {
-    for i in 0..n {
-        client.send(json!({"type":"message","roomId":room,"content":format!("{prefix} {i}")}));
-    }
-    (0..n).map(|_| client.recv_type("message")).collect()
-}
-
-fn ids(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| m["messageId"].as_str().expect("messageId").to_string())
-        .collect()
-}
-
 /// The next `n` chat messages of a client.
 fn next_messages(client: &mut Client, n: usize) -> Vec<Value> {
     (0..n).map(|_| client.recv_type("message")).collect()
-}
-
-fn stop(server: &mut Server) {
-    server.sigterm();
-    assert_eq!(
-        server.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "clean exit after SIGTERM"
-    );
 }
 
 /// Joins `room` with `since` through `join_room` and returns `room_joined`.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{poll, rooms_on_cores, Client, Server};
+use common::{ids, poll, rooms_on_cores, send_all, stop, Client, Server};
 use serde_json::{json, Value};
 
 const SHARED_PG: &str = "127.0.0.1:5432";
@@ -133,20 +133,6 @@ fn env<'a>(db: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)>
 }
 
 /// Sends `n` messages to `room` and returns the broadcasts the sender got back.
-fn send_all(client: &mut Client, room: &str, n: usize, prefix: &str) -> Vec<Value> {
-    for i in 0..n {
-        client.send(json!({"type":"message","roomId":room,"content":format!("{prefix} {i}")}));
-    }
-    (0..n).map(|_| client.recv_type("message")).collect()
-}
-
-fn ids(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| m["messageId"].as_str().expect("messageId").to_string())
-        .collect()
-}
-
 /// One history page over HTTP.
 fn page(server: &Server, room: &str, query: &str) -> Value {
     let token = server.token("reader");
@@ -178,15 +164,6 @@ fn whole_history(server: &Server, room: &str) -> Vec<Value> {
         all = next;
     }
     all
-}
-
-fn stop(server: &mut Server) {
-    server.sigterm();
-    assert_eq!(
-        server.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "clean exit after SIGTERM"
-    );
 }
 
 fn healthz(server: &Server) -> (u16, Value) {

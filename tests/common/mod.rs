@@ -395,3 +395,32 @@ pub fn start_refused(env: &[(&str, &str)]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Sends `n` messages `"{prefix} {i}"` into `room` and returns the sender's
+/// own copies, in order.
+pub fn send_all(client: &mut Client, room: &str, n: usize, prefix: &str) -> Vec<Value> {
+    for i in 0..n {
+        client.send(
+            serde_json::json!({"type":"message","roomId":room,"content":format!("{prefix} {i}")}),
+        );
+    }
+    (0..n).map(|_| client.recv_type("message")).collect()
+}
+
+/// The `messageId`s of `messages`, in order.
+pub fn ids(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["messageId"].as_str().expect("messageId").to_string())
+        .collect()
+}
+
+/// SIGTERM, then a clean exit within 30 s.
+pub fn stop(server: &mut Server) {
+    server.sigterm();
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean exit after SIGTERM"
+    );
+}

@@ -20,8 +20,8 @@ use crate::metrics::{CloseReason, Outcome};
 use crate::outbound::{Outbound, Push, SLOW_CONSUMER_CLOSE};
 use crate::protocol::{self, ClientFrame, ErrorCode};
 use crate::ratelimit::{BudgetRates, ConnBudgets, FrameClass};
+use crate::runtime::sender::Writer;
 use crate::shard::{ConnId, FrameKind, Publish};
-use crate::writer::Writer;
 use crate::ws;
 
 /// Budgets a session starts with until the hub sets the configured ones

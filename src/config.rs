@@ -341,7 +341,7 @@ impl Settings {
             return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
         }
         if let Some(url) = &self.redis_url {
-            crate::redis_keys::check_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+            crate::redis::keys::check_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         }
         if let Some(url) = &self.database_url {
             crate::pg::parse_url(url)?;
@@ -355,7 +355,7 @@ impl Settings {
         if self.pg_buffer_messages > 10_000_000 {
             return Err("PG_BUFFER_MESSAGES: at most 10000000 rows".into());
         }
-        crate::redis_keys::check_prefix(&self.redis_prefix)
+        crate::redis::keys::check_prefix(&self.redis_prefix)
             .map_err(|e| format!("REDIS_PREFIX: {e}"))?;
         if self.presence_ttl_secs < 2 || self.presence_ttl_secs > 86_400 {
             return Err(format!(

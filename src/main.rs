@@ -43,7 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    chatd::server::run(settings, verifier, move |addr| {
+    chatd::runtime::server::run(settings, verifier, move |addr| {
         tracing::info!(%addr, "listening");
         println!("chatd listening on {addr}");
         if let Some(token) = dev_token {

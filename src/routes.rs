@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Identity;
-use crate::broker::Link;
 use crate::http;
 use crate::hub::Asked;
 use crate::metrics::CoreSnapshot;
 use crate::protocol::{self, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT};
-use crate::server::{CoreCtx, HttpRequest, QUERY_TIMEOUT};
+use crate::redis::worker::Link;
+use crate::runtime::server::{CoreCtx, HttpRequest, QUERY_TIMEOUT};
 use crate::shard::{Answer, Query};
 
 const JSON: &str = "application/json";

@@ -1,5 +1,5 @@
 //! Shard routing: which core owns a room or a user, the messages cores send
-//! each other, and the bounded queues that carry them.
+//! each other. The queues that carry them are `runtime/mesh.rs`.
 //!
 //! Every piece of shared state has exactly one owner core: a room belongs to
 //! `shard_for(room_id)`, a user's presence count, rate limit and dedupe window
@@ -14,42 +14,15 @@
 //! published after the join, so a joining connection sees neither a gap nor
 //! a duplicate.
 //!
-//! # Bounds
-//! The mesh channel holds [`MESH_CAPACITY`] messages per direction. A message
-//! that does not fit waits in this core's staging queue for that peer, drained
-//! in order by a forwarder task. Internal traffic (deliveries, answers) is
-//! never dropped; instead, connection readers stop reading from their sockets
-//! while any staging queue holds more than [`STAGING_SOFT_LIMIT`] messages, so
-//! the pressure lands on the clients that produce it (TCP backpressure). The
-//! overshoot past the soft limit is bounded by what one socket read can carry
-//! times the fan-out of one message.
-
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::channels::channel_mesh::Senders;
-use glommio::{GlommioError, ResourceType};
 
 use crate::auth::Identity;
 use crate::metrics::{CloseReason, CoreSnapshot};
 use crate::protocol::MessageId;
-
-/// Messages one mesh channel holds before senders stage locally. Sized so a
-/// burst to a 5,000-member room spread over both cores never stages:
-/// `chat_mesh_staged_total` stayed 0 through `loadgen burst --members 5000
-/// --window 64 --duration 5` (1.4 M deliveries/s, 2026-11-24).
-pub const MESH_CAPACITY: usize = 4096;
-
-/// Staged messages per peer above which connection readers pause: twice the
-/// channel, so readers pause only once the peer is a full channel behind. No
-/// measured run reached it (staging itself stayed at 0 in the burst above).
-pub const STAGING_SOFT_LIMIT: usize = 8192;
 
 /// Identifies a connection across cores: the core it runs on in the top 16
 /// bits, a per-core counter below (never reused, unlike a slab key, so a late
@@ -312,213 +285,9 @@ pub enum Answer {
     Unavailable,
 }
 
-/// This core's side of the mesh: sends to a peer's channel or, when it is
-/// full, stages in order behind it.
-pub struct Router {
-    /// This core's index.
-    core: usize,
-    /// Number of cores.
-    cores: usize,
-    /// The mesh senders, indexed by peer core.
-    senders: Senders<ShardMsg>,
-    /// Messages waiting for room in each peer's channel, oldest first.
-    staging: Vec<RefCell<VecDeque<ShardMsg>>>,
-    /// Wakes the forwarder of each peer when its staging queue fills.
-    forwarder_wakers: Vec<Cell<Option<Waker>>>,
-    /// Connection readers paused because staging passed its soft limit.
-    paused_readers: PausedReaders,
-    /// Messages ever staged (a metric: non-zero means the mesh was full).
-    staged_total: Cell<u64>,
-}
-
-impl Router {
-    /// Wraps this core's mesh senders.
-    pub fn new(senders: Senders<ShardMsg>, cores: usize) -> Router {
-        let core = senders.peer_id();
-        Router {
-            core,
-            cores,
-            senders,
-            staging: (0..cores).map(|_| RefCell::new(VecDeque::new())).collect(),
-            forwarder_wakers: (0..cores).map(|_| Cell::new(None)).collect(),
-            paused_readers: PausedReaders::default(),
-            staged_total: Cell::new(0),
-        }
-    }
-
-    /// This core's index.
-    pub fn core(&self) -> usize {
-        self.core
-    }
-
-    /// Number of cores.
-    pub fn cores(&self) -> usize {
-        self.cores
-    }
-
-    /// The owner core of a room or user id.
-    pub fn owner(&self, key: &str) -> usize {
-        shard_for(key, self.cores)
-    }
-
-    /// Sends `msg` to core `to` (never the local core). Never blocks and never
-    /// drops: see the module documentation for the bound.
-    pub fn send(&self, to: usize, msg: ShardMsg) {
-        debug_assert_ne!(to, self.core, "local work must not go through the mesh");
-        let mut staging = self.staging[to].borrow_mut();
-        if staging.is_empty() {
-            match self.senders.try_send_to(to, msg) {
-                Ok(()) => return,
-                Err(GlommioError::WouldBlock(ResourceType::Channel(back))) => {
-                    staging.push_back(back)
-                }
-                // The peer closed its side: the process is stopping.
-                Err(_) => return,
-            }
-        } else {
-            staging.push_back(msg);
-        }
-        self.staged_total.set(self.staged_total.get() + 1);
-        if let Some(waker) = self.forwarder_wakers[to].take() {
-            waker.wake();
-        }
-    }
-
-    /// True while connection readers should pause.
-    pub fn congested(&self) -> bool {
-        self.staging
-            .iter()
-            .any(|q| q.borrow().len() > STAGING_SOFT_LIMIT)
-    }
-
-    /// Registers a paused reader, woken when staging drains below the limit.
-    /// `registered` is the reader's own record of its registration (see
-    /// [`PausedReaders::pause`]).
-    pub fn pause_reader(&self, waker: &Waker, registered: &mut Option<u64>) {
-        self.paused_readers.pause(waker, registered);
-    }
-
-    /// Messages ever staged because a mesh channel was full.
-    pub fn staged_total(&self) -> u64 {
-        self.staged_total.get()
-    }
-
-    /// Moves staged messages for `peer` into its channel, in order, until the
-    /// staging queue is empty. Runs as one task per peer for the life of the
-    /// core.
-    pub async fn forward(self: Rc<Self>, peer: usize) {
-        loop {
-            let next = self.staging[peer].borrow_mut().pop_front();
-            match next {
-                Some(msg) => {
-                    if self.senders.send_to(peer, msg).await.is_err() {
-                        return; // peer gone: the process is stopping
-                    }
-                    if !self.congested() {
-                        self.paused_readers.wake_all();
-                    }
-                }
-                None => {
-                    std::future::poll_fn(|cx| {
-                        if self.staging[peer].borrow().is_empty() {
-                            self.forwarder_wakers[peer].set(Some(cx.waker().clone()));
-                            std::task::Poll::Pending
-                        } else {
-                            std::task::Poll::Ready(())
-                        }
-                    })
-                    .await
-                }
-            }
-        }
-    }
-}
-
-/// Connection readers waiting for the mesh to drain, each at most once.
-///
-/// A paused reader's task is polled again whenever something else wakes it
-/// (a frame for its client, a close request); each poll finds the mesh still
-/// congested and pauses again. Registering every time would grow the list by
-/// one waker per such wake-up for as long as the congestion lasts. Instead
-/// each reader remembers the round it registered in, and registers again only
-/// after [`PausedReaders::wake_all`] has started a new round: the list holds
-/// at most one waker per connection that paused in the current round (a
-/// connection that closes meanwhile leaves its waker until the round ends).
-#[derive(Default)]
-pub struct PausedReaders {
-    /// Incremented by every `wake_all`; a registration is valid for one round.
-    round: Cell<u64>,
-    /// The wakers of this round's paused readers.
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl PausedReaders {
-    /// Registers `waker` unless `registered` says this reader is already
-    /// registered in the current round; records the round in `registered`.
-    pub fn pause(&self, waker: &Waker, registered: &mut Option<u64>) {
-        let round = self.round.get();
-        if *registered != Some(round) {
-            self.wakers.borrow_mut().push(waker.clone());
-            *registered = Some(round);
-        }
-    }
-
-    /// Wakes every paused reader and starts a new round.
-    pub fn wake_all(&self) {
-        self.round.set(self.round.get() + 1);
-        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    /// Readers registered in the current round.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.wakers.borrow().len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    /// Counts wake-ups.
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn a_reader_polled_again_while_paused_is_registered_once() {
-        let paused = PausedReaders::default();
-        let (a, b) = (
-            Arc::new(Count(AtomicUsize::new(0))),
-            Arc::new(Count(AtomicUsize::new(0))),
-        );
-        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
-        let (mut ra, mut rb) = (None, None);
-        for _ in 0..100 {
-            paused.pause(&wa, &mut ra);
-        }
-        paused.pause(&wb, &mut rb);
-        assert_eq!(paused.len(), 2);
-        paused.wake_all();
-        assert_eq!(paused.len(), 0);
-        assert_eq!(a.0.load(Ordering::SeqCst), 1);
-        assert_eq!(b.0.load(Ordering::SeqCst), 1);
-        // Woken, polled, still congested: registers again in the new round.
-        paused.pause(&wa, &mut ra);
-        paused.pause(&wa, &mut ra);
-        assert_eq!(paused.len(), 1);
-        paused.wake_all();
-        assert_eq!(a.0.load(Ordering::SeqCst), 2);
-        assert_eq!(b.0.load(Ordering::SeqCst), 1);
-    }
 
     #[test]
     fn shard_for_is_stable_and_spreads() {

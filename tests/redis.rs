@@ -547,7 +547,7 @@ fn the_sequencing_script_is_monotonic_per_room_and_publishes_its_id() {
     pubsub
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let script = redis::Script::new(chatd::broker::SEQUENCE_SCRIPT);
+    let script = redis::Script::new(chatd::redis::worker::SEQUENCE_SCRIPT);
     let head = "m0123456789abcdef";
     let run = |con: &mut redis::Connection, floor: &str| -> String {
         script

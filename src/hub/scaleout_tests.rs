@@ -15,11 +15,12 @@ use ulid::Ulid;
 
 use super::Hub;
 use crate::auth::Identity;
-use crate::broker::{Command, Event, Link, Sequenced};
 use crate::client::Client;
 use crate::health::{BackendHealth, State};
-use crate::scaleout::{self, ScaleOut, ECHO_TIMEOUT, REPLY_TIMEOUT};
-use crate::shard::{Publish, Router, ShardMsg};
+use crate::redis::link::{self, ScaleOut, ECHO_TIMEOUT, REPLY_TIMEOUT};
+use crate::redis::worker::{Command, Event, Link, Sequenced};
+use crate::runtime::mesh::Router;
+use crate::shard::{Publish, ShardMsg};
 
 const INSTANCE: &str = "0123456789abcdef";
 
@@ -51,7 +52,7 @@ fn frames(client: &Client) -> Vec<Value> {
         .frames()
         .iter()
         .filter(|f| f.first() == Some(&0x81)) // text frames; pings skipped
-        .map(|f| serde_json::from_slice(scaleout::ws_payload(f)).expect("JSON"))
+        .map(|f| serde_json::from_slice(link::ws_payload(f)).expect("JSON"))
         .collect();
     let bytes = outbound.bytes();
     outbound.consume(bytes, Instant::now());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{PgHandle, ReadFailed, ReadReceiver, ReadSpec};
-use crate::server::CoreCtx;
+use crate::runtime::server::CoreCtx;
 
 /// Starts a task that awaits request `req`'s rows.
 type Spawner = Box<dyn Fn(u64, ReadReceiver)>;

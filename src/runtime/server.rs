@@ -20,20 +20,21 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{Identity, Verifier};
-use crate::broker;
 use crate::config::Settings;
-use crate::connection;
 use crate::health::BackendHealth;
 use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
 use crate::hub::Hub;
 use crate::moderation::Moderator;
 use crate::protocol::{self, MessageId};
 use crate::ratelimit::{LogSampler, LOG_SAMPLER_USERS};
+use crate::redis::link::ScaleOut;
+use crate::redis::worker;
 use crate::routes;
-use crate::scaleout::ScaleOut;
-use crate::shard::{shard_for, Adoption, Router, ShardMsg, MESH_CAPACITY};
-use crate::shutdown::Shutdown;
-use crate::writer::Writer;
+use crate::runtime::connection;
+use crate::runtime::mesh::{Router, MESH_CAPACITY};
+use crate::runtime::sender::Writer;
+use crate::runtime::shutdown::Shutdown;
+use crate::shard::{shard_for, Adoption, ShardMsg};
 
 /// io_uring registered-buffer memory per executor. Every executor's share is
 /// locked memory, and `RLIMIT_MEMLOCK` is often 8 MiB: 512 KiB each leaves
@@ -96,7 +97,7 @@ pub struct Shared {
     /// The Postgres backend, when DATABASE_URL is set.
     pub pg: Option<Arc<crate::pg::PgHandle>>,
     /// The Redis thread (REDIS_URL set).
-    pub redis: Option<broker::Link>,
+    pub redis: Option<worker::Link>,
     /// The last merged `/metrics` snapshot (reused for up to 1 s). One for
     /// the process, not one per core: scrapes land on any core, and
     /// per-core copies of different ages would let a counter go backwards
@@ -208,7 +209,7 @@ pub fn run(
     };
     let mut redis = match settings.redis_url {
         Some(_) => Some(
-            broker::start(&settings, cores, health.clone())
+            worker::start(&settings, cores, health.clone())
                 .map_err(|e| StartError::Config(e.to_string()))?,
         ),
         None => None,
@@ -329,7 +330,7 @@ fn moderation_words(settings: &Settings) -> Result<Vec<String>, StartError> {
 
 type SignalSlot = Arc<std::sync::Mutex<Option<signal_hook::iterator::Signals>>>;
 /// Per-core Redis event queues, taken once by each core at start.
-type RedisEvents = Arc<std::sync::Mutex<Vec<Option<broker::EventReceiver>>>>;
+type RedisEvents = Arc<std::sync::Mutex<Vec<Option<worker::EventReceiver>>>>;
 
 /// One core's life: join the mesh, start the helper tasks, accept until
 /// shutdown, drain.

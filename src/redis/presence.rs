@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use crate::redis_keys::Keys;
+use crate::redis::keys::Keys;
 
 /// Dirty entries that trigger a flush without waiting for the interval.
 pub const FLUSH_SIZE: usize = 512;

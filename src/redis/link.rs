@@ -6,8 +6,8 @@
 //!
 //! Waiting state is bounded:
 //! - in-flight messages: each is answered by its own copy coming back on the
-//!   subscription or by [`crate::broker::Event::PublishFailed`]. The
-//!   script's reply ([`crate::broker::Event::Replied`]) records the id Redis
+//!   subscription or by [`crate::redis::worker::Event::PublishFailed`]. The
+//!   script's reply ([`crate::redis::worker::Event::Replied`]) records the id Redis
 //!   gave it. One whose copy is overdue ([`ECHO_TIMEOUT`], counted in
 //!   `chat_redis_echo_lost_total`: the subscription broke right after the
 //!   publish) is settled by [`ScaleOut::sweep`]: accepted with the reply's
@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use ulid::Ulid;
 
 use crate::auth::Identity;
-use crate::broker::{Command, Link, PublishCmd};
-use crate::envelope;
 use crate::protocol::MessageId;
-use crate::redis_metrics::RedisMetrics;
+use crate::redis::envelope;
+use crate::redis::stats::RedisMetrics;
+use crate::redis::worker::{Command, Link, PublishCmd};
 use crate::shard::{ConnId, FrameKind};
 
 /// How long a published message may wait for its own copy.

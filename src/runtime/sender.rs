@@ -56,7 +56,7 @@ pub const RING_ENTRIES: usize = 256;
 /// pipelining 64 messages) a pass finds several per member, and with 8 here
 /// the driver had to send the rest in a second call: 0.33-0.36 µs of server
 /// CPU per delivery against 0.24-0.25 without the writer.
-pub const MAX_IOVECS: usize = crate::connection::MAX_IOVECS;
+pub const MAX_IOVECS: usize = crate::runtime::connection::MAX_IOVECS;
 
 /// Flags of every send: never block the core, never raise SIGPIPE.
 const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
@@ -328,7 +328,7 @@ impl Writer {
             if before == 0 {
                 continue;
             }
-            let result = crate::connection::flush(fd, &client);
+            let result = crate::runtime::connection::flush(fd, &client);
             if client.outbound().borrow().bytes() < before {
                 self.sends.set(self.sends.get() + 1);
             }

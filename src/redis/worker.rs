@@ -47,11 +47,11 @@ use ulid::Ulid;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::envelope::{self, Envelope};
 use crate::health::{BackendHealth, State};
-use crate::presence_redis::{self, Mirror};
-use crate::redis_keys::{self, Keys};
-use crate::redis_metrics::{Batch, RedisMetrics};
+use crate::redis::envelope::{self, Envelope};
+use crate::redis::keys::{self, Keys};
+use crate::redis::presence::{self, Mirror};
+use crate::redis::stats::{Batch, RedisMetrics};
 use crate::shard::{shard_for, FrameKind};
 use crate::ws;
 
@@ -365,7 +365,7 @@ pub fn start(
 ) -> Result<Started, StartError> {
     let url = settings.redis_url.clone().unwrap_or_default();
     let client = redis::Client::open(url.as_str()).map_err(|e| StartError::Url(e.to_string()))?;
-    let instance = redis_keys::instance_id();
+    let instance = keys::instance_id();
     let keys = Keys::new(&settings.redis_prefix, &instance);
     let buffer = settings.redis_buffer as usize;
     // Bounded by REDIS_BUFFER; full: see the module doc.
@@ -982,7 +982,7 @@ impl Broker {
             return Ok(());
         }
         let started = Instant::now();
-        presence_redis::execute(&mut conn.cmd, &plan, self.ttl).await?;
+        presence::execute(&mut conn.cmd, &plan, self.ttl).await?;
         self.metrics
             .batch(Batch::Presence, plan.entries, started.elapsed());
         self.metrics.overflows.store(
@@ -1006,7 +1006,7 @@ impl Broker {
         let live = self.mirror.live_keys();
         let rooms = self.mirror.room_members();
         let intact =
-            presence_redis::heartbeat(&mut conn.cmd, &self.keys, &live, &rooms, self.ttl).await?;
+            presence::heartbeat(&mut conn.cmd, &self.keys, &live, &rooms, self.ttl).await?;
         if !intact {
             tracing::warn!("Redis lost presence keys of this instance; rewriting them");
             self.mirror.rewrite_all();
@@ -1046,7 +1046,7 @@ impl Broker {
     /// join answers with it).
     async fn query_count(&mut self, room: &str) -> Option<usize> {
         let conn = self.conn.as_mut()?;
-        match presence_redis::room_count(&mut conn.cmd, &self.keys, room).await {
+        match presence::room_count(&mut conn.cmd, &self.keys, room).await {
             Ok(count) => Some(count),
             Err(e) => {
                 self.lose(&e.to_string());
@@ -1057,7 +1057,7 @@ impl Broker {
 
     async fn query_room(&mut self, room: &str) -> Option<Vec<String>> {
         let conn = self.conn.as_mut()?;
-        match presence_redis::room_users(&mut conn.cmd, &self.keys, room).await {
+        match presence::room_users(&mut conn.cmd, &self.keys, room).await {
             Ok(users) => Some(users),
             Err(e) => {
                 self.lose(&e.to_string());
@@ -1071,8 +1071,7 @@ impl Broker {
     async fn query_user(&mut self, user: &str, others_only: bool) -> Option<bool> {
         let conn = self.conn.as_mut()?;
         let except = others_only.then(|| self.keys.instance().to_string());
-        match presence_redis::user_online(&mut conn.cmd, &self.keys, user, except.as_deref()).await
-        {
+        match presence::user_online(&mut conn.cmd, &self.keys, user, except.as_deref()).await {
             Ok(online) => Some(online),
             Err(e) => {
                 self.lose(&e.to_string());
@@ -1087,7 +1086,7 @@ impl Broker {
             self.flush().await;
         }
         if let Some(conn) = self.conn.as_mut() {
-            if let Err(e) = presence_redis::goodbye(&mut conn.cmd, &self.mirror).await {
+            if let Err(e) = presence::goodbye(&mut conn.cmd, &self.mirror).await {
                 tracing::warn!(error = %e, "could not remove this instance from Redis");
             }
         }

@@ -32,7 +32,6 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::auth::Identity;
-use crate::broker::{Event, Sequenced};
 use crate::client::{Client, Membership};
 use crate::config::Settings;
 use crate::dedupe::{Begin, Dedupe, DEDUPE_WINDOW};
@@ -45,11 +44,11 @@ use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
 use crate::ratelimit::{
     BudgetRates, Decision, KeyedThrottle, LogSampler, RateLimiter, LOG_SAMPLER_USERS,
 };
-use crate::redis_metrics::RedisMetrics;
-use crate::scaleout::{self, Inflight, PendingJoin, ScaleOut};
-use crate::shard::{
-    Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Replay, Router, ShardMsg,
-};
+use crate::redis::link::{self, Inflight, PendingJoin, ScaleOut};
+use crate::redis::stats::RedisMetrics;
+use crate::redis::worker::{Event, Sequenced};
+use crate::runtime::mesh::Router;
+use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Replay, ShardMsg};
 use crate::ws;
 
 mod durable;
@@ -211,7 +210,7 @@ pub struct Hub {
     /// Redis scale-out (REDIS_URL set); None: single node.
     scaleout: Option<ScaleOut>,
     /// This core's batched writer (`BATCHED_SENDS`); None: each driver sends.
-    writer: Option<Rc<crate::writer::Writer>>,
+    writer: Option<Rc<crate::runtime::sender::Writer>>,
     /// The last `memberCount` this core sent for each room with local
     /// members (repeated joins are answered from it); bounded like `local`,
     /// removed with the room's last local member.
@@ -269,7 +268,7 @@ impl Hub {
     }
 
     /// Sends the fan-outs of this core's connections through `writer`.
-    pub fn set_writer(&mut self, writer: Rc<crate::writer::Writer>) {
+    pub fn set_writer(&mut self, writer: Rc<crate::runtime::sender::Writer>) {
         self.writer = Some(writer);
     }
 
@@ -826,7 +825,7 @@ impl Hub {
         let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
         if !so.up() {
             RedisMetrics::inc(&so.metrics().local_fallback);
-            let id = scaleout::local_id(local, floor);
+            let id = link::local_id(local, floor);
             let timestamp_ms = id.timestamp_ms();
             return self.accept_local(msg, id, timestamp_ms, now);
         }
@@ -1490,15 +1489,15 @@ impl Hub {
     /// from their subscriptions). Without one it is refused with
     /// `unavailable` and its clientMsgId released, so a retry is sequenced
     /// anew instead of waiting on it.
-    fn settle_overdue(&mut self, overdue: scaleout::Overdue, now: Instant) {
+    fn settle_overdue(&mut self, overdue: link::Overdue, now: Instant) {
         match overdue {
-            scaleout::Overdue::Accept { msg, id } => {
+            link::Overdue::Accept { msg, id } => {
                 if let Some(r) = self.owned.get_mut(&msg.room) {
                     r.last_id = r.last_id.max(Some(id));
                 }
                 self.accept_local(msg, id, id.timestamp_ms(), now);
             }
-            scaleout::Overdue::Refuse(msg) => {
+            link::Overdue::Refuse(msg) => {
                 self.metrics.message(Outcome::Unavailable);
                 let text = "the message could not be confirmed by Redis in time and was not accepted; retry";
                 self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
@@ -1582,7 +1581,7 @@ impl Hub {
                     .ids
                     .generate_from_datetime(wall)
                     .unwrap_or_else(|_| ulid::Ulid::from_datetime(wall));
-                let id = scaleout::local_id(generated, floor);
+                let id = link::local_id(generated, floor);
                 self.accept_local(msg, id, id.timestamp_ms(), now);
             }
             Event::JoinCounted { token, count } => {

@@ -37,7 +37,7 @@ use crate::auth::Identity;
 use crate::client::{self, Client};
 use crate::metrics::CloseReason;
 use crate::protocol::MessageId;
-use crate::server::CoreCtx;
+use crate::runtime::server::CoreCtx;
 use crate::shard::FrameKind;
 use crate::ws::{self, Decoder, WsEvent, MAX_MESSAGE_SIZE};
 

@@ -18,7 +18,7 @@ use ulid::Ulid;
 
 use crate::shard::FrameKind;
 
-/// Length of an instance id (see `redis_keys::instance_id`).
+/// Length of an instance id (see `keys::instance_id`).
 pub const INSTANCE_LEN: usize = 16;
 /// Length of the in-flight token.
 const TOKEN_LEN: usize = 16;

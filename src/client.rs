@@ -1,9 +1,9 @@
-//! One client connection's session: who it is, which rooms it is in, its
-//! outbound queue, and what each of its frames asks of the hub.
+//! One client connection's state: who it is, which rooms it is in, its
+//! outbound queue, and how a queue that became non-empty reaches the socket.
 //!
-//! The connection driver (`connection.rs`) moves bytes; this module decides.
-//! Everything here is synchronous: a frame is checked, turned into hub work
-//! (local, or a message to the owner core) and answered within one call.
+//! The connection driver (`runtime/connection.rs`) moves bytes; what each
+//! frame asks of the hub is decided in `hub/session.rs`. Nothing here knows
+//! the runtime: the batched sender is reached through [`Flush`].
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -15,13 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::auth::Identity;
-use crate::hub::Hub;
-use crate::metrics::{CloseReason, Outcome};
+use crate::metrics::CloseReason;
 use crate::outbound::{Outbound, Push, SLOW_CONSUMER_CLOSE};
-use crate::protocol::{self, ClientFrame, ErrorCode};
 use crate::ratelimit::{BudgetRates, ConnBudgets, FrameClass};
-use crate::runtime::sender::Writer;
-use crate::shard::{ConnId, FrameKind, Publish};
+use crate::shard::{ConnId, FrameKind};
 use crate::ws;
 
 /// Budgets a session starts with until the hub sets the configured ones
@@ -32,6 +29,15 @@ pub const DEFAULT_BUDGETS: BudgetRates = BudgetRates {
     history: 5,
     typing: 5,
 };
+
+/// The core's batched sender, as a connection sees it (the runtime's
+/// `Writer` implements it).
+pub trait Flush {
+    /// `client`'s queue just became non-empty while its driver's loop runs
+    /// (a socket is attached): send it with the rest of this pass. Called
+    /// once until the sender calls [`Client::left_batch`].
+    fn queued(&self, client: Weak<Client>);
+}
 
 /// Where a connection stands with a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +71,9 @@ pub struct Client {
     /// Per-connection budgets of `join_room`/`leave_room`, `history` and
     /// `typing` frames (one token bucket each).
     budgets: Cell<ConnBudgets>,
-    /// This core's batched writer; `None` sends from the driver only.
-    writer: Option<Rc<Writer>>,
+    /// This core's batched sender; `None` (tests, BATCHED_SENDS=false)
+    /// sends from the driver only.
+    flush: Option<Rc<dyn Flush>>,
     /// This client, for registering with the writer from `&self`.
     me: Weak<Client>,
     /// The socket while the driver runs its read/write loop, -1 before and
@@ -79,14 +86,14 @@ pub struct Client {
 
 impl Client {
     /// A new session with an empty queue whose frames go out through
-    /// `writer` when there is one, else through its driver alone.
+    /// `flush` when there is one, else through its driver alone.
     pub fn new(
         id: ConnId,
         identity: Identity,
         home_room: Arc<str>,
         outbound: Outbound,
         now: Instant,
-        writer: Option<Rc<Writer>>,
+        flush: Option<Rc<dyn Flush>>,
     ) -> Rc<Client> {
         Rc::new_cyclic(|me| Client {
             id,
@@ -99,7 +106,7 @@ impl Client {
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
             budgets: Cell::new(ConnBudgets::new(DEFAULT_BUDGETS, now)),
-            writer,
+            flush,
             me: me.clone(),
             socket: Cell::new(-1),
             in_batch: Cell::new(false),
@@ -168,10 +175,10 @@ impl Client {
     /// The queue just became non-empty: the writer sends it with the rest
     /// of the fan-out when the driver's loop is running, else the driver.
     fn ready(&self) {
-        match &self.writer {
-            Some(writer) if self.socket.get() >= 0 => {
+        match &self.flush {
+            Some(flush) if self.socket.get() >= 0 => {
                 if !self.in_batch.replace(true) {
-                    writer.enqueue(self.me.clone());
+                    flush.queued(self.me.clone());
                 }
             }
             _ => self.wake(),
@@ -288,133 +295,10 @@ impl Client {
 
     /// Charges one frame of `class` to this connection's budget; Err: the
     /// time until one is allowed again.
-    fn charge(&self, class: FrameClass, now: Instant) -> Result<(), Duration> {
+    pub fn charge(&self, class: FrameClass, now: Instant) -> Result<(), Duration> {
         let mut b = self.budgets.get();
         let result = b.check(class, now);
         self.budgets.set(b);
         result
     }
-}
-
-/// Handles one complete text frame from `client`.
-pub fn on_text(hub: &mut Hub, client: &Rc<Client>, payload: &mut [u8], now: Instant) {
-    client.touch(now);
-    let frame = match protocol::parse_client_frame(payload) {
-        Ok(frame) => frame,
-        Err(e) => return hub.send_error(client, ErrorCode::InvalidMessage, &e.0, None, now),
-    };
-    match frame {
-        ClientFrame::Message {
-            room_id,
-            content,
-            client_msg_id,
-        } => {
-            let Some(room) = client.joined_room(room_id.as_deref()) else {
-                hub.metrics.message(Outcome::Invalid);
-                let text = format!(
-                    "not in room {}",
-                    room_id.as_deref().unwrap_or(&client.home_room)
-                );
-                return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
-            };
-            let max = hub.max_message_chars();
-            if content.chars().count() > max {
-                hub.metrics.message(Outcome::Invalid);
-                let text = format!("message longer than {max} characters");
-                return hub.send_error(client, ErrorCode::MessageTooLong, &text, None, now);
-            }
-            if hub.durable_full() {
-                // Postgres is down and its buffer full: refuse before the
-                // message is counted, stamped or broadcast.
-                hub.metrics.message(Outcome::Unavailable);
-                let text = crate::hub::UNAVAILABLE_TEXT;
-                return hub.send_error(client, ErrorCode::Unavailable, text, None, now);
-            }
-            hub.publish(
-                Box::new(Publish {
-                    room,
-                    user: client.identity.clone(),
-                    content: content.into_owned(),
-                    client_msg_id: client_msg_id.map(|c| c.into()),
-                    conn: client.id,
-                    received_at: now,
-                }),
-                now,
-            );
-        }
-        ClientFrame::JoinRoom { room_id, since } => {
-            if let Err(wait) = client.charge(FrameClass::Rooms, now) {
-                return rate_limited(hub, client, "join_room and leave_room", wait, now);
-            }
-            let room: Arc<str> = Arc::from(&*room_id);
-            if client.membership(&room).is_none() && client.room_count() >= hub.max_rooms() {
-                let text = format!("a connection may be in at most {} rooms", hub.max_rooms());
-                return hub.send_error(client, ErrorCode::RoomLimit, &text, None, now);
-            }
-            hub.join(client, room, since, now);
-        }
-        ClientFrame::LeaveRoom { room_id } => {
-            if let Err(wait) = client.charge(FrameClass::Rooms, now) {
-                return rate_limited(hub, client, "join_room and leave_room", wait, now);
-            }
-            if client.membership(&room_id).is_none() {
-                let text = format!("not in room {room_id}");
-                return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
-            }
-            let room: Arc<str> = Arc::from(&*room_id);
-            hub.leave(client, &room);
-            client.push_own(&protocol::encode_room_left(&room), now);
-        }
-        ClientFrame::Typing { room_id, is_typing } => {
-            let Some(room) = client.joined_room(room_id.as_deref()) else {
-                let text = format!(
-                    "not in room {}",
-                    room_id.as_deref().unwrap_or(&client.home_room)
-                );
-                return hub.send_error(client, ErrorCode::NotInRoom, &text, None, now);
-            };
-            // Over the budget the indicator is dropped silently: it is
-            // advisory and the next one carries the same state.
-            if client.charge(FrameClass::Typing, now).is_err() {
-                hub.metrics.typing_throttled += 1;
-                return;
-            }
-            let id = &client.identity;
-            let json = protocol::encode_typing(&id.user_id, &id.username, &room, is_typing);
-            let frame = Bytes::from(ws::encode_text(&json));
-            hub.typing(room, id.user_id.clone(), frame, client.id, now);
-        }
-        ClientFrame::History {
-            room_id,
-            before,
-            after,
-            limit,
-        } => {
-            if let Err(wait) = client.charge(FrameClass::History, now) {
-                return rate_limited(hub, client, "history", wait, now);
-            }
-            hub.history_for_client(client, Arc::from(&*room_id), before, after, limit, now);
-        }
-        ClientFrame::Ping => client.push_own(&protocol::encode_pong(), now),
-    }
-}
-
-/// Answers a frame over its connection budget: `rate_limited` with the
-/// wait, connection kept, nothing else done for the frame.
-fn rate_limited(hub: &mut Hub, client: &Client, what: &str, wait: Duration, now: Instant) {
-    let ms = wait.as_millis() as u64;
-    let text = format!("too many {what} frames on this connection; retry in {ms} ms");
-    hub.send_error(client, ErrorCode::RateLimited, &text, Some(ms), now);
-}
-
-/// Handles a binary frame: refused, connection kept.
-pub fn on_binary(hub: &mut Hub, client: &Rc<Client>, now: Instant) {
-    client.touch(now);
-    hub.send_error(
-        client,
-        ErrorCode::InvalidMessage,
-        "binary frames are not supported; send JSON text frames",
-        None,
-        now,
-    );
 }

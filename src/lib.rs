@@ -13,7 +13,8 @@
 //!    home core = shard_for(initial roomId)                shard.rs
 //!      `-- not local: dup the socket, ShardMsg::Adopt --> home core
 //!  home core: handshake + connection driver               connection.rs, ws.rs
-//!    bytes -> frames -> session (client.rs) -> protocol.rs (JSON parse)
+//!    bytes -> frames -> session (hub/session.rs) -> protocol.rs (JSON parse)
+//!    hub calls through CoreCtx::with_hub: outbox -> mesh, in order   server.rs
 //!    frame budgets per connection: join/leave, history, typing  ratelimit.rs
 //!    message: length/room checks on the connection's core
 //!      -> user's owner core: dedupe (dedupe.rs), rate limit (ratelimit.rs)
@@ -32,7 +33,8 @@
 //!  Postgres (pg/): side thread, tokio current-thread runtime  pg/worker.rs
 //!    cores -> bounded channel -> batches (size or interval)   pg/batch.rs
 //!    -> UNNEST insert, retried with backoff; schema      pg/migrate.rs
-//!    reads: oneshot reply -> task on the asking core    pg/link.rs
+//!    reads: oneshot reply in the hub's outbox -> awaited  pg/link.rs,
+//!      by the runtime, rows back to the hub             server.rs
 //!      -> merged with the owner's memory cache          pg/merge.rs
 //!    counters rendered into /metrics                    pg/stats.rs
 //!  presence: user's owner core counts connections (presence.rs);

@@ -117,11 +117,11 @@ fn healthz(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
 }
 
 /// Asks a core and waits (bounded) for the answer.
-async fn ask(ctx: &CoreCtx, target: usize, query: Query) -> Option<Answer> {
-    let asked = ctx.hub.borrow_mut().ask(target, query);
+async fn ask(ctx: &Rc<CoreCtx>, target: usize, query: Query) -> Option<Answer> {
+    let asked = ctx.with_hub(|hub| hub.ask(target, query, Instant::now()));
     match asked {
         Asked::Ready(answer) => Some(answer),
-        Asked::Later(rx) => glommio::timer::timeout(QUERY_TIMEOUT, async { Ok(rx.recv().await) })
+        Asked::Later(rx) => glommio::timer::timeout(QUERY_TIMEOUT, async { Ok(rx.await.ok()) })
             .await
             .ok()
             .flatten(),
@@ -144,7 +144,7 @@ where
         .flatten()
 }
 
-async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
+async fn metrics(ctx: &Rc<CoreCtx>, keep: bool) -> Vec<u8> {
     let Some(total) = merged_snapshot(ctx).await else {
         return http::json_error(503, "a core did not answer", keep);
     };
@@ -165,7 +165,7 @@ async fn metrics(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
 /// Every core's counters merged: the process's cached copy when it is under
 /// [`crate::metrics::SNAPSHOT_MAX_AGE`] old, else a fresh round of queries
 /// (then cached). None when a core did not answer.
-async fn merged_snapshot(ctx: &CoreCtx) -> Option<CoreSnapshot> {
+async fn merged_snapshot(ctx: &Rc<CoreCtx>) -> Option<CoreSnapshot> {
     let cached = ctx
         .shared
         .metrics_cache
@@ -203,7 +203,7 @@ fn id_param(req: &HttpRequest, name: &str) -> Result<Option<protocol::MessageId>
     }
 }
 
-async fn history(ctx: &CoreCtx, req: &HttpRequest, room: &str, keep: bool) -> Vec<u8> {
+async fn history(ctx: &Rc<CoreCtx>, req: &HttpRequest, room: &str, keep: bool) -> Vec<u8> {
     if !protocol::valid_room_id(room) {
         return http::json_error(400, "invalid roomId", keep);
     }
@@ -238,7 +238,7 @@ async fn history(ctx: &CoreCtx, req: &HttpRequest, room: &str, keep: bool) -> Ve
     }
 }
 
-async fn room_presence(ctx: &CoreCtx, room: &str, keep: bool) -> Vec<u8> {
+async fn room_presence(ctx: &Rc<CoreCtx>, room: &str, keep: bool) -> Vec<u8> {
     if !protocol::valid_room_id(room) {
         return http::json_error(400, "invalid roomId", keep);
     }
@@ -257,7 +257,7 @@ async fn room_presence(ctx: &CoreCtx, room: &str, keep: bool) -> Vec<u8> {
     }
 }
 
-async fn user_status(ctx: &CoreCtx, user: &str, keep: bool) -> Vec<u8> {
+async fn user_status(ctx: &Rc<CoreCtx>, user: &str, keep: bool) -> Vec<u8> {
     if user.is_empty() || user.len() > 128 {
         return http::json_error(400, "invalid userId", keep);
     }

@@ -257,11 +257,12 @@ impl Hub {
             durable.handle.read_shed();
             return false;
         }
-        let req = self.next_req + 1;
-        if !durable.read(req, spec) {
+        let Some(reply) = durable.read(spec) else {
             return false;
-        }
-        self.next_req = req;
+        };
+        self.next_req += 1;
+        let req = self.next_req;
+        self.outbox.pg_reads.push((req, reply));
         self.pg_waits.insert(req, wait);
         true
     }
@@ -275,7 +276,7 @@ impl Hub {
                 req: origin.req,
                 answer,
             };
-            self.router.send(origin.core, msg);
+            self.outbox.send(origin.core, msg);
         }
     }
 
@@ -348,7 +349,7 @@ impl Hub {
                 if core == self.core {
                     self.joined(answer, now);
                 } else {
-                    self.router.send(core, ShardMsg::Joined(Box::new(answer)));
+                    self.outbox.send(core, ShardMsg::Joined(Box::new(answer)));
                 }
             }
         }

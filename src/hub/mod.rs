@@ -20,25 +20,31 @@
 //! typing and presence frames also go to the other instances.
 //!
 //! When an owner is the local core the work is a function call; otherwise
-//! it is a [`ShardMsg`] through the [`Router`]. The hub lives in a `RefCell`
-//! on its core and is never borrowed across an await.
+//! it is a [`ShardMsg`] written to the hub's [`Outbox`], which the runtime
+//! drains into the cross-core mesh right after every hub call, in order.
+//! The hub is plain code: it reads no clock (every entry point takes `now`,
+//! and `wall` where a message is stamped), spawns and awaits nothing, and
+//! knows no executor, so a test drives it by calling its entry points and
+//! moving outbox messages between hubs by hand.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_channel::oneshot;
+
 use bytes::Bytes;
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::auth::Identity;
-use crate::client::{Client, Membership};
+use crate::client::{Client, Flush, Membership};
 use crate::config::Settings;
 use crate::dedupe::{Begin, Dedupe, DEDUPE_WINDOW};
 use crate::history::{HistoryStore, MemoryHistory, StoredMessage};
 use crate::metrics::{CloseReason, CoreSnapshot, Outcome};
 use crate::moderation::{AuditAction, AuditRecord, AuditSink, MemoryAudit, Moderator, Verdict};
 use crate::outbound::{Outbound, Push};
+use crate::pg::ReadReceiver;
 use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
 use crate::ratelimit::{
@@ -47,13 +53,17 @@ use crate::ratelimit::{
 use crate::redis::link::{self, Inflight, PendingJoin, ScaleOut};
 use crate::redis::stats::RedisMetrics;
 use crate::redis::worker::{Event, Sequenced};
-use crate::runtime::mesh::Router;
-use crate::shard::{Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Replay, ShardMsg};
+use crate::shard::{
+    shard_for, Answer, ConnId, FrameKind, JoinAnswer, Publish, Query, Replay, ShardMsg,
+};
 use crate::ws;
 
 mod durable;
 #[cfg(test)]
+mod mesh_tests;
+#[cfg(test)]
 mod scaleout_tests;
+mod session;
 
 pub use durable::UNAVAILABLE_TEXT;
 
@@ -137,8 +147,9 @@ pub struct Origin {
 
 /// Who is waiting for the answer to a query this core asked.
 enum Waiter {
-    /// An HTTP request task.
-    Http(LocalSender<Answer>),
+    /// An HTTP request task (gone when it timed out; the answer is then
+    /// dropped).
+    Http(oneshot::Sender<Answer>),
     /// A client's `history` frame.
     ClientHistory {
         /// The asking connection.
@@ -155,15 +166,65 @@ enum Waiter {
 pub enum Asked {
     /// The owner is this core.
     Ready(Answer),
-    /// Await the receiver.
-    Later(LocalReceiver<Answer>),
+    /// Await the receiver (the runtime bounds the wait); a dropped sender
+    /// means the hub is gone.
+    Later(oneshot::Receiver<Answer>),
+}
+
+/// What one core's hub asks of the runtime, written during a call and
+/// drained by the runtime right after it (the hub never sends, spawns or
+/// awaits itself).
+///
+/// Both lists hold at most what one call produced: the runtime empties
+/// them after every call, so they are bounded by the work of one event
+/// (one frame, one mesh message, one sweep), not by time.
+#[derive(Default)]
+pub struct Outbox {
+    /// Messages for other cores, oldest first. Sent in exactly this order
+    /// (FIFO per peer): the ordering guarantees in `shard.rs` (a `Joined`
+    /// before any later `Deliver`) depend on it.
+    mesh: Vec<(usize, ShardMsg)>,
+    /// Postgres reads sent during the call, by request id: the runtime
+    /// awaits each reply and hands it to [`Hub::on_pg_rows`] (a dropped
+    /// reply reads as a failure, so every read is answered). At most
+    /// `durable::MAX_PG_READS` are in flight per core.
+    pg_reads: Vec<(u64, ReadReceiver)>,
+}
+
+impl Outbox {
+    /// Queues `msg` for core `to` (never this core).
+    fn send(&mut self, to: usize, msg: ShardMsg) {
+        self.mesh.push((to, msg));
+    }
+
+    /// The mesh messages queued so far, oldest first, removed.
+    pub fn take_mesh(&mut self) -> Vec<(usize, ShardMsg)> {
+        std::mem::take(&mut self.mesh)
+    }
+
+    /// The mesh messages queued so far, oldest first, removed as iterated
+    /// (keeps the buffer for the next call).
+    pub fn drain_mesh(&mut self) -> std::vec::Drain<'_, (usize, ShardMsg)> {
+        self.mesh.drain(..)
+    }
+
+    /// The Postgres reads to await, removed.
+    pub fn take_pg_reads(&mut self) -> Vec<(u64, ReadReceiver)> {
+        std::mem::take(&mut self.pg_reads)
+    }
+
+    /// True when there is nothing for the runtime.
+    pub fn is_empty(&self) -> bool {
+        self.mesh.is_empty() && self.pg_reads.is_empty()
+    }
 }
 
 /// One core's state.
 pub struct Hub {
-    /// Cross-core sending.
-    router: Rc<Router>,
-    /// This core's index (cached from the router).
+    /// What this core asks of the runtime: messages for other cores and
+    /// Postgres reads to await, drained after every call.
+    outbox: Outbox,
+    /// This core's index: local work is a call, other cores' a message.
     core: usize,
     /// Number of cores.
     cores: usize,
@@ -209,8 +270,9 @@ pub struct Hub {
     pub metrics: CoreSnapshot,
     /// Redis scale-out (REDIS_URL set); None: single node.
     scaleout: Option<ScaleOut>,
-    /// This core's batched writer (`BATCHED_SENDS`); None: each driver sends.
-    writer: Option<Rc<crate::runtime::sender::Writer>>,
+    /// This core's batched sender (`BATCHED_SENDS`), handed to every new
+    /// connection; None: each driver sends its own queue.
+    flush: Option<Rc<dyn Flush>>,
     /// The last `memberCount` this core sent for each room with local
     /// members (repeated joins are answered from it); bounded like `local`,
     /// removed with the room's last local member.
@@ -224,13 +286,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty hub for the router's core.
-    pub fn new(router: Rc<Router>, settings: &Settings, moderator: Option<Moderator>) -> Hub {
-        let cores = router.cores();
+    /// An empty hub for core `core` of `cores`, created at `now`.
+    pub fn new(
+        core: usize,
+        cores: usize,
+        settings: &Settings,
+        moderator: Option<Moderator>,
+        now: Instant,
+    ) -> Hub {
         Hub {
-            core: router.core(),
+            core,
             cores,
-            router,
+            outbox: Outbox::default(),
             limits: Limits::from_settings(settings),
             owned: HashMap::new(),
             local: HashMap::new(),
@@ -255,21 +322,28 @@ impl Hub {
             next_conn: 0,
             metrics: CoreSnapshot::default(),
             scaleout: None,
-            writer: None,
+            flush: None,
             room_counts: HashMap::new(),
             typing: KeyedThrottle::new(settings.typing_frames_per_sec as u32, TYPING_KEYS_PER_CORE),
             rate_log: LogSampler::new(
                 settings.rate_limit_window(),
                 RATE_LIMIT_LOG_PER_SEC,
                 LOG_SAMPLER_USERS,
-                Instant::now(),
+                now,
             ),
         }
     }
 
-    /// Sends the fan-outs of this core's connections through `writer`.
-    pub fn set_writer(&mut self, writer: Rc<crate::runtime::sender::Writer>) {
-        self.writer = Some(writer);
+    /// Sends the fan-outs of connections opened from now on through
+    /// `flush` (the runtime's batched sender).
+    pub fn set_flush(&mut self, flush: Rc<dyn Flush>) {
+        self.flush = Some(flush);
+    }
+
+    /// What this core's last calls asked of the runtime; drain it after
+    /// every call.
+    pub fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
     }
 
     /// Turns on Redis scale-out for this core.
@@ -298,7 +372,7 @@ impl Hub {
     }
 
     fn owner(&self, key: &str) -> usize {
-        self.router.owner(key)
+        shard_for(key, self.cores)
     }
 
     // ---- connections --------------------------------------------------
@@ -322,19 +396,19 @@ impl Hub {
             room.clone(),
             outbound,
             now,
-            self.writer.clone(),
+            self.flush.clone(),
         );
         client.set_budgets(self.limits.budgets, now);
         self.clients.insert(id, client.clone());
         self.metrics.connections_opened += 1;
         self.join(&client, room.clone(), since, now);
-        self.user_online(client.identity.user_id.clone(), room, id);
+        self.user_online(client.identity.user_id.clone(), room, id, now);
         client
     }
 
     /// Removes a closed connection: leaves its rooms and, if it was the
     /// user's last, announces the user offline there.
-    pub fn closed(&mut self, client: &Rc<Client>, reason: CloseReason) {
+    pub fn closed(&mut self, client: &Rc<Client>, reason: CloseReason, now: Instant) {
         if self.clients.remove(&client.id).is_none() {
             return;
         }
@@ -349,7 +423,7 @@ impl Hub {
                 joined.push(room);
             }
         }
-        self.user_offline(user, joined);
+        self.user_offline(user, joined, now);
     }
 
     /// Joins `client` to `room`, or answers a repeated join again.
@@ -418,7 +492,7 @@ impl Hub {
                 since,
                 count,
             };
-            self.router.send(owner, msg);
+            self.outbox.send(owner, msg);
         }
     }
 
@@ -545,7 +619,7 @@ impl Hub {
         if from == self.core {
             self.joined(answer, now);
         } else {
-            self.router.send(from, ShardMsg::Joined(Box::new(answer)));
+            self.outbox.send(from, ShardMsg::Joined(Box::new(answer)));
         }
     }
 
@@ -605,7 +679,7 @@ impl Hub {
     fn leave_owner(&mut self, room: Arc<str>, user: Arc<str>, core: usize) {
         let owner = self.owner(&room);
         if owner != self.core {
-            return self.router.send(owner, ShardMsg::Leave { room, user });
+            return self.outbox.send(owner, ShardMsg::Leave { room, user });
         }
         let Some(entry) = self.owned.get_mut(&room) else {
             return;
@@ -659,17 +733,17 @@ impl Hub {
     // ---- messages ------------------------------------------------------
 
     /// A checked message from a local client: to the user's owner.
-    pub fn publish(&mut self, p: Box<Publish>, now: Instant) {
+    pub fn publish(&mut self, p: Box<Publish>, now: Instant, wall: SystemTime) {
         let owner = self.owner(&p.user.user_id);
         if owner == self.core {
-            self.publish_user_owner(p, now);
+            self.publish_user_owner(p, now, wall);
         } else {
-            self.router.send(owner, ShardMsg::Publish(p));
+            self.outbox.send(owner, ShardMsg::Publish(p));
         }
     }
 
     /// User owner: dedupe and rate limit, then to the room's owner.
-    fn publish_user_owner(&mut self, p: Box<Publish>, now: Instant) {
+    fn publish_user_owner(&mut self, p: Box<Publish>, now: Instant, wall: SystemTime) {
         let user = p.user.user_id.clone();
         if let Some(cmid) = &p.client_msg_id {
             match self.dedupe.begin(&user, cmid, p.conn, now) {
@@ -716,14 +790,14 @@ impl Hub {
         }
         let owner = self.owner(&p.room);
         if owner == self.core {
-            self.sequence(*p, now);
+            self.sequence(*p, now, wall);
         } else {
-            self.router.send(owner, ShardMsg::Sequence(p));
+            self.outbox.send(owner, ShardMsg::Sequence(p));
         }
     }
 
     /// Room owner: moderate, stamp, store, fan out, ack.
-    fn sequence(&mut self, p: Publish, now: Instant) {
+    fn sequence(&mut self, p: Publish, now: Instant, wall: SystemTime) {
         let Publish {
             room,
             user,
@@ -735,7 +809,6 @@ impl Hub {
         if self.durable_full() {
             return self.refuse_unavailable(user.user_id, conn, client_msg_id, now);
         }
-        let wall = SystemTime::now();
         let id = self
             .ids
             .generate_from_datetime(wall)
@@ -932,7 +1005,7 @@ impl Hub {
                 client_msg_id,
                 outcome,
             };
-            return self.router.send(owner, msg);
+            return self.outbox.send(owner, msg);
         }
         match outcome {
             Some((message_id, room)) => {
@@ -980,7 +1053,7 @@ impl Hub {
                 kind,
                 exclude,
             };
-            self.router.send(owner, msg);
+            self.outbox.send(owner, msg);
         }
     }
 
@@ -1004,7 +1077,7 @@ impl Hub {
                 frame,
                 exclude,
             };
-            self.router.send(owner, msg);
+            self.outbox.send(owner, msg);
         }
     }
 
@@ -1064,7 +1137,7 @@ impl Hub {
                         exclude,
                         received_at,
                     };
-                    self.router.send(core, msg);
+                    self.outbox.send(core, msg);
                 }
             }
         }
@@ -1111,7 +1184,7 @@ impl Hub {
                 client.push(frame, FrameKind::Message, now);
             }
         } else {
-            self.router
+            self.outbox
                 .send(conn.core(), ShardMsg::ToConn { conn, frame });
         }
     }
@@ -1149,11 +1222,11 @@ impl Hub {
 
     // ---- presence ------------------------------------------------------
 
-    fn user_online(&mut self, user: Arc<str>, room: Arc<str>, conn: ConnId) {
+    fn user_online(&mut self, user: Arc<str>, room: Arc<str>, conn: ConnId, now: Instant) {
         let owner = self.owner(&user);
         if owner != self.core {
             let msg = ShardMsg::UserOnline { user, room, conn };
-            return self.router.send(owner, msg);
+            return self.outbox.send(owner, msg);
         }
         let first = self.presence.set_online(&user);
         if self.presence.connections(&user) > self.limits.max_connections_per_user {
@@ -1173,7 +1246,7 @@ impl Hub {
             let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
                 &user, true, &room,
             )));
-            self.relay(room, frame, FrameKind::Presence, None, Instant::now());
+            self.relay(room, frame, FrameKind::Presence, None, now);
         }
     }
 
@@ -1181,18 +1254,18 @@ impl Hub {
     fn close_conn(&mut self, conn: ConnId, code: u16, reason: CloseReason) {
         if conn.core() != self.core {
             let msg = ShardMsg::CloseConn { conn, code, reason };
-            return self.router.send(conn.core(), msg);
+            return self.outbox.send(conn.core(), msg);
         }
         if let Some(client) = self.clients.get(&conn) {
             client.request_close(code, reason);
         }
     }
 
-    fn user_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>) {
+    fn user_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>, now: Instant) {
         let owner = self.owner(&user);
         if owner != self.core {
             return self
-                .router
+                .outbox
                 .send(owner, ShardMsg::UserOffline { user, rooms });
         }
         if !self.presence.set_offline(&user) {
@@ -1207,12 +1280,11 @@ impl Hub {
             },
             None => rooms,
         };
-        self.announce_offline(user, rooms);
+        self.announce_offline(user, rooms, now);
     }
 
     /// Sends `offline` presence frames for `user` to `rooms`.
-    fn announce_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>) {
-        let now = Instant::now();
+    fn announce_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>, now: Instant) {
         for room in rooms {
             let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
                 &user, false, &room,
@@ -1224,17 +1296,17 @@ impl Hub {
     // ---- queries -------------------------------------------------------
 
     /// Asks core `target` a question (answered in place when local).
-    pub fn ask(&mut self, target: usize, query: Query) -> Asked {
+    pub fn ask(&mut self, target: usize, query: Query, now: Instant) -> Asked {
         let deferred = self.has_durable() && matches!(query, Query::History { .. });
         if target == self.core && !deferred {
             return Asked::Ready(self.answer(query));
         }
-        let (tx, rx) = local_channel::new_bounded(1);
+        let (tx, rx) = oneshot::channel();
         let req = self.register(Waiter::Http(tx));
         if target == self.core {
-            self.answer_query(target, req, query, Instant::now());
+            self.answer_query(target, req, query, now);
         } else {
-            self.router.send(target, ShardMsg::Query { req, query });
+            self.outbox.send(target, ShardMsg::Query { req, query });
         }
         Asked::Later(rx)
     }
@@ -1260,11 +1332,6 @@ impl Hub {
             Query::Metrics => {
                 let mut snapshot = self.metrics.clone();
                 snapshot.connections = self.clients.len() as u64;
-                snapshot.mesh_staged = self.router.staged_total();
-                if let Some(writer) = &self.writer {
-                    snapshot.send_batches = writer.batches();
-                    snapshot.send_batched = writer.sends();
-                }
                 Answer::Metrics(Box::new(snapshot))
             }
             Query::RoomOnline(room) => {
@@ -1322,7 +1389,7 @@ impl Hub {
             if owner == self.core {
                 self.answer_query(owner, req, query, now);
             } else {
-                self.router.send(owner, ShardMsg::Query { req, query });
+                self.outbox.send(owner, ShardMsg::Query { req, query });
             }
         }
     }
@@ -1331,7 +1398,7 @@ impl Hub {
         match self.pending.remove(&req) {
             Some(Waiter::Http(tx)) => {
                 // The asker may have timed out and gone; nothing to do then.
-                let _ = tx.try_send(answer);
+                let _ = tx.send(answer);
             }
             Some(Waiter::ClientHistory {
                 conn,
@@ -1377,7 +1444,7 @@ impl Hub {
 
     /// Handles one message from core `from` (adoption and shutdown are
     /// handled by the server before this).
-    pub fn on_shard_msg(&mut self, from: usize, msg: ShardMsg, now: Instant) {
+    pub fn on_shard_msg(&mut self, from: usize, msg: ShardMsg, now: Instant, wall: SystemTime) {
         match msg {
             ShardMsg::Join {
                 room,
@@ -1405,8 +1472,8 @@ impl Hub {
             }
             ShardMsg::Joined(answer) => self.joined(*answer, now),
             ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
-            ShardMsg::Publish(p) => self.publish_user_owner(p, now),
-            ShardMsg::Sequence(p) => self.sequence(*p, now),
+            ShardMsg::Publish(p) => self.publish_user_owner(p, now, wall),
+            ShardMsg::Sequence(p) => self.sequence(*p, now, wall),
             ShardMsg::Published {
                 user,
                 client_msg_id,
@@ -1426,7 +1493,7 @@ impl Hub {
                 received_at,
             } => self.deliver_local(&room, frame, kind, exclude, received_at, now),
             ShardMsg::ToConn { conn, frame } => self.send_to_conn(conn, frame, now),
-            ShardMsg::UserOnline { user, room, conn } => self.user_online(user, room, conn),
+            ShardMsg::UserOnline { user, room, conn } => self.user_online(user, room, conn, now),
             ShardMsg::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
             ShardMsg::Typing {
                 room,
@@ -1434,7 +1501,7 @@ impl Hub {
                 frame,
                 exclude,
             } => self.typing_owner(room, user, frame, exclude, now),
-            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms),
+            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, now),
             ShardMsg::Query { req, query } => self.answer_query(from, req, query, now),
             ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
             ShardMsg::Adopt(_) | ShardMsg::Shutdown => {
@@ -1511,7 +1578,7 @@ impl Hub {
     // ---- Redis ---------------------------------------------------------
 
     /// Handles what the Redis thread sends this core.
-    pub fn on_broker_event(&mut self, event: Event, now: Instant) {
+    pub fn on_broker_event(&mut self, event: Event, now: Instant, wall: SystemTime) {
         let Some(so) = self.scaleout.as_mut() else {
             return;
         };
@@ -1576,7 +1643,6 @@ impl Hub {
                 };
                 RedisMetrics::inc(&so.metrics().local_fallback);
                 let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
-                let wall = SystemTime::now();
                 let generated = self
                     .ids
                     .generate_from_datetime(wall)
@@ -1597,7 +1663,7 @@ impl Hub {
                 // Reconnected here meanwhile, or still online elsewhere: the
                 // users' last state is online, so no offline frame.
                 if !elsewhere && self.presence.user_status(&user) == Status::Offline {
-                    self.announce_offline(user, rooms);
+                    self.announce_offline(user, rooms, now);
                 }
             }
             Event::Resync => {

@@ -1,15 +1,14 @@
 //! The hub's side of an own message whose copy does not come back from
 //! Redis, on one core with a detached Redis link (commands land in a
 //! channel the test reads; events are handed in by the test), time passed
-//! in: refused with its `clientMsgId` released, or accepted with the
+//! in, no executor: refused with its `clientMsgId` released, or accepted with the
 //! script's id, and the late copy dropped.
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser as _;
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use serde_json::Value;
 use ulid::Ulid;
 
@@ -19,30 +18,28 @@ use crate::client::Client;
 use crate::health::{BackendHealth, State};
 use crate::redis::link::{self, ScaleOut, ECHO_TIMEOUT, REPLY_TIMEOUT};
 use crate::redis::worker::{Command, Event, Link, Sequenced};
-use crate::runtime::mesh::Router;
-use crate::shard::{Publish, ShardMsg};
+use crate::shard::Publish;
 
 const INSTANCE: &str = "0123456789abcdef";
 
-/// Runs `test` on a one-core hub with Redis up, inside a glommio executor.
-fn on_one_core(test: impl FnOnce(&mut Hub, &mut tokio::sync::mpsc::Receiver<Command>) + 'static) {
-    let executor = glommio::LocalExecutorBuilder::default()
-        .make()
-        .expect("executor");
-    executor.run(async move {
-        let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(1, 16);
-        let (senders, _receivers) = mesh.join().await.expect("mesh");
-        let router = Rc::new(Router::new(senders, 1));
-        let settings = crate::config::Cli::try_parse_from(["chatd"])
-            .expect("defaults")
-            .settings;
-        let mut hub = Hub::new(router, &settings, None);
-        let health = Arc::new(BackendHealth::default());
-        health.redis.set(State::Up);
-        let (link, mut rx) = Link::detached(64, INSTANCE, health);
-        hub.set_scaleout(ScaleOut::new(link, 0));
-        test(&mut hub, &mut rx);
-    });
+/// Runs `test` on a one-core hub with Redis up.
+fn on_one_core(test: impl FnOnce(&mut Hub, &mut tokio::sync::mpsc::Receiver<Command>)) {
+    let settings = crate::config::Cli::try_parse_from(["chatd"])
+        .expect("defaults")
+        .settings;
+    let mut hub = Hub::new(0, 1, &settings, None, Instant::now());
+    let health = Arc::new(BackendHealth::default());
+    health.redis.set(State::Up);
+    let (link, mut rx) = Link::detached(64, INSTANCE, health);
+    hub.set_scaleout(ScaleOut::new(link, 0));
+    test(&mut hub, &mut rx);
+    assert!(hub.outbox_mut().is_empty(), "one core sends nothing");
+}
+
+/// The wall clock as the runtime would read it at `now`: the scenario's
+/// ids come from Redis or the test, so any fixed moment serves.
+fn wall() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
 /// The JSON of every text frame queued for `client` so far, taken.
@@ -84,6 +81,7 @@ fn open(hub: &mut Hub, rx: &mut tokio::sync::mpsc::Receiver<Command>, t0: Instan
             count: Some(1),
         },
         t0,
+        wall(),
     );
     let joined = frames(&client);
     assert_eq!(joined[0]["type"], "room_joined");
@@ -107,7 +105,7 @@ fn send(
         conn: client.id,
         received_at: now,
     };
-    hub.publish(Box::new(p), now);
+    hub.publish(Box::new(p), now, wall());
     let mut token = None;
     while let Some(cmd) = next_command(rx) {
         if let Command::Publish(p) = cmd {
@@ -143,8 +141,8 @@ fn an_unconfirmed_message_is_refused_and_its_client_msg_id_released() {
         assert_ne!(retry, first);
         // The first one's reply and copy arriving now change nothing.
         let id = Ulid::new();
-        hub.on_broker_event(Event::Replied { token: first, id }, later);
-        hub.on_broker_event(own_copy(first, id), later);
+        hub.on_broker_event(Event::Replied { token: first, id }, later, wall());
+        hub.on_broker_event(own_copy(first, id), later, wall());
         assert!(frames(&client).is_empty(), "the late copy is dropped");
     });
 }
@@ -170,7 +168,7 @@ fn an_overdue_message_is_accepted_with_the_scripts_id_once() {
         let client = open(hub, rx, t0);
         let token = send(hub, rx, &client, "c-2", t0).expect("published");
         let id = Ulid::new();
-        hub.on_broker_event(Event::Replied { token, id }, t0);
+        hub.on_broker_event(Event::Replied { token, id }, t0, wall());
         hub.sweep(t0 + ECHO_TIMEOUT - Duration::from_millis(1));
         assert!(frames(&client).is_empty(), "still waiting for the copy");
         hub.sweep(t0 + ECHO_TIMEOUT);
@@ -191,7 +189,7 @@ fn an_overdue_message_is_accepted_with_the_scripts_id_once() {
         );
         assert_eq!(hub.history.since("r", Ulid::nil(), 10).len(), 1, "stored");
         // The copy arriving late is not delivered a second time.
-        hub.on_broker_event(own_copy(token, id), t0 + ECHO_TIMEOUT);
+        hub.on_broker_event(own_copy(token, id), t0 + ECHO_TIMEOUT, wall());
         assert!(frames(&client).is_empty());
         // A retry is answered with the same id, not published again.
         let later = t0 + ECHO_TIMEOUT + Duration::from_secs(1);
@@ -204,8 +202,8 @@ fn an_overdue_message_is_accepted_with_the_scripts_id_once() {
         // A lost subscription settles at once, without waiting for the timeout.
         let token = send(hub, rx, &client, "c-3", later).expect("published");
         let id = Ulid::new();
-        hub.on_broker_event(Event::Replied { token, id }, later);
-        hub.on_broker_event(Event::EchoesLost, later);
+        hub.on_broker_event(Event::Replied { token, id }, later, wall());
+        hub.on_broker_event(Event::EchoesLost, later, wall());
         let got = frames(&client);
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[1]["clientMsgId"], "c-3");

@@ -28,13 +28,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::auth::Identity;
-use crate::client::{self, Client};
+use crate::client::Client;
 use crate::metrics::CloseReason;
 use crate::protocol::MessageId;
 use crate::runtime::server::CoreCtx;
@@ -92,7 +92,7 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         set_send_buffer(stream.as_raw_fd(), bytes);
     }
     let now = Instant::now();
-    let client = ctx.hub.borrow_mut().open(identity, room, since, now);
+    let client = ctx.with_hub(|hub| hub.open(identity, room, since, now));
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut early = early;
     let ended = match early.is_empty() {
@@ -104,7 +104,7 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         None => drive(&ctx, &client, &mut stream, &mut decoder).await,
     };
     finish(&ctx, &client, &mut stream).await;
-    ctx.hub.borrow_mut().closed(&client, reason);
+    ctx.with_hub(|hub| hub.closed(&client, reason, Instant::now()));
 }
 
 /// The read/write loop. Returns why the connection ended.
@@ -199,28 +199,29 @@ async fn drive_attached(
 /// Decodes bytes from the client and hands each frame to the session.
 /// Protocol errors request a close and return its reason.
 fn feed(
-    ctx: &CoreCtx,
+    ctx: &Rc<CoreCtx>,
     client: &Rc<Client>,
     decoder: &mut Decoder,
     bytes: &mut [u8],
 ) -> Result<(), CloseReason> {
-    let now = Instant::now();
-    let mut hub = ctx.hub.borrow_mut();
+    let (now, wall) = (Instant::now(), SystemTime::now());
     let mut peer_closed = None;
-    let result = decoder.feed(bytes, |event| {
-        if peer_closed.is_some() {
-            return;
-        }
-        match event {
-            WsEvent::Text(payload) => client::on_text(&mut hub, client, payload, now),
-            WsEvent::Binary => client::on_binary(&mut hub, client, now),
-            WsEvent::Ping(payload) => {
-                client.touch(now);
-                client.push(ws::encode_pong(payload).into(), FrameKind::Message, now);
+    let result = ctx.with_hub(|hub| {
+        decoder.feed(bytes, |event| {
+            if peer_closed.is_some() {
+                return;
             }
-            WsEvent::Pong => client.touch(now),
-            WsEvent::Close(code) => peer_closed = Some(code),
-        }
+            match event {
+                WsEvent::Text(payload) => hub.on_text(client, payload, now, wall),
+                WsEvent::Binary => hub.on_binary(client, now),
+                WsEvent::Ping(payload) => {
+                    client.touch(now);
+                    client.push(ws::encode_pong(payload).into(), FrameKind::Message, now);
+                }
+                WsEvent::Pong => client.touch(now),
+                WsEvent::Close(code) => peer_closed = Some(code),
+            }
+        })
     });
     if let Err(e) = result {
         client.request_close(e.close_code(), CloseReason::Protocol);

@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::client::Client;
+use crate::client::{Client, Flush};
 
 /// Operations per submission, and the ring's size. A 100 × 50 `loadgen
 /// fanout` puts about 25 connections per core in a pass; 256 covers the
@@ -98,6 +98,12 @@ pub struct Writer {
     batches: Cell<u64>,
     /// Connections written to by this writer.
     sends: Cell<u64>,
+}
+
+impl Flush for Writer {
+    fn queued(&self, client: Weak<Client>) {
+        self.enqueue(client);
+    }
 }
 
 impl Writer {
@@ -405,7 +411,7 @@ mod tests {
             Arc::from("room"),
             Outbound::new(1 << 20, Duration::from_secs(30)),
             Instant::now(),
-            Some(writer.clone()),
+            Some(writer.clone() as Rc<dyn Flush>),
         );
         client.attach_socket(socket.as_raw_fd());
         let count = Arc::new(Count(AtomicUsize::new(0)));

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
@@ -110,8 +110,11 @@ pub struct Shared {
 pub struct CoreCtx {
     /// Rooms, users, connections of this core.
     pub hub: RefCell<Hub>,
-    /// Cross-core sending.
+    /// Cross-core sending: where the hub's outbox goes after every call.
     pub router: Rc<Router>,
+    /// This core's batched sender (BATCHED_SENDS), for its counters in
+    /// `/metrics`; the hub reaches it as a `Flush`.
+    pub writer: Option<Rc<Writer>>,
     /// Draining state.
     pub shutdown: Shutdown,
     /// Settings and verifier.
@@ -128,14 +131,66 @@ pub struct CoreCtx {
 pub const CONNECTION_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 impl CoreCtx {
+    /// Runs one hub call, then carries out what it asked: its mesh messages
+    /// are sent in order (FIFO per peer, as the hub wrote them) and its
+    /// Postgres replies are awaited by tasks of their own, each started
+    /// after the hub borrow ends so that even an instant reply is handed
+    /// back under a fresh borrow. Every runtime call into the hub goes
+    /// through here, so the outbox is empty between calls. The transport
+    /// counters the hub reports in `/metrics` are refreshed first.
+    pub fn with_hub<R>(self: &Rc<Self>, f: impl FnOnce(&mut Hub) -> R) -> R {
+        let mut hub = self.hub.borrow_mut();
+        hub.metrics.mesh_staged = self.router.staged_total();
+        if let Some(writer) = &self.writer {
+            hub.metrics.send_batches = writer.batches();
+            hub.metrics.send_batched = writer.sends();
+        }
+        let result = f(&mut hub);
+        self.carry_out(hub);
+        result
+    }
+
+    /// Empties the hub's outbox (see [`CoreCtx::with_hub`]), ending the
+    /// borrow before any task starts.
+    fn carry_out(self: &Rc<Self>, mut hub: std::cell::RefMut<'_, Hub>) {
+        let outbox = hub.outbox_mut();
+        if outbox.is_empty() {
+            return;
+        }
+        for (to, msg) in outbox.drain_mesh() {
+            self.router.send(to, msg);
+        }
+        let reads = outbox.take_pg_reads();
+        drop(hub);
+        for (req, reply) in reads {
+            let weak = Rc::downgrade(self);
+            glommio::spawn_local(async move {
+                // glommio runs a new task's first poll inside spawn_local:
+                // yield first, so the rows are taken in a turn of their own.
+                futures_lite::future::yield_now().await;
+                // A dropped sender (side thread gone) reads as a failure.
+                let rows = reply.await.unwrap_or(Err(crate::pg::ReadFailed));
+                if let Some(ctx) = weak.upgrade() {
+                    ctx.on_pg_rows(req, rows);
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// A Postgres read's reply, handed to the hub that asked.
+    fn on_pg_rows(self: &Rc<Self>, req: u64, rows: crate::pg::ReadResult) {
+        let mut hub = self.hub.borrow_mut();
+        hub.on_pg_rows(req, rows, Instant::now());
+        self.carry_out(hub);
+    }
+
     /// Starts draining this core: stop accepting, 503 on /healthz, close
     /// every connection with 1001.
-    pub fn begin_shutdown(&self) {
+    pub fn begin_shutdown(self: &Rc<Self>) {
         if !self.shutdown.is_triggered() {
             self.shutdown.trigger();
-            self.hub
-                .borrow_mut()
-                .close_all(1001, crate::metrics::CloseReason::Shutdown);
+            self.with_hub(|hub| hub.close_all(1001, crate::metrics::CloseReason::Shutdown));
         }
     }
 }
@@ -350,24 +405,30 @@ async fn core_main(
         Moderator::new(shared.moderation_words.clone(), &shared.settings.patterns())
             .expect("validated at start-up")
     });
-    let mut hub = Hub::new(router.clone(), &shared.settings, moderator);
+    let mut hub = Hub::new(core, cores, &shared.settings, moderator, Instant::now());
     if let Some(link) = &shared.redis {
         hub.set_scaleout(ScaleOut::new(link.clone(), core));
     }
-    if shared.settings.batched_sends {
-        let writer = Rc::new(Writer::new());
-        hub.set_writer(writer.clone());
-        glommio::spawn_local(writer.run()).detach();
+    if let Some(pg) = &shared.pg {
+        hub.attach_durable(crate::pg::link::Durable::new(pg.clone()));
+    }
+    let writer = shared
+        .settings
+        .batched_sends
+        .then(|| Rc::new(Writer::new()));
+    if let Some(writer) = &writer {
+        hub.set_flush(writer.clone());
+        glommio::spawn_local(writer.clone().run()).detach();
     }
     let ctx = Rc::new(CoreCtx {
         hub: RefCell::new(hub),
         router: router.clone(),
+        writer,
         shutdown: Shutdown::default(),
         shared: shared.clone(),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         connection_log: RefCell::new(connection_log(&shared.settings, cores)),
     });
-    crate::pg::link::attach(&ctx);
     for (peer, rx) in receivers.streams() {
         let ctx = ctx.clone();
         glommio::spawn_local(async move {
@@ -391,7 +452,8 @@ async fn core_main(
         glommio::spawn_local(async move {
             use futures_lite::StreamExt as _;
             while let Some(event) = events.next().await {
-                ctx.hub.borrow_mut().on_broker_event(event, Instant::now());
+                let (now, wall) = (Instant::now(), SystemTime::now());
+                ctx.with_hub(|hub| hub.on_broker_event(event, now, wall));
             }
         })
         .detach();
@@ -453,10 +515,10 @@ fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
             glommio::spawn_local(connection::serve(ctx.clone(), stream, start)).detach();
         }
         ShardMsg::Shutdown => ctx.begin_shutdown(),
-        other => ctx
-            .hub
-            .borrow_mut()
-            .on_shard_msg(from, other, Instant::now()),
+        other => {
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            ctx.with_hub(|hub| hub.on_shard_msg(from, other, now, wall));
+        }
     }
 }
 
@@ -484,7 +546,7 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
     while !ctx.shutdown.is_triggered() {
         glommio::timer::sleep(period).await;
         let now = Instant::now();
-        ctx.hub.borrow_mut().sweep(now);
+        ctx.with_hub(|hub| hub.sweep(now));
         ctx.connection_log.borrow_mut().sweep(now);
     }
 }

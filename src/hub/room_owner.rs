@@ -1,0 +1,497 @@
+//! Room owner (`shard_for(room)`): orders the room's messages, stamps ids
+//! (monotonic per core, so per room), moderates, stores history, encodes
+//! each message once as a complete WebSocket frame, fans it out to local
+//! members and one copy per other core with members, counts the room's
+//! users across cores for `memberCount`, and answers joins with their
+//! replay.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::{AckTo, Hub, OwnedRoom, MAX_REPLAY};
+use crate::auth::Identity;
+use crate::history::StoredMessage;
+use crate::metrics::Outcome;
+use crate::moderation::{AuditAction, AuditRecord, AuditSink, Verdict};
+use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
+use crate::redis::link::{self, Inflight, PendingJoin};
+use crate::redis::stats::RedisMetrics;
+use crate::shard::{ConnId, FrameKind, JoinAnswer, Publish, Replay, ShardMsg};
+use crate::ws;
+
+impl Hub {
+    /// Owner side of a join with Redis: asks for the cluster-wide count
+    /// first (answered by `on_broker_event`), or answers with the local
+    /// count when Redis is down or its queue is full.
+    pub(super) fn join_at_owner(&mut self, join: PendingJoin, now: Instant) {
+        if !join.count {
+            // A repeat with `since` asks for a replay only: answered from
+            // the owner's memory, never with a Redis count.
+            return self.finish_join(join, None, now);
+        }
+        let join = match self.scaleout.as_mut() {
+            Some(so) if so.up() => match so.join(join) {
+                Ok(()) => return,
+                Err(back) => back,
+            },
+            _ => join,
+        };
+        self.finish_join(join, None, now);
+    }
+
+    /// Registers a join at its owner and answers it (`cluster`: the count
+    /// from Redis). A `since` that memory cannot answer alone goes to
+    /// Postgres first (`defer_join`), carrying the cluster count, so the
+    /// member is counted when the rows arrive, with the replay taken in the
+    /// same step, exactly as without Redis.
+    pub(super) fn finish_join(&mut self, join: PendingJoin, cluster: Option<usize>, now: Instant) {
+        let PendingJoin {
+            room,
+            user,
+            conn,
+            from,
+            since,
+            count,
+        } = join;
+        if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count, cluster)) {
+            return;
+        }
+        let (local_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
+        let known = match (self.owned.get_mut(&room), cluster) {
+            (Some(r), Some(c)) => {
+                r.cluster_count = c;
+                c
+            }
+            (Some(r), None) => r.cluster_count,
+            (None, c) => c.unwrap_or(0),
+        };
+        let answer = JoinAnswer {
+            room,
+            user,
+            conn,
+            member_count: known.max(local_count),
+            replay,
+            counted: count,
+        };
+        if from == self.core {
+            self.joined(answer, now);
+        } else {
+            self.outbox.send(from, ShardMsg::Joined(Box::new(answer)));
+        }
+    }
+
+    /// Owner side of a join: counts the member and collects the replay.
+    pub(super) fn join_owner(
+        &mut self,
+        room: &Arc<str>,
+        user: Arc<str>,
+        core: usize,
+        since: Option<MessageId>,
+        count: bool,
+    ) -> (usize, Replay) {
+        let cores = self.cores;
+        let entry = self.owned.entry(room.clone()).or_insert_with(|| OwnedRoom {
+            users: HashMap::new(),
+            member_cores: vec![0; cores],
+            last_id: None,
+            cluster_count: 0,
+        });
+        if count {
+            let n = entry.users.entry(user.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                if let Some(so) = &self.scaleout {
+                    so.room_add(room.clone(), user);
+                }
+            }
+            entry.member_cores[core] += 1;
+        }
+        let member_count = entry.users.len();
+        let replay = match since {
+            Some(since) => self.memory_replay(room, since),
+            None => Replay::default(),
+        };
+        (member_count, replay)
+    }
+
+    /// The replay of a join with `since` from memory alone: the newest
+    /// [`MAX_REPLAY`] messages after `since`, recovered when that is all of
+    /// them and memory still holds `since` itself or something older (so
+    /// nothing between was evicted). Asking for one more than the cap tells
+    /// "exactly the cap" from "more than the cap".
+    pub(super) fn memory_replay(&self, room: &str, since: MessageId) -> Replay {
+        let mut messages = self.history.since(room, since, MAX_REPLAY + 1);
+        let reaches_back = self.history.first_id(room).is_some_and(|f| f <= since);
+        let recovered = messages.len() <= MAX_REPLAY && reaches_back;
+        if messages.len() > MAX_REPLAY {
+            messages.remove(0);
+        }
+        Replay {
+            messages: messages.into_iter().map(|m| m.json).collect(),
+            recovered: Some(recovered),
+        }
+    }
+
+    /// Owner side of a leave (or routes it to the owner).
+    pub(super) fn leave_owner(&mut self, room: Arc<str>, user: Arc<str>, core: usize) {
+        let owner = self.owner(&room);
+        if owner != self.core {
+            return self.outbox.send(owner, ShardMsg::Leave { room, user });
+        }
+        let Some(entry) = self.owned.get_mut(&room) else {
+            return;
+        };
+        if let Some(n) = entry.users.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                entry.users.remove(&user);
+                if let Some(so) = &self.scaleout {
+                    so.room_remove(room.clone(), user);
+                }
+            }
+        }
+        entry.member_cores[core] = entry.member_cores[core].saturating_sub(1);
+        if entry.users.is_empty() {
+            self.owned.remove(&room);
+        }
+    }
+
+    /// Room owner: moderate, stamp, store, fan out, ack.
+    pub(super) fn accept_at_owner(&mut self, p: Publish, now: Instant, wall: SystemTime) {
+        let Publish {
+            room,
+            user,
+            content,
+            client_msg_id,
+            conn,
+            received_at,
+        } = p;
+        if self.durable_full() {
+            return self.refuse_unavailable(user.user_id, conn, client_msg_id, now);
+        }
+        let id = self
+            .ids
+            .generate_from_datetime(wall)
+            .unwrap_or_else(|_| ulid::Ulid::from_datetime(wall));
+        let timestamp_ms = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut masked = false;
+        let content = match self.moderator.as_ref().map(|m| m.moderate(&content)) {
+            None | Some(Verdict::Clean) => content,
+            Some(Verdict::Masked(text)) => {
+                masked = true;
+                text
+            }
+            Some(Verdict::Blocked(reason)) => {
+                let reason = reason.to_string();
+                self.record_audit(
+                    id,
+                    &user,
+                    &room,
+                    AuditAction::Blocked,
+                    Some(reason.clone()),
+                    timestamp_ms,
+                );
+                self.metrics.message(Outcome::Blocked);
+                let text = format!("message refused by moderation: {reason}");
+                self.error_to(conn, ErrorCode::MessageBlocked, &text, None, now);
+                if let Some(cmid) = client_msg_id {
+                    self.published(user.user_id, cmid, None, now);
+                }
+                return;
+            }
+        };
+        let msg = Inflight {
+            room,
+            user,
+            content,
+            masked,
+            client_msg_id,
+            conn,
+            received_at,
+            sent_at: now,
+        };
+        if self.scaleout.is_some() {
+            return self.sequence_scaled(msg, id, now);
+        }
+        self.accept_local(msg, id, timestamp_ms, now);
+    }
+
+    /// Accepts a moderated message with a locally assigned id.
+    pub(super) fn accept_local(
+        &mut self,
+        msg: Inflight,
+        id: MessageId,
+        timestamp_ms: u64,
+        now: Instant,
+    ) {
+        let Inflight {
+            room,
+            user,
+            content,
+            masked,
+            client_msg_id,
+            conn,
+            received_at,
+            ..
+        } = msg;
+        if masked {
+            self.record_audit(id, &user, &room, AuditAction::Masked, None, timestamp_ms);
+        }
+        let message = ChatMessage {
+            id,
+            room_id: room,
+            user_id: user.user_id,
+            username: user.username,
+            content,
+            timestamp_ms,
+        };
+        let ack_to = AckTo {
+            conn,
+            client_msg_id,
+        };
+        self.accept_sequenced(message, Some(ack_to), received_at, now);
+    }
+
+    /// Room owner with Redis: hands the message to Redis for the
+    /// cluster-wide order, or (Redis down) sequences it here above the
+    /// room's last id. A full command queue refuses it with `unavailable`.
+    pub(super) fn sequence_scaled(&mut self, msg: Inflight, local: MessageId, now: Instant) {
+        let Some(so) = self.scaleout.as_mut() else {
+            return;
+        };
+        let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
+        if !so.up() {
+            RedisMetrics::inc(&so.metrics().local_fallback);
+            let id = link::local_id(local, floor);
+            let timestamp_ms = id.timestamp_ms();
+            return self.accept_local(msg, id, timestamp_ms, now);
+        }
+        let Err(msg) = so.publish(msg, floor) else {
+            return;
+        };
+        let msg = *msg;
+        self.metrics.message(Outcome::Unavailable);
+        let text = "the message could not be accepted: the Redis queue is full; retry later";
+        self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
+        if let Some(cmid) = msg.client_msg_id {
+            self.published(msg.user.user_id, cmid, None, now);
+        }
+    }
+
+    /// A sequenced message accepted at its room's owner: stored in history,
+    /// encoded once, fanned out, and acknowledged when `ack_to` (this
+    /// instance took it from a client) is given. Every accepted message
+    /// passes here exactly once per instance that delivers it: the
+    /// single-node path, Redis's copies (this instance's and others'), the
+    /// local fallback during an outage, and an own message settled with the
+    /// script's id when its copy did not come back (`settle_overdue`; the
+    /// copy, should it still come, is dropped). A durable history store writes
+    /// only messages with an `ack_to`, so a message is stored once in the
+    /// cluster; the in-memory store keeps every message this instance
+    /// delivers.
+    pub fn accept_sequenced(
+        &mut self,
+        message: ChatMessage,
+        ack_to: Option<AckTo>,
+        received_at: Instant,
+        now: Instant,
+    ) {
+        let id = message.id;
+        let room = message.room_id.clone();
+        let json = protocol::encode_message(&message);
+        let header = ws::text_header_len(json.len());
+        let mut buf = Vec::with_capacity(header + json.len());
+        ws::encode_text_into(&json, &mut buf);
+        let frame = Bytes::from(buf);
+        let json = frame.slice(header..);
+        if ack_to.is_some() {
+            self.store_message(&message, &json);
+        }
+        self.history.append(&room, StoredMessage { id, json });
+        if self.scaleout.is_some() {
+            if let Some(r) = self.owned.get_mut(&room) {
+                r.last_id = r.last_id.max(Some(id));
+            }
+        }
+        if ack_to.is_some() {
+            self.metrics.message(Outcome::Accepted);
+            self.metrics.room_message(&room);
+        }
+        self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
+        if let Some(AckTo {
+            conn,
+            client_msg_id: Some(cmid),
+        }) = ack_to
+        {
+            let ack = protocol::encode_ack(&cmid, id, &room);
+            self.send_to_conn(conn, Bytes::from(ws::encode_text(&ack)), now);
+            self.published(message.user_id, cmid, Some((id, room)), now);
+        }
+    }
+
+    pub(super) fn record_audit(
+        &mut self,
+        message_id: MessageId,
+        user: &Identity,
+        room: &Arc<str>,
+        action: AuditAction,
+        reason: Option<String>,
+        at_ms: u64,
+    ) {
+        match action {
+            AuditAction::Masked => self.metrics.audit_masked += 1,
+            AuditAction::Blocked => self.metrics.audit_blocked += 1,
+        }
+        let record = AuditRecord {
+            message_id,
+            user_id: user.user_id.clone(),
+            room_id: room.clone(),
+            action,
+            reason,
+            at_ms,
+        };
+        self.store_audit(&record);
+        self.audit.record(record);
+    }
+
+    /// Relays a frame to a room through its owner (typing, presence).
+    pub fn relay(
+        &mut self,
+        room: Arc<str>,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        now: Instant,
+    ) {
+        let owner = self.owner(&room);
+        if owner == self.core {
+            self.relay_owner(room, frame, kind, exclude, now);
+        } else {
+            let msg = ShardMsg::Relay {
+                room,
+                frame,
+                kind,
+                exclude,
+            };
+            self.outbox.send(owner, msg);
+        }
+    }
+
+    /// A typing frame of a local connection (its own budget already
+    /// charged), to the room's owner for the per-(user, room) budget.
+    pub fn typing(
+        &mut self,
+        room: Arc<str>,
+        user: Arc<str>,
+        frame: Bytes,
+        exclude: ConnId,
+        now: Instant,
+    ) {
+        let owner = self.owner(&room);
+        if owner == self.core {
+            self.typing_owner(room, user, frame, exclude, now);
+        } else {
+            let msg = ShardMsg::Typing {
+                room,
+                user,
+                frame,
+                exclude,
+            };
+            self.outbox.send(owner, msg);
+        }
+    }
+
+    /// Room owner: the typing budget per (user, room), across the user's
+    /// connections on every core; over it the indicator is dropped silently
+    /// (it is advisory, and the next one carries the same state).
+    pub(super) fn typing_owner(
+        &mut self,
+        room: Arc<str>,
+        user: Arc<str>,
+        frame: Bytes,
+        exclude: ConnId,
+        now: Instant,
+    ) {
+        if !self.typing.allow((room.clone(), user), now) {
+            self.metrics.typing_throttled += 1;
+            return;
+        }
+        self.relay_owner(room, frame, FrameKind::Typing, Some(exclude), now);
+    }
+
+    /// Room owner: a typing or presence frame from this instance, to its
+    /// members here and (with Redis) on the other instances.
+    pub(super) fn relay_owner(
+        &mut self,
+        room: Arc<str>,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        now: Instant,
+    ) {
+        if let Some(so) = &self.scaleout {
+            so.relay(&room, kind, &frame);
+        }
+        self.fan_out(&room, frame, kind, exclude, now, now);
+    }
+
+    /// Room owner: local delivery plus one copy per other core with members.
+    pub(super) fn fan_out(
+        &mut self,
+        room: &Arc<str>,
+        frame: Bytes,
+        kind: FrameKind,
+        exclude: Option<ConnId>,
+        received_at: Instant,
+        now: Instant,
+    ) {
+        if let Some(entry) = self.owned.get(room) {
+            for (core, members) in entry.member_cores.iter().enumerate() {
+                if core != self.core && *members > 0 {
+                    // A private copy per core: recipients there clone a
+                    // reference count that never leaves that core's cache.
+                    let msg = ShardMsg::Deliver {
+                        room: room.clone(),
+                        frame: Bytes::copy_from_slice(&frame),
+                        kind,
+                        exclude,
+                        received_at,
+                    };
+                    self.outbox.send(core, msg);
+                }
+            }
+        }
+        self.deliver_local(room, frame, kind, exclude, received_at, now);
+    }
+
+    /// An own message whose copy did not come back from the subscription in
+    /// time. With the script's id it is accepted here as its copy would have
+    /// been: stored, fanned out on this instance, acknowledged, its
+    /// clientMsgId completed (the other instances delivered the same id
+    /// from their subscriptions). Without one it is refused with
+    /// `unavailable` and its clientMsgId released, so a retry is sequenced
+    /// anew instead of waiting on it.
+    pub(super) fn settle_overdue(&mut self, overdue: link::Overdue, now: Instant) {
+        match overdue {
+            link::Overdue::Accept { msg, id } => {
+                if let Some(r) = self.owned.get_mut(&msg.room) {
+                    r.last_id = r.last_id.max(Some(id));
+                }
+                self.accept_local(msg, id, id.timestamp_ms(), now);
+            }
+            link::Overdue::Refuse(msg) => {
+                self.metrics.message(Outcome::Unavailable);
+                let text = "the message could not be confirmed by Redis in time and was not accepted; retry";
+                self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
+                if let Some(cmid) = msg.client_msg_id {
+                    self.published(msg.user.user_id, cmid, None, now);
+                }
+            }
+        }
+    }
+}

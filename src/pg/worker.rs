@@ -22,13 +22,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 use ulid::Ulid;
 
-use super::batch::{Backoff, Next, RETRY_BASE, RETRY_MAX};
+use super::batch::{Next, RETRY_BASE, RETRY_MAX};
 use super::migrate::{self, MigrateError};
 use super::stats::bump;
 use super::{
     Inner, MessageRow, Pick, ReadFailed, ReadRequest, ReadSpec, WriteItem, WriterSettings,
     READ_TIMEOUT,
 };
+use crate::backoff::Backoff;
 use crate::health::State;
 use crate::history::StoredMessage;
 use crate::moderation::AuditRecord;
@@ -451,7 +452,7 @@ async fn write_loop(
             None if pending > 0 => Next::WaitUntil(now + RETRY_MAX),
             _ => settings
                 .policy
-                .next(pending, oldest, backoff.retry_at(), closing, now),
+                .next(pending, oldest, backoff.next_attempt(), closing, now),
         };
         match (next, conn) {
             (Next::Flush, Some(conn)) => {

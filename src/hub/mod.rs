@@ -1261,6 +1261,7 @@ impl Hub {
                 let mut snapshot = self.metrics.clone();
                 snapshot.connections = self.clients.len() as u64;
                 snapshot.mesh_staged = self.router.staged_total();
+                snapshot.mesh_shed = self.router.shed();
                 if let Some(writer) = &self.writer {
                     snapshot.send_batches = writer.batches();
                     snapshot.send_batched = writer.sends();

@@ -574,6 +574,33 @@ mod tests {
     }
 
     #[test]
+    fn mesh_shedding_is_merged_and_rendered_by_class() {
+        use crate::runtime::mesh::Shed;
+        let mut a = CoreSnapshot {
+            mesh_shed: Shed {
+                advisory: 3,
+                internal: 0,
+            },
+            ..Default::default()
+        };
+        let b = CoreSnapshot {
+            mesh_shed: Shed {
+                advisory: 2,
+                internal: 1,
+            },
+            ..Default::default()
+        };
+        a.merge(&b);
+        let text = a.render("");
+        assert!(
+            text.contains("chat_mesh_shed_total{class=\"advisory\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("chat_mesh_shed_total{class=\"internal\"} 1\n"));
+        assert!(text.contains("# TYPE chat_mesh_shed_total counter\n"));
+    }
+
+    #[test]
     fn merge_adds_counts_and_histograms() {
         let mut a = CoreSnapshot {
             connections: 3,

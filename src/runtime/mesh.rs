@@ -361,6 +361,56 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_reads_nothing_gets_staging_up_to_the_limits_then_shedding() {
+        use crate::shard::FrameKind;
+        use glommio::channels::channel_mesh::{Full, MeshBuilder};
+        use glommio::LocalExecutorBuilder;
+        // A channel of one message, and a peer that never reads it.
+        let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(2, 1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let peer_mesh = mesh.clone();
+        let peer = std::thread::spawn(move || {
+            LocalExecutorBuilder::default()
+                .make()
+                .expect("executor")
+                .run(async move {
+                    let _joined = peer_mesh.join().await.expect("mesh");
+                    // Holds its side open until the sender is done.
+                    let _ = done_rx.recv();
+                })
+        });
+        let (staged, shed, congested) = LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async move {
+                let (senders, _receivers) = mesh.join().await.expect("mesh");
+                let router = Router::new(senders, 2);
+                let to = 1 - router.core();
+                // The first fills the channel; the next stage.
+                for _ in 0..=STAGING_HARD_LIMIT {
+                    router.send(to, deliver(FrameKind::Message));
+                }
+                assert_eq!(router.shed(), Shed::default());
+                router.send(to, typing());
+                router.send(to, deliver(FrameKind::Presence));
+                router.send(to, deliver(FrameKind::Message));
+                router.send(to, ShardMsg::Shutdown);
+                (router.staged_total(), router.shed(), router.congested())
+            });
+        let _ = done_tx.send(());
+        peer.join().expect("peer");
+        assert_eq!(staged, STAGING_HARD_LIMIT as u64 + 1);
+        assert_eq!(
+            shed,
+            Shed {
+                advisory: 2,
+                internal: 1
+            }
+        );
+        assert!(congested);
+    }
+
+    #[test]
     fn a_reader_polled_again_while_paused_is_registered_once() {
         let paused = PausedReaders::default();
         let (a, b) = (

@@ -6,7 +6,7 @@
 //! cost is the difference. Throughput is in bytes of the whole frame.
 //!
 //! Encoding: what the room's owner core does once per accepted message (`encode_message`, then
-//! the WebSocket text frame as in `hub.rs`), error frames, and a 50-message history page.
+//! the WebSocket text frame as in `hub/mod.rs`), error frames, and a 50-message history page.
 //!
 //! Run with `cargo bench --bench protocol`.
 

@@ -1,6 +1,8 @@
 //! Retry timing for a backend that stopped answering: exponential backoff
-//! with a ceiling, reset by a success. Time is passed in, so the policy is
-//! tested without sleeping.
+//! with a ceiling, reset by a success. The one policy for both side threads:
+//! Redis reconnections (`redis/worker.rs`) and Postgres connections and
+//! failed batch writes (`pg/worker.rs`, bounds in `pg/batch.rs`). Time is
+//! passed in, so the policy is tested without sleeping.
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +67,12 @@ impl Backoff {
         self.next
     }
 
+    /// Ends the current wait early (the connection came back), keeping the
+    /// failure count so a flapping backend still backs off.
+    pub fn retry_now(&mut self) {
+        self.next = None;
+    }
+
     /// Failures in a row.
     pub fn failures(&self) -> u32 {
         self.failures
@@ -89,6 +97,26 @@ mod tests {
         assert!(b.due(t0));
         assert_eq!(b.next_attempt(), None);
         assert_eq!(b.failed(t0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_now_ends_the_wait_but_keeps_the_count() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(2000));
+        let delays: Vec<u64> = (0..8).map(|_| b.failed(t0).as_millis() as u64).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(b.failures(), 8);
+        assert_eq!(b.next_attempt(), Some(t0 + ms(2000)));
+        b.retry_now();
+        assert_eq!(b.next_attempt(), None);
+        assert!(b.due(t0));
+        assert_eq!(b.failed(t0), ms(2000), "retry_now keeps the count");
+        b.succeeded();
+        assert_eq!(b.failures(), 0);
+        assert_eq!(b.next_attempt(), None);
+        assert_eq!(b.failed(t0 + ms(5)), ms(100));
+        assert_eq!(b.next_attempt(), Some(t0 + ms(105)));
     }
 
     #[test]

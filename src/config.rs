@@ -114,7 +114,7 @@ pub struct Settings {
     /// Seconds after which an instance that stopped refreshing its Redis presence (killed, cut off) counts as gone: its users go offline cluster-wide. Live instances refresh every third of it.
     #[arg(long, env = "PRESENCE_TTL_SECS", value_name = "PRESENCE_TTL_SECS", default_value_t = 30, value_parser = positive)]
     pub presence_ttl_secs: u64,
-    /// Commands waiting for the Redis thread (messages to sequence, presence changes, reads), and presence changes waiting to be written; a message that finds it full is refused with `unavailable`.
+    /// Commands waiting for the Redis thread (messages to sequence, presence changes, reads; split evenly between the cores' queues), and presence changes waiting to be written; a message that finds its core's queue full is refused with `unavailable`.
     #[arg(long, env = "REDIS_BUFFER", value_name = "REDIS_BUFFER", default_value_t = 10_000, value_parser = positive)]
     pub redis_buffer: u64,
     /// Postgres URL for history and the audit log (unset: in memory, bounded).
@@ -172,7 +172,7 @@ pub struct Settings {
     /// Pin each executor thread to its own CPU. Best on dedicated machines; on a machine shared with other busy processes (a load generator, say) unpinned threads let the kernel run an executor wherever a CPU is free.
     #[arg(long, env = "PIN_CORES", value_name = "PIN_CORES", default_value = "true", value_parser = boolish, action = clap::ArgAction::Set)]
     pub pin_cores: bool,
-    /// Send each core's fan-out with one io_uring submission per pass (src/writer.rs). `false` leaves every connection's driver to send its own frames, one `send()` each: the baseline the batched-send benchmark compares against.
+    /// Send each core's fan-out with one io_uring submission per pass (src/runtime/sender.rs). `false` leaves every connection's driver to send its own frames, one `send()` each: the baseline the batched-send benchmark compares against.
     #[arg(long, env = "BATCHED_SENDS", value_name = "BATCHED_SENDS", default_value = "true", value_parser = boolish, action = clap::ArgAction::Set)]
     pub batched_sends: bool,
     /// Most rooms one connection may be in.

@@ -47,11 +47,12 @@ impl State {
     }
 }
 
-/// One backend's state cell.
+/// One backend's state, shared between its side thread (writer) and
+/// `/healthz` (reader) without a lock.
 #[derive(Debug, Default)]
-pub struct Cell(AtomicU8);
+pub struct AtomicState(AtomicU8);
 
-impl Cell {
+impl AtomicState {
     /// The current state.
     pub fn get(&self) -> State {
         State::from_u8(self.0.load(Ordering::Relaxed))
@@ -67,9 +68,9 @@ impl Cell {
 #[derive(Debug, Default)]
 pub struct BackendHealth {
     /// Redis (presence, cross-instance fan-out).
-    pub redis: Cell,
+    pub redis: AtomicState,
     /// Postgres (history, audit trail).
-    pub postgres: Cell,
+    pub postgres: AtomicState,
 }
 
 impl BackendHealth {

@@ -66,6 +66,7 @@ pub mod health;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod lanes;
 pub mod metrics;
 pub mod moderation;
 pub mod openapi;

@@ -177,6 +177,9 @@ pub struct CoreSnapshot {
     pub room_messages_overflow: u64,
     /// Messages staged because a cross-core channel was full.
     pub mesh_staged: u64,
+    /// Cross-core messages shed or dropped at the staging limits
+    /// (`runtime/mesh.rs`): non-zero means traffic was lost under overload.
+    pub mesh_shed: crate::runtime::mesh::Shed,
     /// Submissions of the batched writer (one per pass of up to 256 sockets).
     pub send_batches: u64,
     /// Socket writes made by the batched writer.
@@ -207,6 +210,7 @@ impl Default for CoreSnapshot {
             room_messages: HashMap::new(),
             room_messages_overflow: 0,
             mesh_staged: 0,
+            mesh_shed: crate::runtime::mesh::Shed::default(),
             send_batches: 0,
             send_batched: 0,
             audit_masked: 0,
@@ -276,6 +280,8 @@ impl CoreSnapshot {
         }
         self.room_messages_overflow += other.room_messages_overflow;
         self.mesh_staged += other.mesh_staged;
+        self.mesh_shed.advisory += other.mesh_shed.advisory;
+        self.mesh_shed.internal += other.mesh_shed.internal;
         self.send_batches += other.send_batches;
         self.send_batched += other.send_batched;
         self.audit_masked += other.audit_masked;
@@ -416,6 +422,22 @@ impl CoreSnapshot {
             "Cross-core messages that waited because a core's channel was full.",
             self.mesh_staged,
         );
+        header(
+            &mut out,
+            "chat_mesh_shed_total",
+            "Cross-core messages not staged behind a full channel: advisory (typing, presence) past the soft limit, internal past the hard limit.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "chat_mesh_shed_total{{class=\"advisory\"}} {}",
+            self.mesh_shed.advisory
+        );
+        let _ = writeln!(
+            out,
+            "chat_mesh_shed_total{{class=\"internal\"}} {}",
+            self.mesh_shed.internal
+        );
         counter(
             &mut out,
             "chat_send_batches_total",
@@ -549,6 +571,33 @@ mod tests {
             },
         );
         assert_eq!(cache.fresh(t0 + ms(1_500)).map(|s| s.connections), Some(9));
+    }
+
+    #[test]
+    fn mesh_shedding_is_merged_and_rendered_by_class() {
+        use crate::runtime::mesh::Shed;
+        let mut a = CoreSnapshot {
+            mesh_shed: Shed {
+                advisory: 3,
+                internal: 0,
+            },
+            ..Default::default()
+        };
+        let b = CoreSnapshot {
+            mesh_shed: Shed {
+                advisory: 2,
+                internal: 1,
+            },
+            ..Default::default()
+        };
+        a.merge(&b);
+        let text = a.render("");
+        assert!(
+            text.contains("chat_mesh_shed_total{class=\"advisory\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("chat_mesh_shed_total{class=\"internal\"} 1\n"));
+        assert!(text.contains("# TYPE chat_mesh_shed_total counter\n"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! code instead of being kept in step by hand:
 //!
 //! - The HTTP handlers are glommio code tied to no web framework, so each
-//!   route answered by `routes.rs`, `server.rs` (`/ws`) or this module has a
+//!   route answered by `routes.rs`, `runtime/server.rs` (`/ws`) or this module has a
 //!   small documentation-only function in `paths` carrying its
 //!   `#[utoipa::path]`; those functions are never called.
 //! - Server frames come from the decoding types of `protocol.rs`
@@ -190,7 +190,7 @@ const DOCS_PAGE: &str = r#"<!DOCTYPE html>
 struct ApiDoc;
 
 /// Documentation-only handlers: each carries the `#[utoipa::path]` of one
-/// route. The real handlers are in `routes.rs` and `server.rs`.
+/// route. The real handlers are in `routes.rs` and `runtime/server.rs`.
 #[allow(dead_code)]
 mod paths {
     use utoipa::IntoParams;

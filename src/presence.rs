@@ -10,7 +10,7 @@
 //! Online users of a room are known by the room's owner core (its member
 //! counts), so `online_users(Some(room))` is answered there. With REDIS_URL
 //! the counts stay here and the Redis thread mirrors their transitions into
-//! Redis, where the cluster-wide answers come from (`presence_redis.rs`).
+//! Redis, where the cluster-wide answers come from (`redis/presence.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -253,6 +253,32 @@ pub enum ShardMsg {
     Shutdown,
 }
 
+impl ShardMsg {
+    /// Typing and presence frames: advisory, the first traffic shed when
+    /// the mesh backs up (`runtime/mesh.rs`). A typing indicator expires on
+    /// its own and a presence change is corrected by the next one.
+    pub fn is_advisory(&self) -> bool {
+        match self {
+            ShardMsg::Typing { .. } => true,
+            ShardMsg::Relay { kind, .. } | ShardMsg::Deliver { kind, .. } => {
+                matches!(kind, FrameKind::Typing | FrameKind::Presence)
+            }
+            _ => false,
+        }
+    }
+
+    /// Messages the mesh never drops, whatever its backlog: an adopted
+    /// socket (dropping it would leak the connection), a close request and
+    /// shutdown. At most one per connection or core, so they cannot grow a
+    /// queue without bound.
+    pub fn is_control(&self) -> bool {
+        matches!(
+            self,
+            ShardMsg::Adopt(_) | ShardMsg::CloseConn { .. } | ShardMsg::Shutdown
+        )
+    }
+}
+
 /// Questions cores ask each other (for HTTP routes, scrapes and history).
 #[derive(Debug)]
 pub enum Query {

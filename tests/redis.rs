@@ -21,15 +21,11 @@ use serde_json::{json, Value};
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
 
 /// Whether the test may run; under CI=true a missing Redis fails the test.
-fn redis_reachable(test: &str) -> bool {
+fn redis_reachable() -> bool {
     let ok = TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1))
         .is_ok();
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: Redis is not reachable on 127.0.0.1:6379 (required under CI=true)"
-        );
-        println!("SKIP {test}: Redis is not reachable on 127.0.0.1:6379");
+        common::skip("Redis is not reachable on 127.0.0.1:6379");
     }
     ok
 }
@@ -158,7 +154,7 @@ fn room_online(server: &Server, room: &str) -> Vec<String> {
 
 #[test]
 fn two_instances_deliver_one_order_with_typing_and_presence() {
-    if !redis_reachable("two_instances_deliver_one_order_with_typing_and_presence") {
+    if !redis_reachable() {
         return;
     }
     let prefix = Prefix::new("order", SHARED_REDIS);
@@ -240,7 +236,7 @@ fn two_instances_deliver_one_order_with_typing_and_presence() {
 
 #[test]
 fn member_count_and_presence_are_cluster_wide() {
-    if !redis_reachable("member_count_and_presence_are_cluster_wide") {
+    if !redis_reachable() {
         return;
     }
     let prefix = Prefix::new("count", SHARED_REDIS);
@@ -313,7 +309,7 @@ fn member_count_and_presence_are_cluster_wide() {
 
 #[test]
 fn a_killed_instance_leaves_its_users_offline_after_the_expiry() {
-    if !redis_reachable("a_killed_instance_leaves_its_users_offline_after_the_expiry") {
+    if !redis_reachable() {
         return;
     }
     let prefix = Prefix::new("kill", SHARED_REDIS);
@@ -440,13 +436,8 @@ fn healthz(server: &Server) -> (u16, Value) {
 
 #[test]
 fn redis_outage_keeps_local_chat_and_recovers_without_restart() {
-    let test = "redis_outage_keeps_local_chat_and_recovers_without_restart";
     let Some(redis) = PrivateRedis::start(0) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: redis-server is not installed (required under CI=true)"
-        );
-        println!("SKIP {test}: redis-server is not installed");
+        common::skip("redis-server is not installed");
         return;
     };
     let prefix = Prefix::new("outage", &redis.url());
@@ -531,7 +522,7 @@ fn redis_outage_keeps_local_chat_and_recovers_without_restart() {
 
 #[test]
 fn the_sequencing_script_is_monotonic_per_room_and_publishes_its_id() {
-    if !redis_reachable("the_sequencing_script_is_monotonic_per_room_and_publishes_its_id") {
+    if !redis_reachable() {
         return;
     }
     let prefix = Prefix::new("script", SHARED_REDIS);
@@ -619,7 +610,7 @@ fn bad_redis_settings_stop_start_up_naming_the_variable() {
 
 #[test]
 fn fifty_thousand_repeated_joins_do_not_starve_other_users() {
-    if !redis_reachable("fifty_thousand_repeated_joins_do_not_starve_other_users") {
+    if !redis_reachable() {
         return;
     }
     let prefix = Prefix::new("repeat", SHARED_REDIS);
@@ -694,7 +685,7 @@ fn fifty_thousand_repeated_joins_do_not_starve_other_users() {
 
 #[test]
 fn member_counts_follow_leaves_across_instances() {
-    if !redis_reachable("member_counts_follow_leaves_across_instances") {
+    if !redis_reachable() {
         return;
     }
     let prefix = Prefix::new("leaves", SHARED_REDIS);

@@ -17,13 +17,13 @@ use crate::auth::Identity;
 use crate::client::Client;
 use crate::health::{BackendHealth, State};
 use crate::redis::link::{self, ScaleOut, ECHO_TIMEOUT, REPLY_TIMEOUT};
-use crate::redis::worker::{Command, Event, Link, Sequenced};
+use crate::redis::worker::{Command, CommandReceiver, Event, Link, Sequenced};
 use crate::shard::Publish;
 
 const INSTANCE: &str = "0123456789abcdef";
 
 /// Runs `test` on a one-core hub with Redis up.
-fn on_one_core(test: impl FnOnce(&mut Hub, &mut tokio::sync::mpsc::Receiver<Command>)) {
+fn on_one_core(test: impl FnOnce(&mut Hub, &mut CommandReceiver)) {
     let settings = crate::config::Cli::try_parse_from(["chatd"])
         .expect("defaults")
         .settings;
@@ -57,12 +57,12 @@ fn frames(client: &Client) -> Vec<Value> {
 }
 
 /// The next command the hub queued for the Redis thread.
-fn next_command(rx: &mut tokio::sync::mpsc::Receiver<Command>) -> Option<Command> {
+fn next_command(rx: &mut CommandReceiver) -> Option<Command> {
     rx.try_recv().ok()
 }
 
 /// Opens ann's connection to room `r` and answers its join's count.
-fn open(hub: &mut Hub, rx: &mut tokio::sync::mpsc::Receiver<Command>, t0: Instant) -> Rc<Client> {
+fn open(hub: &mut Hub, rx: &mut CommandReceiver, t0: Instant) -> Rc<Client> {
     let ann = Identity {
         user_id: Arc::from("ann"),
         username: Arc::from("Ann"),
@@ -92,7 +92,7 @@ fn open(hub: &mut Hub, rx: &mut tokio::sync::mpsc::Receiver<Command>, t0: Instan
 /// publish it queued, if it queued one.
 fn send(
     hub: &mut Hub,
-    rx: &mut tokio::sync::mpsc::Receiver<Command>,
+    rx: &mut CommandReceiver,
     client: &Client,
     cmid: &str,
     now: Instant,

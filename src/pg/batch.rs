@@ -1,5 +1,6 @@
-//! The Postgres writer's policy: when a batch is flushed, how long to wait
-//! after a failed write, and whether the write buffer can take another
+//! The Postgres writer's policy: when a batch is flushed, the bounds of the
+//! wait after a failed write (the timing itself is [`crate::backoff`]), and
+//! whether the write buffer can take another
 //! message. Deterministic and I/O-free: the writer passes the time in, so
 //! every rule is unit-tested without sleeping.
 
@@ -63,63 +64,6 @@ impl FlushPolicy {
         } else {
             Next::WaitUntil(due)
         }
-    }
-}
-
-/// Exponential backoff between retries of a failed write or connection:
-/// `RETRY_BASE`, twice that, ... up to `RETRY_MAX`, reset by a success.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    /// First delay.
-    base: Duration,
-    /// Cap on the delay.
-    max: Duration,
-    /// Failures since the last success.
-    failures: u32,
-    /// No retry before this instant; None when not backing off.
-    retry_at: Option<Instant>,
-}
-
-impl Backoff {
-    /// A backoff starting at `base`, capped at `max`.
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff {
-            base,
-            max,
-            failures: 0,
-            retry_at: None,
-        }
-    }
-
-    /// Records a failure at `now`; returns the wait before the next try.
-    pub fn failed(&mut self, now: Instant) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let shift = (self.failures - 1).min(16);
-        let delay = self.base.saturating_mul(1 << shift).min(self.max);
-        self.retry_at = Some(now + delay);
-        delay
-    }
-
-    /// Records a success: the next failure waits `base` again.
-    pub fn succeeded(&mut self) {
-        self.failures = 0;
-        self.retry_at = None;
-    }
-
-    /// Ends the current wait early (the connection came back), keeping the
-    /// failure count so a flapping server still backs off.
-    pub fn retry_now(&mut self) {
-        self.retry_at = None;
-    }
-
-    /// Failures since the last success.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// End of the current wait, if any.
-    pub fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
     }
 }
 
@@ -214,33 +158,6 @@ mod tests {
             POLICY.next(5000, Some(t0), Some(retry), false, retry),
             Next::Flush
         );
-    }
-
-    #[test]
-    fn backoff_schedule_doubles_to_the_cap_and_resets() {
-        let t0 = Instant::now();
-        let mut b = Backoff::new(RETRY_BASE, RETRY_MAX);
-        let delays: Vec<u64> = (0..8).map(|_| b.failed(t0).as_millis() as u64).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
-        assert_eq!(b.failures(), 8);
-        assert_eq!(b.retry_at(), Some(t0 + ms(2000)));
-        b.retry_now();
-        assert_eq!(b.retry_at(), None);
-        assert_eq!(b.failed(t0).as_millis(), 2000, "retry_now keeps the count");
-        b.succeeded();
-        assert_eq!(b.failures(), 0);
-        assert_eq!(b.retry_at(), None);
-        assert_eq!(b.failed(t0 + ms(5)), ms(100));
-        assert_eq!(b.retry_at(), Some(t0 + ms(105)));
-    }
-
-    #[test]
-    fn backoff_never_overflows() {
-        let t0 = Instant::now();
-        let mut b = Backoff::new(RETRY_BASE, RETRY_MAX);
-        for _ in 0..1000 {
-            assert!(b.failed(t0) <= RETRY_MAX);
-        }
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! ([`worker`]). Cores talk to it through [`PgHandle`]:
 //!
 //! - **Writes**: the room owner hands every accepted message (and every
-//!   audit record) over with a non-blocking `try_send` on a bounded channel
-//!   and counts it in a shared atomic. The writer batches rows and flushes on
+//!   audit record) over with a non-blocking `try_send` on its core's
+//!   bounded lock-free lane ([`crate::lanes`]) and counts it in a shared
+//!   atomic. The writer batches rows and flushes on
 //!   size or interval ([`batch`]), with `INSERT ... SELECT * FROM UNNEST(...)
 //!   ON CONFLICT DO NOTHING`, so a retried batch never duplicates.
 //! - **Outages**: a failed write keeps its rows and retries with exponential
@@ -15,7 +16,8 @@
 //!   Postgres down meanwhile. When the rows waiting reach PG_BUFFER_MESSAGES,
 //!   new messages are refused with `unavailable` before they are stamped, so
 //!   nothing accepted is ever dropped.
-//! - **Reads**: a core sends a read with a oneshot reply and goes on; the
+//! - **Reads**: a core sends a read (on its own lane of the read queue)
+//!   with a oneshot reply and goes on; the
 //!   answer wakes the waiting task on that core ([`link`]), which merges the
 //!   rows with the owner's in-memory cache ([`merge`]).
 //! - **Shutdown**: after every core has drained, [`PgHandle::finish`] writes
@@ -34,12 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use ulid::Ulid;
 
 use crate::config::Settings;
 use crate::health::{BackendHealth, State};
 use crate::history::StoredMessage;
+use crate::lanes;
 use crate::moderation::AuditRecord;
 
 pub use merge::Pick;
@@ -52,13 +55,29 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a history read waits for Postgres before the in-memory answer is
 /// used instead.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// History reads queued for the side thread at once; a read that finds the
-/// queue full is answered from memory (and counted as shed).
+/// History reads queued for the side thread at once, split evenly between
+/// the cores' lanes (rounded up); a read that finds its core's lane full is
+/// answered from memory (and counted as shed).
 pub const READ_QUEUE: usize = 1024;
-/// Room on top of PG_BUFFER_MESSAGES in the write channel for the overshoot
-/// of cores racing on the last free slot (two rows per core, at most 64
-/// cores; see [`batch::admit`]).
+/// Room in each core's write lane on top of its share of
+/// PG_BUFFER_MESSAGES, for rows admitted before they are written (a message
+/// and its audit record; with Redis, messages waiting for their copy) and
+/// for the cores' overshoot of the last free slot (see [`batch::admit`]).
 pub const WRITE_SLACK: usize = 2 * 64;
+
+/// Rows one core's write lane holds: its share of PG_BUFFER_MESSAGES
+/// (rounded up) plus [`WRITE_SLACK`]. The lanes are only a transit: the
+/// writer moves rows into its own batches whenever it runs, and is woken
+/// when a lane is half full, so a lane fills only if the side thread is
+/// starved; admission then refuses new messages on that core with
+/// `unavailable` ([`PgHandle::admit`]). Set so that the total stays what
+/// PG_BUFFER_MESSAGES + WRITE_SLACK allowed for the one shared channel
+/// before, plus the slack per core; the outage test in tests/postgres.rs
+/// (`postgres_outage_keeps_chat_live_and_loses_nothing`, 8 rows) checks
+/// that every admitted row is buffered and written.
+pub fn write_lane_capacity(capacity: usize, cores: usize) -> usize {
+    capacity.div_ceil(cores.max(1)) + WRITE_SLACK
+}
 
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
@@ -170,11 +189,13 @@ pub struct Inner {
 
 /// The cores' handle on the backend (one, shared by every core).
 pub struct PgHandle {
-    /// Rows to write. Bounded at PG_BUFFER_MESSAGES + WRITE_SLACK, which
-    /// admission keeps it under; see [`PgHandle::write`] for a full channel.
-    writes: mpsc::Sender<WriteItem>,
-    /// Reads. Bounded at READ_QUEUE; full: the read is answered from memory.
-    reads: mpsc::Sender<ReadRequest>,
+    /// Rows to write, one lane per core, each bounded by
+    /// [`write_lane_capacity`], which admission keeps it under; see
+    /// [`PgHandle::write`] for a full lane.
+    writes: lanes::Sender<WriteItem>,
+    /// Reads, one lane per core, READ_QUEUE split between them; full: the
+    /// read is answered from memory.
+    reads: lanes::Sender<ReadRequest>,
     /// Shared counters and signals.
     inner: Arc<Inner>,
     /// Writer settings.
@@ -221,8 +242,11 @@ impl PgHandle {
             stats: stats::PgStats::default(),
             health,
         });
-        let (writes, writes_rx) = mpsc::channel(writer.capacity + WRITE_SLACK);
-        let (reads, reads_rx) = mpsc::channel(READ_QUEUE);
+        let cores = settings.core_count();
+        // Bounded per core; full: see `write_lane_capacity` and `write`.
+        let (writes, writes_rx) = lanes::lanes(cores, write_lane_capacity(writer.capacity, cores));
+        // Bounded per core; full: the read is answered from memory.
+        let (reads, reads_rx) = lanes::lanes(cores, READ_QUEUE.div_ceil(cores.max(1)));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let thread_inner = inner.clone();
@@ -255,12 +279,14 @@ impl PgHandle {
         })
     }
 
-    /// Whether a new message may be accepted now (one relaxed load).
+    /// Whether a new message may be accepted now: the rows waiting are
+    /// below PG_BUFFER_MESSAGES (one relaxed load) and this core's lane has
+    /// room for the message and an audit record.
     pub fn admit(&self) -> bool {
         batch::admit(
             self.inner.buffered.load(Ordering::Relaxed),
             self.settings.capacity,
-        )
+        ) && self.writes.has_room(2)
     }
 
     /// Rows accepted and not yet written.
@@ -268,27 +294,30 @@ impl PgHandle {
         self.inner.buffered.load(Ordering::Relaxed)
     }
 
-    /// Queues a row for writing. Never blocks.
+    /// Queues a row on this core's lane for writing. Never blocks.
     ///
-    /// The channel has room for every row admission lets through, so it is
-    /// never full in practice; if it were, or if the side thread were gone,
-    /// the row is counted in `chat_pg_rows_lost_total` and logged by id
-    /// rather than dropped silently.
+    /// Admission keeps every lane below its capacity, so it is never full
+    /// in practice; if it were, or if the side thread were gone, the row is
+    /// counted in `chat_pg_rows_lost_total` and logged by id rather than
+    /// dropped silently.
     pub fn write(&self, item: WriteItem) {
         let n = self.inner.buffered.fetch_add(1, Ordering::Relaxed) + 1;
         match self.writes.try_send(item) {
             Ok(()) => {
-                // Wake the writer once per batch's worth; below that it
-                // sleeps until its interval, so a core pays no wake-up per
-                // message.
-                if n.is_multiple_of(self.settings.policy.batch_size) {
+                // The push woke an idle writer. One that is waiting for its
+                // interval or a retry is woken once per batch's worth, or
+                // when this lane is half full so it never fills; below that
+                // it sleeps on, so a core pays no wake-up per message.
+                if n.is_multiple_of(self.settings.policy.batch_size)
+                    || !self.writes.has_room(self.writes.lane_capacity() / 2)
+                {
                     self.inner.wake.notify_one();
                 }
             }
-            Err(e) => {
+            Err(item) => {
                 self.inner.buffered.fetch_sub(1, Ordering::Relaxed);
                 stats::bump(&self.inner.stats.rows_lost);
-                let (kind, id) = match e.into_inner() {
+                let (kind, id) = match item {
                     WriteItem::Message(m) => ("message", m.id),
                     WriteItem::Audit(a) => ("audit record", a.message_id),
                 };
@@ -297,8 +326,9 @@ impl PgHandle {
         }
     }
 
-    /// Sends a read; None when it cannot be sent (Postgres down, queue
-    /// full), in which case the caller answers from memory at once.
+    /// Sends a read on this core's lane; None when it cannot be sent
+    /// (Postgres down, lane full), in which case the caller answers from
+    /// memory at once.
     pub fn read(&self, spec: ReadSpec) -> Option<ReadReceiver> {
         if self.inner.health.postgres.get() != State::Up {
             stats::bump(&self.inner.stats.reads_shed);
@@ -352,6 +382,13 @@ impl PgHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_core_lane_holds_its_share_plus_the_slack() {
+        assert_eq!(write_lane_capacity(100_000, 2), 50_000 + WRITE_SLACK);
+        assert_eq!(write_lane_capacity(8, 3), 3 + WRITE_SLACK);
+        assert_eq!(write_lane_capacity(8, 0), 8 + WRITE_SLACK);
+    }
 
     #[test]
     fn urls_are_checked_without_echoing_them() {

@@ -5,7 +5,8 @@
 //!   publishes the connection, watches it (its driver ending, or a periodic
 //!   probe failing) and reconnects with backoff; it owns `health.postgres`'s
 //!   Up/Down transitions on connection changes.
-//! - **writer**: moves rows from the cores' channel into its batches and
+//! - **writer**: moves rows from the cores' lanes (round robin) into its
+//!   batches and
 //!   writes them by the [`FlushPolicy`](super::batch::FlushPolicy), keeping
 //!   failed batches for a retry after a backoff; at shutdown it writes
 //!   everything left, within PG_SHUTDOWN_TIMEOUT_MS.
@@ -18,19 +19,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 use ulid::Ulid;
 
-use super::batch::{Backoff, Next, RETRY_BASE, RETRY_MAX};
+use super::batch::{Next, RETRY_BASE, RETRY_MAX};
 use super::migrate::{self, MigrateError};
 use super::stats::bump;
 use super::{
     Inner, MessageRow, Pick, ReadFailed, ReadRequest, ReadSpec, WriteItem, WriterSettings,
     READ_TIMEOUT,
 };
+use crate::backoff::Backoff;
 use crate::health::State;
 use crate::history::StoredMessage;
+use crate::lanes;
 use crate::moderation::AuditRecord;
 
 /// How often an idle connection is probed, so a silently dead server shows
@@ -83,7 +86,7 @@ struct Conn {
 
 /// A row waiting in the writer, with when the writer took it.
 struct Pending<T> {
-    /// When it left the channel (the flush interval counts from here).
+    /// When it left its lane (the flush interval counts from here).
     at: Instant,
     /// The row.
     row: T,
@@ -95,8 +98,8 @@ pub(super) fn run(
     config: Config,
     inner: Arc<Inner>,
     settings: WriterSettings,
-    writes: mpsc::Receiver<WriteItem>,
-    reads: mpsc::Receiver<ReadRequest>,
+    writes: lanes::Receiver<WriteItem>,
+    reads: lanes::Receiver<ReadRequest>,
     ready: std::sync::mpsc::Sender<bool>,
     done: std::sync::mpsc::Sender<usize>,
 ) {
@@ -216,7 +219,7 @@ async fn supervise(
 
 /// Answers reads, each in its own task bounded by [`READ_TIMEOUT`].
 async fn serve_reads(
-    mut reads: mpsc::Receiver<ReadRequest>,
+    mut reads: lanes::Receiver<ReadRequest>,
     conn_rx: watch::Receiver<Option<Arc<Conn>>>,
     inner: Arc<Inner>,
 ) {
@@ -413,7 +416,7 @@ async fn flush_one<T: Row>(
 /// The writer: batches rows and writes them until shutdown; returns the
 /// number of rows left unwritten when the shutdown wait ran out.
 async fn write_loop(
-    mut rx: mpsc::Receiver<WriteItem>,
+    mut rx: lanes::Receiver<WriteItem>,
     mut conn_rx: watch::Receiver<Option<Arc<Conn>>>,
     inner: Arc<Inner>,
     settings: WriterSettings,
@@ -451,7 +454,7 @@ async fn write_loop(
             None if pending > 0 => Next::WaitUntil(now + RETRY_MAX),
             _ => settings
                 .policy
-                .next(pending, oldest, backoff.retry_at(), closing, now),
+                .next(pending, oldest, backoff.next_attempt(), closing, now),
         };
         match (next, conn) {
             (Next::Flush, Some(conn)) => {

@@ -1,6 +1,6 @@
 //! One core's side of the Redis scale-out: what it handed to the Redis
 //! thread and is waiting for, and the commands it sends there. The hub
-//! (`hub.rs`) owns one of these per core when REDIS_URL is set and calls it
+//! (`hub/mod.rs`) owns one of these per core when REDIS_URL is set and calls it
 //! at its few hook points; without REDIS_URL there is none and the hub's
 //! paths are the single-node ones.
 //!

@@ -1,6 +1,7 @@
 //! Redis: cross-instance fan-out, sequencing and presence (REDIS_URL).
 //!
-//! - `worker.rs`: the Redis side thread (tokio), bounded queues both ways.
+//! - `worker.rs`: the Redis side thread (tokio): a bounded lane per core in
+//!   (`crate::lanes`), a bounded event queue per core out.
 //! - `link.rs`: each core's side of it: messages in flight, pending joins.
 //! - `envelope.rs`: payloads between instances.
 //! - `presence.rs`: this instance's presence sets, heartbeat and reads.

@@ -4,7 +4,7 @@
 //! instance's sets.
 //!
 //! The mirror is the truth for this instance (it follows the cores'
-//! transitions, see `broker.rs`); Redis holds a copy with an expiry. Changes
+//! transitions, see `redis/worker.rs`); Redis holds a copy with an expiry. Changes
 //! since the last flush are kept as a coalesced *dirty* map (entry → wanted
 //! state), flushed when it reaches [`FLUSH_SIZE`] entries or [`FLUSH_INTERVAL`]
 //! after its first entry, whichever comes first. The map holds at most

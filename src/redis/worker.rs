@@ -5,10 +5,15 @@
 //! Redis, answers cluster-wide reads, and survives outages.
 //!
 //! # Channels
-//! - Cores → thread: one bounded queue of [`Command`]s (`REDIS_BUFFER`),
-//!   sent with `try_send`, so a core never waits. When it is full, a message
-//!   is refused with `unavailable` and a presence change is counted as
-//!   dropped and repaired by a resync (every core resends its state).
+//! - Cores → thread: one bounded lock-free lane of [`Command`]s per core
+//!   ([`crate::lanes`]), `REDIS_BUFFER` split evenly between the cores
+//!   ([`lane_capacity`]), sent with `try_send`, so a core never waits and a
+//!   busy core fills only its own lane. When a core's lane is full, a
+//!   message is refused with `unavailable`, a join or offline check is
+//!   answered locally, a read answers "unknown", and a presence change is
+//!   counted as dropped and repaired by a resync (every core resends its
+//!   state). The thread takes commands from the lanes in turn (round
+//!   robin), each lane in the order its core sent them.
 //! - Thread → each core: a bounded queue of [`Event`]s ([`EVENT_QUEUE`]).
 //!   When a core's queue is full the thread waits for it, which stops it
 //!   reading its subscription: backpressure lands on Redis's output buffer
@@ -22,7 +27,8 @@
 //! atomic step. Every instance, the publisher included, delivers what its
 //! subscription receives through the room owner core's normal fan-out, so a
 //! room has exactly one order, Redis's, and ids sort in it. Messages waiting
-//! in the queue go out in one pipeline per wake-up, in queue order.
+//! in the lanes go out in one pipeline per wake-up, each core's in the order
+//! it sent them (a room's messages all come from its owner core).
 //!
 //! # Outages
 //! Any failed operation marks Redis down (`/healthz` 503 naming redis),
@@ -42,12 +48,12 @@ use bytes::Bytes;
 use futures_channel::mpsc as fmpsc;
 use futures_channel::oneshot;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use tokio::sync::mpsc;
 use ulid::Ulid;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{BackendHealth, State};
+use crate::lanes;
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::keys::{self, Keys};
 use crate::redis::presence::{self, Mirror};
@@ -59,7 +65,7 @@ use crate::ws;
 pub const SEQUENCE_SCRIPT: &str = include_str!("sequence.lua");
 /// Events queued per core before the thread waits for that core.
 pub const EVENT_QUEUE: usize = 4096;
-/// Commands taken from the queue per wake-up (one pipeline).
+/// Commands taken from the lanes per wake-up (one pipeline).
 pub const MAX_BATCH: usize = 1024;
 /// Time allowed to connect, and for any reply, before Redis counts as down.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
@@ -217,14 +223,27 @@ pub struct Sequenced {
     pub arrived: Instant,
 }
 
+/// Each core's lane holds REDIS_BUFFER / cores commands (rounded up): the
+/// total waiting stays what REDIS_BUFFER allowed for the one shared queue
+/// before, and one busy core can no longer take the others' room. The
+/// test that sets it small (`fifty_thousand_repeated_joins_do_not_starve_
+/// other_users` in tests/redis.rs, REDIS_BUFFER=64) checks that a flood on
+/// one core refuses nothing.
+pub fn lane_capacity(redis_buffer: usize, cores: usize) -> usize {
+    redis_buffer.div_ceil(cores.max(1)).max(1)
+}
+
+/// The Redis thread's end of the cores' command lanes.
+pub type CommandReceiver = lanes::Receiver<Command>;
+
 /// The receiving end of one core's events.
 pub type EventReceiver = fmpsc::Receiver<Event>;
 
 /// What cores and routes hold to talk to the Redis thread.
 #[derive(Clone)]
 pub struct Link {
-    /// The command queue.
-    tx: mpsc::Sender<Command>,
+    /// The command lanes (one per core; full: see the module doc).
+    tx: lanes::Sender<Command>,
     /// Redis up or down.
     health: Arc<BackendHealth>,
     /// Counters.
@@ -235,13 +254,14 @@ pub struct Link {
 
 impl Link {
     /// A link whose commands land in the returned receiver instead of a
-    /// Redis thread (unit tests of the cores' side).
+    /// Redis thread (unit tests of the cores' side): one lane of
+    /// `capacity` commands.
     pub fn detached(
         capacity: usize,
         instance: &str,
         health: Arc<BackendHealth>,
-    ) -> (Link, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Link, CommandReceiver) {
+        let (tx, rx) = lanes::lanes(1, capacity);
         let link = Link {
             tx,
             health,
@@ -261,17 +281,15 @@ impl Link {
         &self.instance
     }
 
-    /// Queues a command without waiting; gives it back when the queue is
-    /// full or the thread is gone.
+    /// Queues a command on the calling core's lane without waiting; gives
+    /// it back when that lane is full or the thread is gone.
     pub fn try_send(&self, cmd: Command) -> Result<(), Command> {
-        self.tx.try_send(cmd).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
-        })
+        self.tx.try_send(cmd)
     }
 
-    /// Commands waiting in the queue.
+    /// Commands waiting in every core's lane.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.queued()
     }
 
     /// Users of `room` cluster-wide; None when Redis cannot answer. The
@@ -334,7 +352,9 @@ impl Started {
     /// from Redis, and waits for it at most `limit`.
     pub fn shutdown(self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        // The queue may be full for a moment; retry until the deadline.
+        // Every core has stopped, so the thread drains every lane after
+        // this (see `Broker::run`). This thread's lane may be full for a
+        // moment; retry until the deadline.
         let mut cmd = Command::Shutdown;
         loop {
             match self.link.try_send(cmd) {
@@ -368,8 +388,8 @@ pub fn start(
     let instance = keys::instance_id();
     let keys = Keys::new(&settings.redis_prefix, &instance);
     let buffer = settings.redis_buffer as usize;
-    // Bounded by REDIS_BUFFER; full: see the module doc.
-    let (tx, rx) = mpsc::channel(buffer);
+    // Bounded: REDIS_BUFFER split between the cores; full: see the module doc.
+    let (tx, rx) = lanes::lanes(cores, lane_capacity(buffer, cores));
     let mut senders = Vec::with_capacity(cores);
     let mut events = Vec::with_capacity(cores);
     for _ in 0..cores {
@@ -486,8 +506,8 @@ struct Broker {
     ttl: Duration,
     /// Executor cores (event routing).
     cores: usize,
-    /// Commands from cores and routes.
-    rx: mpsc::Receiver<Command>,
+    /// Commands from cores and routes, one lane per core.
+    rx: CommandReceiver,
     /// Events to each core.
     events: Vec<fmpsc::Sender<Event>>,
     /// Redis up or down.
@@ -610,6 +630,13 @@ impl Broker {
                         return; // every sender is gone
                     }
                     if self.handle(&mut batch).await {
+                        // The cores stopped before the shutdown was sent,
+                        // but their lanes may still hold work that the
+                        // round robin had not reached: do it all first.
+                        while self.rx.drain(&mut batch, MAX_BATCH) > 0 {
+                            self.handle(&mut batch).await;
+                        }
+                        self.goodbye().await;
                         return;
                     }
                 }
@@ -747,7 +774,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Handles one batch of commands; true on shutdown.
+    /// Handles one batch of commands; true when it held the shutdown (the
+    /// caller drains the rest and says goodbye).
     async fn handle(&mut self, batch: &mut Vec<Command>) -> bool {
         let now = Instant::now();
         let mut outgoing = Vec::new();
@@ -823,9 +851,6 @@ impl Broker {
                 self.flush().await;
             }
             self.answer(reads).await;
-        }
-        if shutdown {
-            self.goodbye().await;
         }
         shutdown
     }
@@ -1127,6 +1152,54 @@ mod tests {
         // A ULID's time part followed by it parses as a ULID.
         let id = format!("01JD000000{a}");
         assert!(Ulid::from_string(&id).is_ok());
+    }
+
+    #[test]
+    fn redis_buffer_is_split_between_the_cores() {
+        assert_eq!(lane_capacity(10_000, 2), 5_000);
+        assert_eq!(lane_capacity(64, 3), 22);
+        assert_eq!(lane_capacity(1, 4), 1);
+        assert_eq!(lane_capacity(10, 0), 10);
+    }
+
+    #[test]
+    fn one_cores_full_lane_refuses_only_that_cores_commands() {
+        let (tx, mut rx) = lanes::lanes(2, 1);
+        let link = Link {
+            tx,
+            health: Arc::new(BackendHealth::default()),
+            metrics: Arc::new(RedisMetrics::default()),
+            instance: Arc::from("0123456789abcdef"),
+        };
+        let busy = link.clone();
+        let refused = std::thread::spawn(move || {
+            busy.try_send(Command::Online(Arc::from("a"))).unwrap();
+            // Its lane is full: the command comes back (the caller's
+            // `unavailable` or resync path).
+            match busy.try_send(Command::Online(Arc::from("b"))) {
+                Err(Command::Online(user)) => user,
+                other => panic!("expected the command back, got {other:?}"),
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(&*refused, "b");
+        // Another core still has its own room.
+        let other = link.clone();
+        std::thread::spawn(move || other.try_send(Command::Online(Arc::from("c"))).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(link.queued(), 2);
+        let mut batch = Vec::new();
+        assert_eq!(rx.drain(&mut batch, MAX_BATCH), 2);
+        let users: Vec<String> = batch
+            .iter()
+            .map(|c| match c {
+                Command::Online(u) => u.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(users, vec!["a", "c"]);
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl CoreCtx {
     pub fn with_hub<R>(self: &Rc<Self>, f: impl FnOnce(&mut Hub) -> R) -> R {
         let mut hub = self.hub.borrow_mut();
         hub.metrics.mesh_staged = self.router.staged_total();
+        hub.metrics.mesh_shed = self.router.shed();
         if let Some(writer) = &self.writer {
             hub.metrics.send_batches = writer.batches();
             hub.metrics.send_batched = writer.sends();

@@ -18,6 +18,32 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a started server's "listening" line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether this run must not skip anything (`CI=true`).
+pub fn under_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The running test as `<test file>::<test name>` (libtest names each
+/// test's thread after the test).
+pub fn suite() -> String {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("main");
+    format!("{}::{test}", env!("CARGO_CRATE_NAME"))
+}
+
+/// Reports that the running test cannot run because `why` (a service or
+/// tool is missing): under `CI=true` the test fails; otherwise it prints
+/// `SKIP <suite>: <why>` and the caller returns, so the test passes. The
+/// line goes straight to the process's stderr, past the harness's capture
+/// of a passing test's output, so every run shows it and `./test.sh` lists
+/// it at the end.
+#[track_caller]
+pub fn skip(why: &str) {
+    let suite = suite();
+    assert!(!under_ci(), "{suite}: {why} (required under CI=true)");
+    let _ = writeln!(std::io::stderr(), "SKIP {suite}: {why}");
+}
+
 /// A running server process; killed on drop.
 pub struct Server {
     /// The process.

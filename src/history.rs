@@ -1,4 +1,19 @@
-//! Bounded in-memory message history, used when no `DATABASE_URL` is configured.
+//! A room owner's message history: [`History`], the hub's boundary, with
+//! two implementations:
+//!
+//! - [`MemoryHistory`] (this file): bounded memory only, without
+//!   `DATABASE_URL`. Every read is answered now from memory and a message
+//!   is never refused.
+//! - [`crate::pg::history::PgHistory`] (`DATABASE_URL` set): the same
+//!   memory as the recent cache, every message this instance accepted
+//!   written to Postgres behind it, and reads that memory cannot answer
+//!   alone sent to Postgres; their rows come back as an event on the core's
+//!   queue (`crate::events`) and are merged with the cache as it is then.
+//!
+//! The hub holds a `Box<dyn History>` chosen by the runtime and branches
+//! only on what a read answers (`Now`, `Pending`, `Unavailable`).
+//!
+//! # The memory store
 //!
 //! A room's messages are appended by the core that owns the room, in the order it accepted them,
 //! so ids are strictly increasing within a room and each room's log is sorted. That makes every
@@ -21,6 +36,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use ulid::Ulid;
+
+use crate::hub::MAX_REPLAY;
+use crate::pg::ReadResult;
+use crate::protocol::ChatMessage;
+use crate::shard::Replay;
 
 /// Stale global-order entries tolerated on top of twice the live count before compacting, so
 /// small stores do not compact on every append.
@@ -269,6 +289,127 @@ impl HistoryStore for MemoryHistory {
 
     fn first_id(&self, room: &str) -> Option<Ulid> {
         MemoryHistory::first_id(self, room)
+    }
+}
+
+/// A history page as the hub gets it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The page, whole.
+    Now(Vec<StoredMessage>),
+    /// Sent to the durable store as read `read`: the page comes with its
+    /// rows ([`History::page_rows`]).
+    Pending,
+    /// The page needs the durable store and cannot have it (contract
+    /// section 4: never a partial page presented as whole).
+    Unavailable,
+}
+
+/// A join's replay as the hub gets it.
+#[derive(Debug)]
+pub enum Replaying {
+    /// The replay (memory's, `recovered` saying whether it is whole).
+    Now(Replay),
+    /// Sent to the durable store as read `read`: the replay comes with its
+    /// rows ([`History::replay_rows`]).
+    Pending,
+}
+
+/// The messages of the rooms one core owns (module doc). The memory view
+/// ([`HistoryStore`]) is the recent cache of a durable store.
+pub trait History: HistoryStore {
+    /// Stores an accepted message; `own` when this instance accepted it
+    /// from a client (a durable store writes only those, so a message is
+    /// written once in the cluster; memory keeps every message delivered).
+    fn store(&mut self, message: &ChatMessage, stored: StoredMessage, own: bool);
+    /// Whether a new message may be accepted now (false while a durable
+    /// store's write buffer is full: refused with `unavailable`).
+    fn admit(&self) -> bool;
+    /// A page of `room` (see [`MemoryHistory::page`]); `read` names the
+    /// durable read it may start.
+    fn read_page(
+        &mut self,
+        read: u64,
+        room: &Arc<str>,
+        before: Option<Ulid>,
+        after: Option<Ulid>,
+        limit: usize,
+    ) -> Page;
+    /// The rows of a page read that was [`Page::Pending`], merged with
+    /// memory as it is now; None: unavailable.
+    fn page_rows(
+        &mut self,
+        rows: ReadResult,
+        room: &str,
+        before: Option<Ulid>,
+        after: Option<Ulid>,
+        limit: usize,
+    ) -> Option<Vec<StoredMessage>>;
+    /// The replay of a join with `since`; `read` names the durable read it
+    /// may start.
+    fn read_replay(&mut self, read: u64, room: &Arc<str>, since: Ulid) -> Replaying;
+    /// The rows of a replay read that was [`Replaying::Pending`], merged
+    /// with memory as it is now.
+    fn replay_rows(&mut self, rows: ReadResult, room: &str, since: Ulid) -> Replay;
+}
+
+/// The replay of a join with `since` from memory alone: the newest
+/// [`MAX_REPLAY`] messages after `since`, recovered when that is all of
+/// them and memory still holds `since` itself or something older (so
+/// nothing between was evicted). Asking for one more than the cap tells
+/// "exactly the cap" from "more than the cap".
+pub fn memory_replay(store: &dyn HistoryStore, room: &str, since: Ulid) -> Replay {
+    let mut messages = store.since(room, since, MAX_REPLAY + 1);
+    let reaches_back = store.first_id(room).is_some_and(|f| f <= since);
+    let recovered = messages.len() <= MAX_REPLAY && reaches_back;
+    if messages.len() > MAX_REPLAY {
+        messages.remove(0);
+    }
+    Replay {
+        messages: messages.into_iter().map(|m| m.json).collect(),
+        recovered: Some(recovered),
+    }
+}
+
+/// Memory alone: every read is answered now, nothing is ever refused.
+impl History for MemoryHistory {
+    fn store(&mut self, message: &ChatMessage, stored: StoredMessage, _own: bool) {
+        MemoryHistory::append(self, &message.room_id, stored);
+    }
+
+    fn admit(&self) -> bool {
+        true
+    }
+
+    fn read_page(
+        &mut self,
+        _read: u64,
+        room: &Arc<str>,
+        before: Option<Ulid>,
+        after: Option<Ulid>,
+        limit: usize,
+    ) -> Page {
+        Page::Now(MemoryHistory::page(self, room, before, after, limit))
+    }
+
+    fn page_rows(
+        &mut self,
+        _rows: ReadResult,
+        room: &str,
+        before: Option<Ulid>,
+        after: Option<Ulid>,
+        limit: usize,
+    ) -> Option<Vec<StoredMessage>> {
+        // Never asked (no read is ever pending); memory is the answer.
+        Some(MemoryHistory::page(self, room, before, after, limit))
+    }
+
+    fn read_replay(&mut self, _read: u64, room: &Arc<str>, since: Ulid) -> Replaying {
+        Replaying::Now(memory_replay(self, room, since))
+    }
+
+    fn replay_rows(&mut self, _rows: ReadResult, room: &str, since: Ulid) -> Replay {
+        memory_replay(self, room, since)
     }
 }
 

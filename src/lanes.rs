@@ -3,10 +3,11 @@
 //! `crossbeam::queue::ArrayQueue`, plus one `tokio::sync::Notify` that a
 //! push signals so the side thread's tokio loop can await work.
 //!
-//! - **Per core**: a thread sends on the lane it was given on its first
-//!   send (lanes are handed out in turn, so each of N executor threads gets
-//!   its own lane of N). One busy core fills only its own lane; the others
-//!   keep theirs.
+//! - **Per core**: every send names its lane, the sending core's index
+//!   (each core's backend handle is given it at construction; a sender
+//!   that is no core, like the shutdown path, uses lane 0 once the cores
+//!   have stopped). One busy core fills only its own lane; the others keep
+//!   theirs.
 //! - **Order**: each lane is FIFO, so everything one core sends arrives in
 //!   the order it was sent. Lanes are not ordered against each other.
 //! - **Full**: `try_send` never waits; it gives the item back when the
@@ -19,26 +20,11 @@
 //!   every lane is empty, like a closed channel; a send after the receiver
 //!   is dropped fails.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 use tokio::sync::Notify;
-
-/// Lanes a thread remembers its place in. A thread that sends on more
-/// live lane sets than this (only tests do) gets a new lane for the
-/// forgotten one, which may reorder what it had queued there.
-const REMEMBERED: usize = 8;
-
-/// Source of the ids that tell lane sets apart in [`LANE_OF`].
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// This thread's lane in each lane set it sent on: (set id, lane),
-    /// most recent last, at most [`REMEMBERED`].
-    static LANE_OF: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
-}
 
 /// The state shared by the senders and the receiver.
 struct Shared<T> {
@@ -47,10 +33,6 @@ struct Shared<T> {
     /// Signalled after every push and when the last sender goes, so the
     /// side thread can sleep while every lane is empty.
     wake: Notify,
-    /// The lane the next thread sending for the first time gets.
-    next_lane: AtomicUsize,
-    /// Tells this set apart in each thread's memory of its lane.
-    id: u64,
     /// Live senders; at zero (and empty lanes) the receiver sees the end.
     senders: AtomicUsize,
     /// The receiver is gone: sends fail like on a closed channel.
@@ -58,20 +40,10 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
-    /// The calling thread's lane, handed out on its first send.
-    fn my_lane(&self) -> usize {
-        LANE_OF.with(|cell| {
-            let mut known = cell.borrow_mut();
-            if let Some(&(_, lane)) = known.iter().find(|(id, _)| *id == self.id) {
-                return lane;
-            }
-            let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-            if known.len() == REMEMBERED {
-                known.remove(0);
-            }
-            known.push((self.id, lane));
-            lane
-        })
+    /// Lane `lane`; an index past the last lane wraps (so a sender given
+    /// a core index is never out of range).
+    fn lane(&self, lane: usize) -> &ArrayQueue<T> {
+        &self.lanes[lane % self.lanes.len()]
     }
 }
 
@@ -82,8 +54,6 @@ pub fn lanes<T>(lanes: usize, per_lane: usize) -> (Sender<T>, Receiver<T>) {
             .map(|_| ArrayQueue::new(per_lane.max(1)))
             .collect(),
         wake: Notify::new(),
-        next_lane: AtomicUsize::new(0),
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         senders: AtomicUsize::new(1),
         closed: AtomicBool::new(false),
     });
@@ -120,15 +90,14 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Sender<T> {
-    /// Queues `item` on the calling thread's lane and wakes the receiver;
-    /// never waits. Gives the item back when that lane is full or the
-    /// receiver is gone.
-    pub fn try_send(&self, item: T) -> Result<(), T> {
+    /// Queues `item` on lane `lane` (the sending core's) and wakes the
+    /// receiver; never waits. Gives the item back when that lane is full or
+    /// the receiver is gone.
+    pub fn try_send(&self, lane: usize, item: T) -> Result<(), T> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(item);
         }
-        let lane = self.shared.my_lane();
-        self.shared.lanes[lane].push(item)?;
+        self.shared.lane(lane).push(item)?;
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -138,9 +107,9 @@ impl<T> Sender<T> {
         self.shared.lanes.iter().map(ArrayQueue::len).sum()
     }
 
-    /// Whether the calling thread's lane has room for `n` more items.
-    pub fn has_room(&self, n: usize) -> bool {
-        let lane = &self.shared.lanes[self.shared.my_lane()];
+    /// Whether lane `lane` has room for `n` more items.
+    pub fn has_room(&self, lane: usize, n: usize) -> bool {
+        let lane = self.shared.lane(lane);
         lane.capacity() - lane.len() >= n
     }
 
@@ -262,24 +231,17 @@ impl<T> Receiver<T> {
 mod tests {
     use super::*;
 
-    /// Sends `items` from a new thread (which gets the next lane).
-    fn send_from_thread(tx: &Sender<u32>, items: Vec<u32>) -> Vec<Result<(), u32>> {
-        let tx = tx.clone();
-        std::thread::spawn(move || items.into_iter().map(|i| tx.try_send(i)).collect())
-            .join()
-            .expect("sender thread")
-    }
-
     #[test]
     fn a_full_lane_gives_the_item_back_and_leaves_other_lanes_free() {
         let (tx, mut rx) = lanes::<u32>(2, 2);
-        // The first thread fills its lane; its third item comes back.
-        assert_eq!(
-            send_from_thread(&tx, vec![1, 2, 3]),
-            vec![Ok(()), Ok(()), Err(3)]
-        );
-        // Another thread has a lane of its own with room.
-        assert_eq!(send_from_thread(&tx, vec![10, 11]), vec![Ok(()), Ok(())]);
+        // Core 0 fills its lane; its third item comes back.
+        let sent: Vec<_> = [1, 2, 3].into_iter().map(|i| tx.try_send(0, i)).collect();
+        assert_eq!(sent, vec![Ok(()), Ok(()), Err(3)]);
+        assert!(!tx.has_room(0, 1));
+        // Core 1 has a lane of its own with room.
+        assert!(tx.has_room(1, 2));
+        assert_eq!(tx.try_send(1, 10), Ok(()));
+        assert_eq!(tx.try_send(1, 11), Ok(()));
         assert_eq!(tx.queued(), 4);
         let mut out = Vec::new();
         assert_eq!(rx.drain(&mut out, 10), 4);
@@ -289,24 +251,51 @@ mod tests {
     }
 
     #[test]
-    fn the_same_thread_always_sends_on_the_same_lane() {
+    fn a_lane_is_the_one_named_whichever_thread_sends() {
         let (tx, mut rx) = lanes::<u32>(3, 8);
-        for i in 0..5 {
-            tx.try_send(i).unwrap();
-        }
-        assert!(tx.has_room(3));
-        assert!(!tx.has_room(4));
+        // Two threads sending for core 2 share its lane, in order.
+        tx.try_send(2, 0).unwrap();
+        let other = tx.clone();
+        std::thread::spawn(move || other.try_send(2, 1).unwrap())
+            .join()
+            .unwrap();
+        tx.try_send(2, 2).unwrap();
+        assert!(tx.has_room(2, 5));
+        assert!(!tx.has_room(2, 6));
+        assert!(tx.has_room(0, 8), "the other lanes are untouched");
+        // An index past the last lane wraps instead of panicking.
+        tx.try_send(5, 3).unwrap();
         let mut out = Vec::new();
-        assert_eq!(rx.drain(&mut out, 100), 5);
-        assert_eq!(out, vec![0, 1, 2, 3, 4]);
+        assert_eq!(rx.drain(&mut out, 100), 4);
+        assert_eq!(out, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn many_lane_sets_on_one_thread_keep_their_own_order() {
+        // More sets than any per-thread memory of lanes could hold: each
+        // send names its lane, so nothing is reordered.
+        let sets: Vec<_> = (0..20).map(|_| lanes::<u32>(2, 4)).collect();
+        for (tx, _) in &sets {
+            for i in 0..3 {
+                tx.try_send(1, i).unwrap();
+            }
+        }
+        for (_, rx) in sets {
+            let mut rx = rx;
+            let mut out = Vec::new();
+            rx.drain(&mut out, 10);
+            assert_eq!(out, vec![0, 1, 2]);
+        }
     }
 
     #[test]
     fn a_drain_cut_short_resumes_at_the_next_lane() {
         let (tx, mut rx) = lanes::<u32>(3, 8);
-        send_from_thread(&tx, vec![1, 2, 3]);
-        send_from_thread(&tx, vec![10, 20, 30]);
-        send_from_thread(&tx, vec![100, 200, 300]);
+        for (lane, items) in [(0, [1, 2, 3]), (1, [10, 20, 30]), (2, [100, 200, 300])] {
+            for i in items {
+                tx.try_send(lane, i).unwrap();
+            }
+        }
         let mut out = Vec::new();
         assert_eq!(rx.drain(&mut out, 2), 2);
         assert_eq!(out, vec![1, 10]);
@@ -323,7 +312,7 @@ mod tests {
     fn the_end_comes_after_the_last_item_once_every_sender_is_gone() {
         let (tx, mut rx) = lanes::<u32>(2, 4);
         let other = tx.clone();
-        tx.try_send(7).unwrap();
+        tx.try_send(0, 7).unwrap();
         drop(tx);
         assert!(!rx.senders_gone());
         drop(other);
@@ -344,7 +333,7 @@ mod tests {
     fn a_send_after_the_receiver_is_gone_gives_the_item_back() {
         let (tx, rx) = lanes::<u32>(1, 4);
         drop(rx);
-        assert_eq!(tx.try_send(1), Err(1));
+        assert_eq!(tx.try_send(0, 1), Err(1));
     }
 
     #[test]
@@ -354,7 +343,7 @@ mod tests {
             .build()
             .unwrap();
         let sender = std::thread::spawn(move || {
-            tx.try_send(5).unwrap();
+            tx.try_send(1, 5).unwrap();
             tx
         });
         let got = runtime.block_on(rx.recv());

@@ -59,9 +59,11 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod dedupe;
+pub mod events;
 pub mod health;
 pub mod history;
 pub mod http;

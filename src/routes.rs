@@ -136,8 +136,14 @@ where
     F: FnOnce(&Link) -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let redis = ctx.shared.redis.as_ref().filter(|r| r.up())?;
-    let fut = read(redis);
+    // On this core's lane, like the core's own commands.
+    let redis = ctx
+        .shared
+        .redis
+        .as_ref()
+        .filter(|r| r.up())?
+        .for_core(ctx.router.core());
+    let fut = read(&redis);
     glommio::timer::timeout(REDIS_READ_TIMEOUT, async { Ok(fut.await) })
         .await
         .ok()

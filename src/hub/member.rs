@@ -11,11 +11,11 @@ use bytes::Bytes;
 
 use super::Hub;
 use crate::auth::Identity;
+use crate::broker::PendingJoin;
 use crate::client::{Client, Membership};
 use crate::metrics::CloseReason;
 use crate::outbound::{Outbound, Push};
 use crate::protocol::{self, ErrorCode, MessageId};
-use crate::redis::link::PendingJoin;
 use crate::shard::{ConnId, FrameKind, JoinAnswer, Replay, ShardMsg};
 use crate::ws;
 
@@ -91,8 +91,10 @@ impl Hub {
         }
         let count = membership.is_none();
         let owner = self.owner(&room);
-        if owner == self.core && self.scaleout.is_some() {
-            // The answer waits for the cluster-wide count: pending until then.
+        if owner == self.core {
+            // Pending until answered: at once when the broker counts here
+            // and memory holds the replay, else after the cluster's count
+            // or the Postgres read (`joined` then completes it).
             if count {
                 client.set_membership(&room, Membership::Pending);
             }
@@ -105,25 +107,6 @@ impl Hub {
                 count,
             };
             self.join_at_owner(join, now);
-        } else if owner == self.core {
-            let user = client.identity.user_id.clone();
-            if since.is_some_and(|s| {
-                self.defer_join(self.core, client.id, &user, &room, s, count, None)
-            }) {
-                if count {
-                    client.set_membership(&room, Membership::Pending);
-                }
-                return;
-            }
-            let (member_count, replay) = self.join_owner(&room, user, self.core, since, count);
-            if count {
-                client.set_membership(&room, Membership::Joined);
-                self.local
-                    .entry(room.clone())
-                    .or_default()
-                    .push(client.clone());
-            }
-            self.answer_join(client, &room, member_count, replay, now);
         } else {
             if count {
                 client.set_membership(&room, Membership::Pending);

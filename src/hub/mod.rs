@@ -39,33 +39,33 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+use crate::broker::{self, Arrival, Broker, MemoryBroker, PendingJoin};
 use crate::client::{Client, Flush};
 use crate::config::Settings;
 use crate::dedupe::{Dedupe, DEDUPE_WINDOW};
-use crate::history::{HistoryStore, MemoryHistory};
+use crate::events::BackendEvent;
+use crate::history::{History, MemoryHistory};
 use crate::metrics::{CloseReason, CoreSnapshot};
-use crate::moderation::{AuditAction, MemoryAudit, Moderator};
-use crate::pg::ReadReceiver;
+use crate::moderation::{AuditAction, AuditSink, MemoryAudit, Moderator};
 use crate::presence::{MemoryPresence, PresenceStore, Status};
-use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
+use crate::protocol::{self, ErrorCode, MessageId};
 use crate::ratelimit::{BudgetRates, KeyedThrottle, LogSampler, RateLimiter, LOG_SAMPLER_USERS};
-use crate::redis::link::{self, PendingJoin, ScaleOut};
-use crate::redis::stats::RedisMetrics;
-use crate::redis::worker::{Event, Sequenced};
+use crate::redis::worker::Event;
 use crate::shard::{shard_for, Answer, ConnId, FrameKind, Query, ShardMsg};
 use crate::ws;
 
-mod durable;
 mod member;
 #[cfg(test)]
 mod mesh_tests;
+mod reads;
 mod room_owner;
 #[cfg(test)]
 mod scaleout_tests;
 mod session;
 mod user_owner;
 
-pub use durable::UNAVAILABLE_TEXT;
+pub use crate::pg::history::MAX_PG_READS;
+pub use reads::UNAVAILABLE_TEXT;
 
 /// Most messages replayed by `join_room` with `since` (contract section 3).
 pub const MAX_REPLAY: usize = 1000;
@@ -175,20 +175,16 @@ pub enum Asked {
 /// drained by the runtime right after it (the hub never sends, spawns or
 /// awaits itself).
 ///
-/// Both lists hold at most what one call produced: the runtime empties
-/// them after every call, so they are bounded by the work of one event
-/// (one frame, one mesh message, one sweep), not by time.
+/// It holds at most what one call produced: the runtime empties it after
+/// every call, so it is bounded by the work of one event (one frame, one
+/// mesh message, one sweep), not by time. (Backend replies do not pass
+/// here: the backends send them to the core's event queue themselves.)
 #[derive(Default)]
 pub struct Outbox {
     /// Messages for other cores, oldest first. Sent in exactly this order
     /// (FIFO per peer): the ordering guarantees in `shard.rs` (a `Joined`
     /// before any later `Deliver`) depend on it.
     mesh: Vec<(usize, ShardMsg)>,
-    /// Postgres reads sent during the call, by request id: the runtime
-    /// awaits each reply and hands it to [`Hub::on_pg_rows`] (a dropped
-    /// reply reads as a failure, so every read is answered). At most
-    /// `durable::MAX_PG_READS` are in flight per core.
-    pg_reads: Vec<(u64, ReadReceiver)>,
 }
 
 impl Outbox {
@@ -208,21 +204,16 @@ impl Outbox {
         self.mesh.drain(..)
     }
 
-    /// The Postgres reads to await, removed.
-    pub fn take_pg_reads(&mut self) -> Vec<(u64, ReadReceiver)> {
-        std::mem::take(&mut self.pg_reads)
-    }
-
     /// True when there is nothing for the runtime.
     pub fn is_empty(&self) -> bool {
-        self.mesh.is_empty() && self.pg_reads.is_empty()
+        self.mesh.is_empty()
     }
 }
 
 /// One core's state.
 pub struct Hub {
-    /// What this core asks of the runtime: messages for other cores and
-    /// Postgres reads to await, drained after every call.
+    /// What this core asks of the runtime: messages for other cores,
+    /// drained after every call.
     outbox: Outbox,
     /// This core's index: local work is a call, other cores' a message.
     core: usize,
@@ -245,18 +236,19 @@ pub struct Hub {
     dedupe: Dedupe<ConnId>,
     /// Message ids: monotonic on this core, hence per room.
     ids: ulid::Generator,
-    /// Messages of the rooms this core owns.
-    history: Box<dyn HistoryStore>,
+    /// Messages of the rooms this core owns: memory alone
+    /// ([`MemoryHistory`]) or memory in front of Postgres (`PgHistory`),
+    /// chosen by the runtime; reads answer now or later (`hub/reads.rs`).
+    history: Box<dyn History>,
     /// Content rules; None when moderation is off.
     moderator: Option<Moderator>,
-    /// Where masked/blocked messages are recorded.
-    audit: MemoryAudit,
-    /// The Postgres backend, when DATABASE_URL is set (see `hub/durable.rs`).
-    durable: Option<crate::pg::link::Durable>,
-    /// Postgres reads in flight, by request id; at most
-    /// `durable::MAX_PG_READS`, every one answered (a lost reply reads as a
-    /// failure).
-    pg_waits: HashMap<u64, durable::PgWait>,
+    /// Where masked/blocked messages are recorded: [`MemoryAudit`], or
+    /// `PgAudit` (the same plus Postgres) with DATABASE_URL.
+    audit: Box<dyn AuditSink>,
+    /// What the history's reads in flight complete, by read id; bounded by
+    /// the history ([`MAX_PG_READS`]), every one answered once (a lost
+    /// reply reads as a failure).
+    reads: HashMap<u64, reads::Wait>,
     /// Queries asked by this core, by request id. Bounded by the requests
     /// in flight: every query is answered by its owner core (the mesh never
     /// drops), and an HTTP asker that timed out leaves a waiter whose answer
@@ -268,8 +260,10 @@ pub struct Hub {
     next_conn: u64,
     /// This core's metrics (plain integers; merged on scrape).
     pub metrics: CoreSnapshot,
-    /// Redis scale-out (REDIS_URL set); None: single node.
-    scaleout: Option<ScaleOut>,
+    /// Sequencing, cluster-wide counts and relays: this instance alone
+    /// ([`MemoryBroker`]) or the Redis scale-out (`ScaleOut`), chosen by
+    /// the runtime; the hub acts on its answers only.
+    broker: Box<dyn Broker>,
     /// This core's batched sender (`BATCHED_SENDS`), handed to every new
     /// connection; None: each driver sends its own queue.
     flush: Option<Rc<dyn Flush>>,
@@ -309,19 +303,15 @@ impl Hub {
             ),
             dedupe: Dedupe::new(DEDUPE_WINDOW, DEDUPE_CAPACITY / cores),
             ids: ulid::Generator::new(),
-            history: Box::new(MemoryHistory::new(
-                settings.history_per_room as usize,
-                (settings.history_total as usize / cores).max(settings.history_per_room as usize),
-            )),
+            history: Box::new(Hub::memory_history(settings, cores)),
             moderator,
-            audit: MemoryAudit::new(AUDIT_MEMORY),
-            durable: None,
-            pg_waits: HashMap::new(),
+            audit: Box::new(MemoryAudit::new(AUDIT_MEMORY)),
+            reads: HashMap::new(),
             pending: HashMap::new(),
             next_req: 0,
             next_conn: 0,
             metrics: CoreSnapshot::default(),
-            scaleout: None,
+            broker: Box::new(MemoryBroker),
             flush: None,
             room_counts: HashMap::new(),
             typing: KeyedThrottle::new(settings.typing_frames_per_sec as u32, TYPING_KEYS_PER_CORE),
@@ -346,9 +336,10 @@ impl Hub {
         &mut self.outbox
     }
 
-    /// Turns on Redis scale-out for this core.
-    pub fn set_scaleout(&mut self, scaleout: ScaleOut) {
-        self.scaleout = Some(scaleout);
+    /// Replaces this core's broker (the runtime sets the Redis one when
+    /// REDIS_URL is set; the default is [`MemoryBroker`]).
+    pub fn set_broker(&mut self, broker: Box<dyn Broker>) {
+        self.broker = broker;
     }
 
     /// MAX_MESSAGE_LENGTH.
@@ -366,9 +357,24 @@ impl Hub {
         self.clients.len()
     }
 
-    /// The in-memory audit trail of this core.
-    pub fn audit(&self) -> &MemoryAudit {
-        &self.audit
+    /// The memory history one of `cores` cores keeps (alone, or as the
+    /// cache in front of Postgres).
+    pub fn memory_history(settings: &Settings, cores: usize) -> MemoryHistory {
+        MemoryHistory::new(
+            settings.history_per_room as usize,
+            (settings.history_total as usize / cores).max(settings.history_per_room as usize),
+        )
+    }
+
+    /// Replaces this core's history (the runtime sets the Postgres one when
+    /// DATABASE_URL is set; the default is [`MemoryHistory`]).
+    pub fn set_history(&mut self, history: Box<dyn History>) {
+        self.history = history;
+    }
+
+    /// Replaces this core's audit sink (default: [`MemoryAudit`]).
+    pub fn set_audit(&mut self, audit: Box<dyn AuditSink>) {
+        self.audit = audit;
     }
 
     fn owner(&self, key: &str) -> usize {
@@ -379,18 +385,18 @@ impl Hub {
 
     /// Asks core `target` a question (answered in place when local).
     pub fn ask(&mut self, target: usize, query: Query, now: Instant) -> Asked {
-        let deferred = self.has_durable() && matches!(query, Query::History { .. });
-        if target == self.core && !deferred {
-            return Asked::Ready(self.answer(query));
-        }
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let req = self.register(Waiter::Http(tx));
-        if target == self.core {
-            self.answer_query(target, req, query, now);
-        } else {
+        if target != self.core {
             self.outbox.send(target, ShardMsg::Query { req, query });
+            return Asked::Later(rx);
         }
-        Asked::Later(rx)
+        // Answered in place unless the history has to read first.
+        self.answer_query(target, req, query, now);
+        match rx.try_recv() {
+            Ok(Some(answer)) => Asked::Ready(answer),
+            _ => Asked::Later(rx),
+        }
     }
 
     /// The owner core of a room or user id.
@@ -435,6 +441,8 @@ impl Hub {
                 after,
                 limit,
             } => {
+                // Memory's view; the owner's answer goes through
+                // `answer_query`, which may read the durable store.
                 let page = self.history.page(&room, before, after, limit);
                 Answer::Messages(page.into_iter().map(|m| m.json).collect())
             }
@@ -459,20 +467,16 @@ impl Hub {
             limit,
         };
         let keep_newest = after.is_none();
-        if owner == self.core && !self.has_durable() {
-            let answer = self.answer(query);
-            self.answer_history(client, &room, answer, keep_newest, now);
+        let req = self.register(Waiter::ClientHistory {
+            conn: client.id,
+            room,
+            keep_newest,
+        });
+        if owner == self.core {
+            // Answered in place unless the history has to read first.
+            self.answer_query(owner, req, query, now);
         } else {
-            let req = self.register(Waiter::ClientHistory {
-                conn: client.id,
-                room,
-                keep_newest,
-            });
-            if owner == self.core {
-                self.answer_query(owner, req, query, now);
-            } else {
-                self.outbox.send(owner, ShardMsg::Query { req, query });
-            }
+            self.outbox.send(owner, ShardMsg::Query { req, query });
         }
     }
 
@@ -516,7 +520,7 @@ impl Hub {
                 client.push_own(&body, now);
             }
             _ => {
-                let text = durable::HISTORY_UNAVAILABLE_TEXT;
+                let text = reads::HISTORY_UNAVAILABLE_TEXT;
                 self.send_error(client, ErrorCode::Unavailable, text, None, now);
             }
         }
@@ -543,14 +547,10 @@ impl Hub {
                     since,
                     count,
                 };
-                // With Redis the cluster-wide count comes first; either way
-                // `finish_join` reads Postgres when memory cannot answer
-                // `since` alone.
-                if self.scaleout.is_some() {
-                    self.join_at_owner(join, now);
-                } else {
-                    self.finish_join(join, None, now);
-                }
+                // The broker's count comes first (now, or from the cluster);
+                // `finish_join` then reads Postgres when memory cannot
+                // answer `since` alone.
+                self.join_at_owner(join, now);
             }
             ShardMsg::Joined(answer) => self.joined(*answer, now),
             ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
@@ -623,45 +623,48 @@ impl Hub {
         self.dedupe.sweep(now);
         self.typing.sweep(now);
         self.rate_log.sweep(now);
-        if let Some(so) = self.scaleout.as_mut() {
-            let overdue = so.sweep(now);
-            for o in overdue {
-                self.settle_overdue(o, now);
-            }
+        for overdue in self.broker.sweep(now) {
+            self.settle_overdue(overdue, now);
         }
     }
 
-    // ---- Redis ---------------------------------------------------------
+    // ---- backends ------------------------------------------------------
 
-    /// Handles what the Redis thread sends this core.
+    /// One event from this core's backend queue (`crate::events`): a
+    /// Redis event or the rows of a Postgres read.
+    pub fn on_backend_event(&mut self, event: BackendEvent, now: Instant, wall: SystemTime) {
+        match event {
+            BackendEvent::Broker(event) => self.on_broker_event(event, now, wall),
+            BackendEvent::Rows { read, rows } => self.on_pg_rows(read, rows, now),
+        }
+    }
+
+    /// Handles what the broker's thread sends this core: the broker keeps
+    /// its own books and says what the hub has to do.
     pub fn on_broker_event(&mut self, event: Event, now: Instant, wall: SystemTime) {
-        let Some(so) = self.scaleout.as_mut() else {
+        let Some(arrival) = self.broker.on_event(event, now) else {
             return;
         };
-        match event {
-            Event::Message(sequenced) => {
-                let Sequenced {
-                    room,
-                    id,
-                    own_token,
-                    user_id,
-                    username,
-                    content,
-                    arrived,
-                } = *sequenced;
-                // This instance's own message, settled without this copy
-                // (accepted or refused when the copy was overdue, or
-                // sequenced locally after a failed publish): already
-                // delivered, stored and answered here, or refused; drop it.
-                if own_token.is_some_and(|t| so.is_settled(t)) {
-                    return;
-                }
+        match arrival {
+            Arrival::Message {
+                message,
+                own,
+                arrived,
+            } => {
                 let mut ack_to = None;
                 let mut received_at = arrived;
-                if let Some(msg) = own_token.and_then(|t| so.take_inflight(t)) {
+                if let Some(msg) = own {
                     if msg.masked {
-                        let at = id.timestamp_ms();
-                        self.record_audit(id, &msg.user, &room, AuditAction::Masked, None, at);
+                        let at = message.id.timestamp_ms();
+                        let room = message.room_id.clone();
+                        self.record_audit(
+                            message.id,
+                            &msg.user,
+                            &room,
+                            AuditAction::Masked,
+                            None,
+                            at,
+                        );
                     }
                     received_at = msg.received_at;
                     ack_to = Some(AckTo {
@@ -669,49 +672,30 @@ impl Hub {
                         client_msg_id: msg.client_msg_id,
                     });
                 }
-                let message = ChatMessage {
-                    id,
-                    room_id: room,
-                    user_id,
-                    username,
-                    content,
-                    timestamp_ms: id.timestamp_ms(),
-                };
                 self.accept_sequenced(message, ack_to, received_at, now);
             }
-            Event::Relay { room, kind, frame } => {
+            Arrival::Relay { room, kind, frame } => {
                 self.fan_out(&room, frame, kind, None, now, now);
             }
-            Event::Replied { token, id } => so.replied(token, id),
-            Event::EchoesLost => {
-                for o in so.echoes_lost(now) {
+            Arrival::Settle(overdue) => {
+                for o in overdue {
                     self.settle_overdue(o, now);
                 }
             }
-            Event::PublishFailed(token) => {
+            Arrival::Fallback(msg) => {
                 // Sequenced here instead: stored, acknowledged and delivered
                 // on this instance like any accepted message, and its
-                // clientMsgId completed. Should Redis have run the script
-                // all the same (its reply was lost), the copy it published
-                // is dropped here (the token is settled).
-                let Some(msg) = so.take_failed(token, now) else {
-                    return;
-                };
-                RedisMetrics::inc(&so.metrics().local_fallback);
+                // clientMsgId completed.
                 let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
                 let generated = self
                     .ids
                     .generate_from_datetime(wall)
                     .unwrap_or_else(|_| ulid::Ulid::from_datetime(wall));
-                let id = link::local_id(generated, floor);
+                let id = broker::local_id(generated, floor);
                 self.accept_local(msg, id, id.timestamp_ms(), now);
             }
-            Event::JoinCounted { token, count } => {
-                if let Some(join) = so.take_join(token) {
-                    self.finish_join(join, count, now);
-                }
-            }
-            Event::OfflineChecked {
+            Arrival::Counted(join, count) => self.finish_join(join, count, now),
+            Arrival::OfflineChecked {
                 user,
                 rooms,
                 elsewhere,
@@ -722,13 +706,13 @@ impl Hub {
                     self.announce_offline(user, rooms, now);
                 }
             }
-            Event::Resync => {
+            Arrival::Resync => {
                 let rooms = self
                     .owned
                     .iter()
                     .map(|(room, r)| (room.clone(), r.users.keys().cloned().collect()))
                     .collect();
-                so.snapshot(self.presence.online_users(), rooms);
+                self.broker.snapshot(self.presence.online_users(), rooms);
             }
         }
     }

@@ -11,42 +11,35 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{AckTo, Hub, OwnedRoom, MAX_REPLAY};
+use super::{AckTo, Hub, OwnedRoom};
 use crate::auth::Identity;
+use crate::broker::{Counting, Inflight, Overdue, PendingJoin, Sequencing};
 use crate::history::StoredMessage;
 use crate::metrics::Outcome;
-use crate::moderation::{AuditAction, AuditRecord, AuditSink, Verdict};
+use crate::moderation::{AuditAction, AuditRecord, Verdict};
 use crate::protocol::{self, ChatMessage, ErrorCode, MessageId};
-use crate::redis::link::{self, Inflight, PendingJoin};
-use crate::redis::stats::RedisMetrics;
 use crate::shard::{ConnId, FrameKind, JoinAnswer, Publish, Replay, ShardMsg};
 use crate::ws;
 
 impl Hub {
-    /// Owner side of a join with Redis: asks for the cluster-wide count
-    /// first (answered by `on_broker_event`), or answers with the local
-    /// count when Redis is down or its queue is full.
+    /// Owner side of a join: the broker counts it now (this instance's
+    /// members) or cluster-wide (answered by `on_broker_event`).
     pub(super) fn join_at_owner(&mut self, join: PendingJoin, now: Instant) {
         if !join.count {
             // A repeat with `since` asks for a replay only: answered from
-            // the owner's memory, never with a Redis count.
+            // the owner's memory, never with a cluster count.
             return self.finish_join(join, None, now);
         }
-        let join = match self.scaleout.as_mut() {
-            Some(so) if so.up() => match so.join(join) {
-                Ok(()) => return,
-                Err(back) => back,
-            },
-            _ => join,
-        };
-        self.finish_join(join, None, now);
+        if let Counting::Now(join) = self.broker.count_join(join) {
+            self.finish_join(join, None, now);
+        }
     }
 
-    /// Registers a join at its owner and answers it (`cluster`: the count
-    /// from Redis). A `since` that memory cannot answer alone goes to
-    /// Postgres first (`defer_join`), carrying the cluster count, so the
-    /// member is counted when the rows arrive, with the replay taken in the
-    /// same step, exactly as without Redis.
+    /// Registers a join at its owner and answers it (`cluster`: the
+    /// broker's cluster-wide count). A `since` the history cannot answer now
+    /// becomes a read first (`replay_or_defer`), carrying the cluster count,
+    /// so the member is counted when the rows arrive, with the replay taken
+    /// in the same step.
     pub(super) fn finish_join(&mut self, join: PendingJoin, cluster: Option<usize>, now: Instant) {
         let PendingJoin {
             room,
@@ -56,10 +49,16 @@ impl Hub {
             since,
             count,
         } = join;
-        if since.is_some_and(|s| self.defer_join(from, conn, &user, &room, s, count, cluster)) {
-            return;
-        }
-        let (local_count, replay) = self.join_owner(&room, user.clone(), from, since, count);
+        let replay = match since {
+            Some(since) => {
+                match self.replay_or_defer(from, conn, &user, &room, since, count, cluster) {
+                    Some(replay) => replay,
+                    None => return,
+                }
+            }
+            None => Replay::default(),
+        };
+        let local_count = self.join_owner(&room, user.clone(), from, count);
         let known = match (self.owned.get_mut(&room), cluster) {
             (Some(r), Some(c)) => {
                 r.cluster_count = c;
@@ -83,15 +82,15 @@ impl Hub {
         }
     }
 
-    /// Owner side of a join: counts the member and collects the replay.
+    /// Owner side of a join: counts the member (when `count`); returns the
+    /// room's distinct users here.
     pub(super) fn join_owner(
         &mut self,
         room: &Arc<str>,
         user: Arc<str>,
         core: usize,
-        since: Option<MessageId>,
         count: bool,
-    ) -> (usize, Replay) {
+    ) -> usize {
         let cores = self.cores;
         let entry = self.owned.entry(room.clone()).or_insert_with(|| OwnedRoom {
             users: HashMap::new(),
@@ -103,36 +102,11 @@ impl Hub {
             let n = entry.users.entry(user.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {
-                if let Some(so) = &self.scaleout {
-                    so.room_add(room.clone(), user);
-                }
+                self.broker.room_add(room.clone(), user);
             }
             entry.member_cores[core] += 1;
         }
-        let member_count = entry.users.len();
-        let replay = match since {
-            Some(since) => self.memory_replay(room, since),
-            None => Replay::default(),
-        };
-        (member_count, replay)
-    }
-
-    /// The replay of a join with `since` from memory alone: the newest
-    /// [`MAX_REPLAY`] messages after `since`, recovered when that is all of
-    /// them and memory still holds `since` itself or something older (so
-    /// nothing between was evicted). Asking for one more than the cap tells
-    /// "exactly the cap" from "more than the cap".
-    pub(super) fn memory_replay(&self, room: &str, since: MessageId) -> Replay {
-        let mut messages = self.history.since(room, since, MAX_REPLAY + 1);
-        let reaches_back = self.history.first_id(room).is_some_and(|f| f <= since);
-        let recovered = messages.len() <= MAX_REPLAY && reaches_back;
-        if messages.len() > MAX_REPLAY {
-            messages.remove(0);
-        }
-        Replay {
-            messages: messages.into_iter().map(|m| m.json).collect(),
-            recovered: Some(recovered),
-        }
+        entry.users.len()
     }
 
     /// Owner side of a leave (or routes it to the owner).
@@ -148,9 +122,7 @@ impl Hub {
             *n -= 1;
             if *n == 0 {
                 entry.users.remove(&user);
-                if let Some(so) = &self.scaleout {
-                    so.room_remove(room.clone(), user);
-                }
+                self.broker.room_remove(room.clone(), user);
             }
         }
         entry.member_cores[core] = entry.member_cores[core].saturating_sub(1);
@@ -215,10 +187,7 @@ impl Hub {
             received_at,
             sent_at: now,
         };
-        if self.scaleout.is_some() {
-            return self.sequence_scaled(msg, id, now);
-        }
-        self.accept_local(msg, id, timestamp_ms, now);
+        self.sequence(msg, id, timestamp_ms, now);
     }
 
     /// Accepts a moderated message with a locally assigned id.
@@ -257,29 +226,26 @@ impl Hub {
         self.accept_sequenced(message, Some(ack_to), received_at, now);
     }
 
-    /// Room owner with Redis: hands the message to Redis for the
-    /// cluster-wide order, or (Redis down) sequences it here above the
-    /// room's last id. A full command queue refuses it with `unavailable`.
-    pub(super) fn sequence_scaled(&mut self, msg: Inflight, local: MessageId, now: Instant) {
-        let Some(so) = self.scaleout.as_mut() else {
-            return;
-        };
+    /// Room owner: the broker gives the message its id now (accepted
+    /// here) or later (an event), or refuses it when its queue is full.
+    fn sequence(&mut self, msg: Inflight, local: MessageId, timestamp_ms: u64, now: Instant) {
         let floor = self.owned.get(&msg.room).and_then(|r| r.last_id);
-        if !so.up() {
-            RedisMetrics::inc(&so.metrics().local_fallback);
-            let id = link::local_id(local, floor);
-            let timestamp_ms = id.timestamp_ms();
-            return self.accept_local(msg, id, timestamp_ms, now);
-        }
-        let Err(msg) = so.publish(msg, floor) else {
-            return;
-        };
-        let msg = *msg;
-        self.metrics.message(Outcome::Unavailable);
-        let text = "the message could not be accepted: the Redis queue is full; retry later";
-        self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
-        if let Some(cmid) = msg.client_msg_id {
-            self.published(msg.user.user_id, cmid, None, now);
+        match self.broker.sequence(msg, local, timestamp_ms, floor) {
+            Sequencing::Now {
+                msg,
+                id,
+                timestamp_ms,
+            } => self.accept_local(msg, id, timestamp_ms, now),
+            Sequencing::Pending => {}
+            Sequencing::Refused(msg) => {
+                self.metrics.message(Outcome::Unavailable);
+                let text =
+                    "the message could not be accepted: the Redis queue is full; retry later";
+                self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
+                if let Some(cmid) = msg.client_msg_id {
+                    self.published(msg.user.user_id, cmid, None, now);
+                }
+            }
         }
     }
 
@@ -309,14 +275,10 @@ impl Hub {
         ws::encode_text_into(&json, &mut buf);
         let frame = Bytes::from(buf);
         let json = frame.slice(header..);
-        if ack_to.is_some() {
-            self.store_message(&message, &json);
-        }
-        self.history.append(&room, StoredMessage { id, json });
-        if self.scaleout.is_some() {
-            if let Some(r) = self.owned.get_mut(&room) {
-                r.last_id = r.last_id.max(Some(id));
-            }
+        self.history
+            .store(&message, StoredMessage { id, json }, ack_to.is_some());
+        if let Some(r) = self.owned.get_mut(&room) {
+            r.last_id = r.last_id.max(Some(id));
         }
         if ack_to.is_some() {
             self.metrics.message(Outcome::Accepted);
@@ -355,7 +317,6 @@ impl Hub {
             reason,
             at_ms,
         };
-        self.store_audit(&record);
         self.audit.record(record);
     }
 
@@ -434,9 +395,7 @@ impl Hub {
         exclude: Option<ConnId>,
         now: Instant,
     ) {
-        if let Some(so) = &self.scaleout {
-            so.relay(&room, kind, &frame);
-        }
+        self.broker.relay(&room, kind, &frame);
         self.fan_out(&room, frame, kind, exclude, now, now);
     }
 
@@ -476,15 +435,15 @@ impl Hub {
     /// from their subscriptions). Without one it is refused with
     /// `unavailable` and its clientMsgId released, so a retry is sequenced
     /// anew instead of waiting on it.
-    pub(super) fn settle_overdue(&mut self, overdue: link::Overdue, now: Instant) {
+    pub(super) fn settle_overdue(&mut self, overdue: Overdue, now: Instant) {
         match overdue {
-            link::Overdue::Accept { msg, id } => {
+            Overdue::Accept { msg, id } => {
                 if let Some(r) = self.owned.get_mut(&msg.room) {
                     r.last_id = r.last_id.max(Some(id));
                 }
                 self.accept_local(msg, id, id.timestamp_ms(), now);
             }
-            link::Overdue::Refuse(msg) => {
+            Overdue::Refuse(msg) => {
                 self.metrics.message(Outcome::Unavailable);
                 let text = "the message could not be confirmed by Redis in time and was not accepted; retry";
                 self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);

@@ -31,7 +31,7 @@ fn on_one_core(test: impl FnOnce(&mut Hub, &mut CommandReceiver)) {
     let health = Arc::new(BackendHealth::default());
     health.redis.set(State::Up);
     let (link, mut rx) = Link::detached(64, INSTANCE, health);
-    hub.set_scaleout(ScaleOut::new(link, 0));
+    hub.set_broker(Box::new(ScaleOut::new(link, 0)));
     test(&mut hub, &mut rx);
     assert!(hub.outbox_mut().is_empty(), "one core sends nothing");
 }

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 
 use super::{Hub, TOO_MANY_CONNECTIONS_CLOSE};
+use crate::broker::OfflineCheck;
 use crate::dedupe::Begin;
 use crate::metrics::{CloseReason, Outcome};
 use crate::protocol::{self, ErrorCode, MessageId};
@@ -149,9 +150,7 @@ impl Hub {
         }
         if first {
             self.metrics.presence_online += 1;
-            if let Some(so) = &self.scaleout {
-                so.online(user.clone());
-            }
+            self.broker.online(user.clone());
             let frame = Bytes::from(ws::encode_text(&protocol::encode_presence(
                 &user, true, &room,
             )));
@@ -170,15 +169,11 @@ impl Hub {
             return;
         }
         self.metrics.presence_offline += 1;
-        let rooms = match &self.scaleout {
-            // The answer says whether the user is still online elsewhere.
-            Some(so) => match so.offline(user.clone(), rooms) {
-                Ok(()) => return,
-                Err(rooms) => rooms,
-            },
-            None => rooms,
-        };
-        self.announce_offline(user, rooms, now);
+        // Offline here; the broker may first ask whether the user is still
+        // online elsewhere (then `on_broker_event` announces it).
+        if let OfflineCheck::Now(rooms) = self.broker.offline(user.clone(), rooms) {
+            self.announce_offline(user, rooms, now);
+        }
     }
 
     /// Sends `offline` presence frames for `user` to `rooms`.

@@ -17,14 +17,19 @@
 //!   new messages are refused with `unavailable` before they are stamped, so
 //!   nothing accepted is ever dropped.
 //! - **Reads**: a core sends a read (on its own lane of the read queue)
-//!   with a oneshot reply and goes on; the
-//!   answer wakes the waiting task on that core ([`link`]), which merges the
-//!   rows with the owner's in-memory cache ([`merge`]).
+//!   with its event queue as the reply address ([`ReadReply`]) and goes
+//!   on; the rows arrive on that queue like the Redis thread's events
+//!   (`crate::events`), and the core's history ([`history`]) merges them
+//!   with its in-memory cache ([`merge`]).
+//! - **Per core**: each core's [`history::PgHistory`] and
+//!   [`audit::PgAudit`] hold the shared handle and the core's index, the
+//!   lane every one of their writes and reads goes on.
 //! - **Shutdown**: after every core has drained, [`PgHandle::finish`] writes
 //!   what is left, waiting at most PG_SHUTDOWN_TIMEOUT_MS.
 
+pub mod audit;
 pub mod batch;
-pub mod link;
+pub mod history;
 pub mod merge;
 pub mod migrate;
 pub mod stats;
@@ -40,6 +45,7 @@ use tokio::sync::Notify;
 use ulid::Ulid;
 
 use crate::config::Settings;
+use crate::events::EventSender;
 use crate::health::{BackendHealth, State};
 use crate::history::StoredMessage;
 use crate::lanes;
@@ -148,16 +154,54 @@ pub struct ReadFailed;
 /// Rows of a read, oldest first.
 pub type ReadResult = Result<Vec<StoredMessage>, ReadFailed>;
 
-/// The receiving end a core awaits for a read.
-pub type ReadReceiver = futures_channel::oneshot::Receiver<ReadResult>;
+/// Where a read's rows go: the asking core's event queue, under the
+/// read's id. Sent exactly once: dropping it unsent (the side thread
+/// stopped with the read queued) sends a failure, so every read is
+/// answered.
+pub struct ReadReply {
+    /// The asking core's queue; None once sent.
+    events: Option<EventSender>,
+    /// The read's id, as the core's history named it.
+    read: u64,
+}
+
+impl ReadReply {
+    /// Hands the rows (or the failure) to the asking core.
+    pub fn send(mut self, rows: ReadResult) {
+        if let Some(events) = self.events.take() {
+            events.rows(self.read, rows);
+        }
+    }
+
+    /// A reply for a read that was never sent: nothing to answer.
+    fn disarm(mut self) {
+        self.events = None;
+    }
+}
+
+impl Drop for ReadReply {
+    fn drop(&mut self) {
+        if let Some(events) = self.events.take() {
+            events.rows(self.read, Err(ReadFailed));
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadReply")
+            .field("read", &self.read)
+            .finish()
+    }
+}
 
 /// A read and where to send its rows.
 #[derive(Debug)]
 pub struct ReadRequest {
     /// What to read.
     pub spec: ReadSpec,
-    /// Reply; dropping it unanswered wakes the core with a failure.
-    pub reply: futures_channel::oneshot::Sender<ReadResult>,
+    /// Reply; dropping it unanswered answers the core with a failure.
+    pub reply: ReadReply,
 }
 
 /// Writer settings.
@@ -279,14 +323,14 @@ impl PgHandle {
         })
     }
 
-    /// Whether a new message may be accepted now: the rows waiting are
-    /// below PG_BUFFER_MESSAGES (one relaxed load) and this core's lane has
-    /// room for the message and an audit record.
-    pub fn admit(&self) -> bool {
+    /// Whether a new message may be accepted now on core `lane`: the rows
+    /// waiting are below PG_BUFFER_MESSAGES (one relaxed load) and the
+    /// core's lane has room for the message and an audit record.
+    pub fn admit(&self, lane: usize) -> bool {
         batch::admit(
             self.inner.buffered.load(Ordering::Relaxed),
             self.settings.capacity,
-        ) && self.writes.has_room(2)
+        ) && self.writes.has_room(lane, 2)
     }
 
     /// Rows accepted and not yet written.
@@ -294,22 +338,22 @@ impl PgHandle {
         self.inner.buffered.load(Ordering::Relaxed)
     }
 
-    /// Queues a row on this core's lane for writing. Never blocks.
+    /// Queues a row on core `lane`'s lane for writing. Never blocks.
     ///
     /// Admission keeps every lane below its capacity, so it is never full
     /// in practice; if it were, or if the side thread were gone, the row is
     /// counted in `chat_pg_rows_lost_total` and logged by id rather than
     /// dropped silently.
-    pub fn write(&self, item: WriteItem) {
+    pub fn write(&self, lane: usize, item: WriteItem) {
         let n = self.inner.buffered.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.writes.try_send(item) {
+        match self.writes.try_send(lane, item) {
             Ok(()) => {
                 // The push woke an idle writer. One that is waiting for its
                 // interval or a retry is woken once per batch's worth, or
                 // when this lane is half full so it never fills; below that
                 // it sleeps on, so a core pays no wake-up per message.
                 if n.is_multiple_of(self.settings.policy.batch_size)
-                    || !self.writes.has_room(self.writes.lane_capacity() / 2)
+                    || !self.writes.has_room(lane, self.writes.lane_capacity() / 2)
                 {
                     self.inner.wake.notify_one();
                 }
@@ -326,20 +370,24 @@ impl PgHandle {
         }
     }
 
-    /// Sends a read on this core's lane; None when it cannot be sent
-    /// (Postgres down, lane full), in which case the caller answers from
-    /// memory at once.
-    pub fn read(&self, spec: ReadSpec) -> Option<ReadReceiver> {
+    /// Sends read `read` on core `lane`'s lane, its rows to go to
+    /// `events`; false when it cannot be sent (Postgres down, lane full),
+    /// in which case the caller answers at once and no reply comes.
+    pub fn read(&self, lane: usize, spec: ReadSpec, events: &EventSender, read: u64) -> bool {
         if self.inner.health.postgres.get() != State::Up {
             stats::bump(&self.inner.stats.reads_shed);
-            return None;
+            return false;
         }
-        let (reply, rx) = futures_channel::oneshot::channel();
-        match self.reads.try_send(ReadRequest { spec, reply }) {
-            Ok(()) => Some(rx),
-            Err(_) => {
+        let reply = ReadReply {
+            events: Some(events.clone()),
+            read,
+        };
+        match self.reads.try_send(lane, ReadRequest { spec, reply }) {
+            Ok(()) => true,
+            Err(request) => {
+                request.reply.disarm();
                 stats::bump(&self.inner.stats.reads_shed);
-                None
+                false
             }
         }
     }

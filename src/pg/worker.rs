@@ -245,7 +245,7 @@ async fn serve_reads(
             } else {
                 &inner.stats.reads_failed
             });
-            let _ = req.reply.send(result);
+            req.reply.send(result);
         });
     }
 }

@@ -30,12 +30,14 @@ use std::time::{Duration, Instant};
 
 use ulid::Ulid;
 
-use crate::auth::Identity;
+use crate::broker::{Arrival, Broker, Counting, OfflineCheck, Sequencing};
+pub use crate::broker::{Inflight, Overdue, PendingJoin};
+use crate::protocol::ChatMessage;
 use crate::protocol::MessageId;
 use crate::redis::envelope;
 use crate::redis::stats::RedisMetrics;
-use crate::redis::worker::{Command, Link, PublishCmd};
-use crate::shard::{ConnId, FrameKind};
+use crate::redis::worker::{Command, Event, Link, PublishCmd, Sequenced};
+use crate::shard::FrameKind;
 
 /// How long a published message may wait for its own copy.
 pub const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,42 +56,6 @@ pub const SETTLED_TTL: Duration = Duration::from_secs(300);
 /// forgotten first (its late copy, if one ever came, would be delivered
 /// again on this instance as above).
 pub const MAX_SETTLED: usize = 65_536;
-
-/// A message handed to Redis, waiting for its copy from the subscription.
-#[derive(Debug)]
-pub struct Inflight {
-    /// The room.
-    pub room: Arc<str>,
-    /// The sender.
-    pub user: Identity,
-    /// Content after moderation (needed again if Redis fails).
-    pub content: String,
-    /// Moderation masked it (the audit record is written with the final id).
-    pub masked: bool,
-    /// The sender's idempotency key.
-    pub client_msg_id: Option<Box<str>>,
-    /// The sending connection (ack, errors).
-    pub conn: ConnId,
-    /// When the sending core received it (delivery latency).
-    pub received_at: Instant,
-    /// When it was handed to the Redis thread.
-    pub sent_at: Instant,
-}
-
-/// What to do with an in-flight message whose own copy is overdue.
-#[derive(Debug)]
-pub enum Overdue {
-    /// The script's reply gave its id: accept it (store, ack, deliver here).
-    Accept {
-        /// The message.
-        msg: Inflight,
-        /// The id Redis assigned (the one other instances delivered).
-        id: Ulid,
-    },
-    /// Neither the copy nor the reply came: refuse it with `unavailable`
-    /// and release its `clientMsgId`.
-    Refuse(Inflight),
-}
 
 /// A message handed to Redis and what is known of it so far.
 #[derive(Debug)]
@@ -155,23 +121,6 @@ impl Settled {
     }
 }
 
-/// A join waiting for the cluster-wide member count.
-#[derive(Debug)]
-pub struct PendingJoin {
-    /// The room.
-    pub room: Arc<str>,
-    /// The joining user.
-    pub user: Arc<str>,
-    /// The joining connection.
-    pub conn: ConnId,
-    /// The core the connection runs on.
-    pub from: usize,
-    /// Recovery point.
-    pub since: Option<MessageId>,
-    /// False for a repeated join (answered, not counted).
-    pub count: bool,
-}
-
 /// One core's scale-out state.
 pub struct ScaleOut {
     /// The Redis thread.
@@ -191,10 +140,10 @@ pub struct ScaleOut {
 }
 
 impl ScaleOut {
-    /// The state of core `core`.
+    /// The state of core `core` (its commands go on that core's lane).
     pub fn new(link: Link, core: usize) -> ScaleOut {
         ScaleOut {
-            link,
+            link: link.for_core(core),
             core,
             next_token: 0,
             inflight: HashMap::new(),
@@ -447,6 +396,142 @@ impl ScaleOut {
     }
 }
 
+/// The Redis scale-out as the hub's broker (see `crate::broker`).
+impl Broker for ScaleOut {
+    fn sequence(
+        &mut self,
+        msg: Inflight,
+        local: MessageId,
+        _timestamp_ms: u64,
+        floor: Option<MessageId>,
+    ) -> Sequencing {
+        if !self.up() {
+            // Sequenced here above the room's last id, stamped with the id's
+            // own time (which that may have raised).
+            RedisMetrics::inc(&self.metrics().local_fallback);
+            let id = crate::broker::local_id(local, floor);
+            let timestamp_ms = id.timestamp_ms();
+            return Sequencing::Now {
+                msg,
+                id,
+                timestamp_ms,
+            };
+        }
+        match self.publish(msg, floor) {
+            Ok(()) => Sequencing::Pending,
+            Err(msg) => Sequencing::Refused(*msg),
+        }
+    }
+
+    fn count_join(&mut self, join: PendingJoin) -> Counting {
+        if !self.up() {
+            return Counting::Now(join);
+        }
+        match self.join(join) {
+            Ok(()) => Counting::Pending,
+            Err(join) => Counting::Now(join),
+        }
+    }
+
+    fn relay(&self, room: &Arc<str>, kind: FrameKind, frame: &[u8]) {
+        ScaleOut::relay(self, room, kind, frame);
+    }
+
+    fn sweep(&mut self, now: Instant) -> Vec<Overdue> {
+        ScaleOut::sweep(self, now)
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) -> Option<Arrival> {
+        match event {
+            Event::Message(sequenced) => {
+                let Sequenced {
+                    room,
+                    id,
+                    own_token,
+                    user_id,
+                    username,
+                    content,
+                    arrived,
+                } = *sequenced;
+                // This instance's own message, settled without this copy
+                // (accepted or refused when the copy was overdue, or
+                // sequenced locally after a failed publish): already
+                // delivered, stored and answered here, or refused; drop it.
+                if own_token.is_some_and(|t| self.is_settled(t)) {
+                    return None;
+                }
+                let own = own_token.and_then(|t| self.take_inflight(t));
+                let message = ChatMessage {
+                    id,
+                    room_id: room,
+                    user_id,
+                    username,
+                    content,
+                    timestamp_ms: id.timestamp_ms(),
+                };
+                Some(Arrival::Message {
+                    message,
+                    own,
+                    arrived,
+                })
+            }
+            Event::Relay { room, kind, frame } => Some(Arrival::Relay { room, kind, frame }),
+            Event::Replied { token, id } => {
+                self.replied(token, id);
+                None
+            }
+            Event::EchoesLost => Some(Arrival::Settle(self.echoes_lost(now))),
+            Event::PublishFailed(token) => {
+                // Sequenced here instead. Should Redis have run the script
+                // all the same (its reply was lost), the copy it published
+                // is dropped (the token is settled).
+                let msg = self.take_failed(token, now)?;
+                RedisMetrics::inc(&self.metrics().local_fallback);
+                Some(Arrival::Fallback(msg))
+            }
+            Event::JoinCounted { token, count } => {
+                let join = self.take_join(token)?;
+                Some(Arrival::Counted(join, count))
+            }
+            Event::OfflineChecked {
+                user,
+                rooms,
+                elsewhere,
+            } => Some(Arrival::OfflineChecked {
+                user,
+                rooms,
+                elsewhere,
+            }),
+            Event::Resync => Some(Arrival::Resync),
+        }
+    }
+
+    fn online(&self, user: Arc<str>) {
+        ScaleOut::online(self, user);
+    }
+
+    fn offline(&self, user: Arc<str>, rooms: Vec<Arc<str>>) -> OfflineCheck {
+        // Queued: the answer says whether the user is still online
+        // elsewhere. A full queue gives the rooms back: announce now.
+        match ScaleOut::offline(self, user, rooms) {
+            Ok(()) => OfflineCheck::Pending,
+            Err(rooms) => OfflineCheck::Now(rooms),
+        }
+    }
+
+    fn room_add(&self, room: Arc<str>, user: Arc<str>) {
+        ScaleOut::room_add(self, room, user);
+    }
+
+    fn room_remove(&self, room: Arc<str>, user: Arc<str>) {
+        ScaleOut::room_remove(self, room, user);
+    }
+
+    fn snapshot(&self, online: Vec<Arc<str>>, rooms: Vec<(Arc<str>, Vec<Arc<str>>)>) {
+        ScaleOut::snapshot(self, online, rooms);
+    }
+}
+
 /// The payload of a server WebSocket text frame (unmasked, so the header is
 /// 2, 4 or 10 bytes by its length byte).
 pub fn ws_payload(frame: &[u8]) -> &[u8] {
@@ -459,20 +544,12 @@ pub fn ws_payload(frame: &[u8]) -> &[u8] {
     frame.get(header..).unwrap_or(&[])
 }
 
-/// The id of a message sequenced locally while Redis is down: the core's
-/// generator's id, but always above the room's last id (which may come from
-/// Redis, whose clock may be ahead), so the room's ids keep increasing.
-pub fn local_id(generated: Ulid, last: Option<Ulid>) -> Ulid {
-    match last {
-        Some(last) if generated <= last => last.increment().unwrap_or(generated),
-        _ => generated,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
     use crate::health::{BackendHealth, State};
+    use crate::shard::ConnId;
 
     fn inflight(now: Instant) -> Inflight {
         Inflight {
@@ -668,18 +745,5 @@ mod tests {
             assert_eq!(ws_payload(&frame), &payload[..], "length {len}");
         }
         assert_eq!(ws_payload(&[]), b"");
-    }
-
-    #[test]
-    fn local_ids_stay_above_the_rooms_last_id() {
-        let early = Ulid::from_parts(1_000, 5);
-        let late = Ulid::from_parts(2_000, 7);
-        assert_eq!(local_id(late, None), late);
-        assert_eq!(local_id(late, Some(early)), late);
-        // Redis's clock was ahead: the next local id is the last one plus one.
-        let next = local_id(early, Some(late));
-        assert!(next > late);
-        assert_eq!(next, Ulid::from_parts(2_000, 8));
-        assert!(local_id(late, Some(late)) > late);
     }
 }

@@ -14,10 +14,12 @@
 //!   counted as dropped and repaired by a resync (every core resends its
 //!   state). The thread takes commands from the lanes in turn (round
 //!   robin), each lane in the order its core sent them.
-//! - Thread → each core: a bounded queue of [`Event`]s ([`EVENT_QUEUE`]).
-//!   When a core's queue is full the thread waits for it, which stops it
-//!   reading its subscription: backpressure lands on Redis's output buffer
-//!   for this client, never on a core.
+//! - Thread → each core: [`Event`]s on the core's backend event queue
+//!   ([`crate::events`], shared with the Postgres thread's replies), at
+//!   most [`crate::events::BROKER_EVENTS`] of them. When a core's share is
+//!   full the thread waits for it, which stops it reading its
+//!   subscription: backpressure lands on Redis's output buffer for this
+//!   client, never on a core.
 //! - Reads asked by HTTP routes get their answer on a oneshot channel that
 //!   the asking task awaits (glommio tasks can be woken from this thread).
 //!
@@ -45,13 +47,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_channel::mpsc as fmpsc;
 use futures_channel::oneshot;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use ulid::Ulid;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
+use crate::events::EventSender;
 use crate::health::{BackendHealth, State};
 use crate::lanes;
 use crate::redis::envelope::{self, Envelope};
@@ -63,8 +65,6 @@ use crate::ws;
 
 /// The sequencing script (see the file for its contract).
 pub const SEQUENCE_SCRIPT: &str = include_str!("sequence.lua");
-/// Events queued per core before the thread waits for that core.
-pub const EVENT_QUEUE: usize = 4096;
 /// Commands taken from the lanes per wake-up (one pipeline).
 pub const MAX_BATCH: usize = 1024;
 /// Time allowed to connect, and for any reply, before Redis counts as down.
@@ -236,14 +236,14 @@ pub fn lane_capacity(redis_buffer: usize, cores: usize) -> usize {
 /// The Redis thread's end of the cores' command lanes.
 pub type CommandReceiver = lanes::Receiver<Command>;
 
-/// The receiving end of one core's events.
-pub type EventReceiver = fmpsc::Receiver<Event>;
-
 /// What cores and routes hold to talk to the Redis thread.
 #[derive(Clone)]
 pub struct Link {
     /// The command lanes (one per core; full: see the module doc).
     tx: lanes::Sender<Command>,
+    /// The lane this holder sends on: its core's index ([`Link::for_core`]);
+    /// 0 for the shutdown path, which sends once every core has stopped.
+    lane: usize,
     /// Redis up or down.
     health: Arc<BackendHealth>,
     /// Counters.
@@ -264,11 +264,20 @@ impl Link {
         let (tx, rx) = lanes::lanes(1, capacity);
         let link = Link {
             tx,
+            lane: 0,
             health,
             metrics: Arc::new(RedisMetrics::default()),
             instance: Arc::from(instance),
         };
         (link, rx)
+    }
+
+    /// This link for core `core`: its commands go on that core's lane.
+    pub fn for_core(&self, core: usize) -> Link {
+        Link {
+            lane: core,
+            ..self.clone()
+        }
     }
 
     /// Whether Redis is up (messages are sequenced there).
@@ -281,10 +290,10 @@ impl Link {
         &self.instance
     }
 
-    /// Queues a command on the calling core's lane without waiting; gives
+    /// Queues a command on this link's core's lane without waiting; gives
     /// it back when that lane is full or the thread is gone.
     pub fn try_send(&self, cmd: Command) -> Result<(), Command> {
-        self.tx.try_send(cmd)
+        self.tx.try_send(self.lane, cmd)
     }
 
     /// Commands waiting in every core's lane.
@@ -339,10 +348,8 @@ pub enum StartError {
 
 /// A running Redis thread.
 pub struct Started {
-    /// For cores and routes.
+    /// For cores and routes (each takes [`Link::for_core`]).
     pub link: Link,
-    /// One event queue per core, taken by each core at start.
-    pub events: Vec<EventReceiver>,
     /// The thread.
     thread: std::thread::JoinHandle<()>,
 }
@@ -353,7 +360,7 @@ impl Started {
     pub fn shutdown(self, limit: Duration) {
         let deadline = Instant::now() + limit;
         // Every core has stopped, so the thread drains every lane after
-        // this (see `Broker::run`). This thread's lane may be full for a
+        // this (see `Broker::run`). The link's lane (0) may be full for a
         // moment; retry until the deadline.
         let mut cmd = Command::Shutdown;
         loop {
@@ -377,12 +384,14 @@ impl Started {
 
 /// Starts the Redis thread for `cores` executor cores and waits (at most
 /// [`FIRST_CONNECT_WAIT`]) for its first connection attempt, so an instance
-/// whose Redis is reachable starts with Redis up.
+/// whose Redis is reachable starts with Redis up. `events` holds each
+/// core's backend event queue, by core index.
 pub fn start(
     settings: &Settings,
-    cores: usize,
+    events: Vec<EventSender>,
     health: Arc<BackendHealth>,
 ) -> Result<Started, StartError> {
+    let cores = events.len();
     let url = settings.redis_url.clone().unwrap_or_default();
     let client = redis::Client::open(url.as_str()).map_err(|e| StartError::Url(e.to_string()))?;
     let instance = keys::instance_id();
@@ -390,18 +399,12 @@ pub fn start(
     let buffer = settings.redis_buffer as usize;
     // Bounded: REDIS_BUFFER split between the cores; full: see the module doc.
     let (tx, rx) = lanes::lanes(cores, lane_capacity(buffer, cores));
-    let mut senders = Vec::with_capacity(cores);
-    let mut events = Vec::with_capacity(cores);
-    for _ in 0..cores {
-        // Bounded; full: the thread waits (see the module doc).
-        let (etx, erx) = fmpsc::channel(EVENT_QUEUE);
-        senders.push(etx);
-        events.push(erx);
-    }
     let metrics = Arc::new(RedisMetrics::default());
     health.redis.set(State::Down);
     let link = Link {
         tx,
+        // The shutdown path's lane; each core takes `for_core`.
+        lane: 0,
         health: health.clone(),
         metrics: metrics.clone(),
         instance: Arc::from(instance.as_str()),
@@ -414,7 +417,7 @@ pub fn start(
         ttl: settings.presence_ttl(),
         cores,
         rx,
-        events: senders,
+        events,
         health,
         metrics,
         conn: None,
@@ -444,11 +447,7 @@ pub fn start(
         .map_err(StartError::Thread)?;
     let _ = first_rx.recv_timeout(FIRST_CONNECT_WAIT);
     tracing::info!(instance = %instance, up = link.up(), "Redis backend started");
-    Ok(Started {
-        link,
-        events,
-        thread,
-    })
+    Ok(Started { link, thread })
 }
 
 /// A live connection to Redis.
@@ -509,7 +508,7 @@ struct Broker {
     /// Commands from cores and routes, one lane per core.
     rx: CommandReceiver,
     /// Events to each core.
-    events: Vec<fmpsc::Sender<Event>>,
+    events: Vec<EventSender>,
     /// Redis up or down.
     health: Arc<BackendHealth>,
     /// Counters.
@@ -534,11 +533,10 @@ struct Broker {
 }
 
 /// Sends an event to a core, waiting while its queue is full.
-async fn deliver(tx: &mut fmpsc::Sender<Event>, event: Event) {
-    if std::future::poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
-        let _ = tx.start_send(event);
-    }
-    // Err: the core is gone (the process is stopping).
+async fn deliver(tx: &EventSender, event: Event) {
+    // Waits while the core's share is full; dropped when the core is gone
+    // (the process is stopping).
+    tx.broker(event).await;
 }
 
 /// Reads the subscription and hands what it receives to the room owner
@@ -546,7 +544,7 @@ async fn deliver(tx: &mut fmpsc::Sender<Event>, event: Event) {
 async fn pump(
     mut stream: PubSubStream,
     keys: Keys,
-    mut events: Vec<fmpsc::Sender<Event>>,
+    events: Vec<EventSender>,
     metrics: Arc<RedisMetrics>,
     lost: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -603,7 +601,7 @@ async fn pump(
             }
         };
         let core = shard_for(room, cores);
-        deliver(&mut events[core], event).await;
+        deliver(&events[core], event).await;
     }
     let _ = lost.send(());
 }
@@ -668,7 +666,7 @@ impl Broker {
         if !std::mem::take(&mut self.echoes_lost) {
             return;
         }
-        for tx in self.events.iter_mut() {
+        for tx in self.events.iter() {
             deliver(tx, Event::EchoesLost).await;
         }
     }
@@ -691,7 +689,7 @@ impl Broker {
             .resync
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
-            for tx in self.events.iter_mut() {
+            for tx in self.events.iter() {
                 deliver(tx, Event::Resync).await;
             }
         }
@@ -966,7 +964,7 @@ impl Broker {
             match Ulid::from_string(&id) {
                 Ok(id) => {
                     let event = Event::Replied { token: p.token, id };
-                    deliver(&mut self.events[p.core], event).await;
+                    deliver(&self.events[p.core], event).await;
                 }
                 Err(_) => {
                     RedisMetrics::inc(&self.metrics.errors);
@@ -983,7 +981,7 @@ impl Broker {
         self.report_lost_echoes().await;
         for out in outgoing {
             if let Outgoing::Message(p) = out {
-                deliver(&mut self.events[p.core], Event::PublishFailed(p.token)).await;
+                deliver(&self.events[p.core], Event::PublishFailed(p.token)).await;
             }
             // A relay (typing, presence) is best effort across instances:
             // it was already delivered within this one.
@@ -1046,7 +1044,7 @@ impl Broker {
             match read {
                 Read::Join { core, token, room } => {
                     let count = self.query_count(&room).await;
-                    deliver(&mut self.events[core], Event::JoinCounted { token, count }).await;
+                    deliver(&self.events[core], Event::JoinCounted { token, count }).await;
                 }
                 Read::Offline { core, user, rooms } => {
                     let elsewhere = self.query_user(&user, true).await.unwrap_or(false);
@@ -1055,7 +1053,7 @@ impl Broker {
                         rooms,
                         elsewhere,
                     };
-                    deliver(&mut self.events[core], event).await;
+                    deliver(&self.events[core], event).await;
                 }
                 Read::RoomUsers(room, reply) => {
                     let _ = reply.send(self.query_room(&room).await);
@@ -1167,11 +1165,12 @@ mod tests {
         let (tx, mut rx) = lanes::lanes(2, 1);
         let link = Link {
             tx,
+            lane: 0,
             health: Arc::new(BackendHealth::default()),
             metrics: Arc::new(RedisMetrics::default()),
             instance: Arc::from("0123456789abcdef"),
         };
-        let busy = link.clone();
+        let busy = link.for_core(0);
         let refused = std::thread::spawn(move || {
             busy.try_send(Command::Online(Arc::from("a"))).unwrap();
             // Its lane is full: the command comes back (the caller's
@@ -1184,8 +1183,8 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(&*refused, "b");
-        // Another core still has its own room.
-        let other = link.clone();
+        // Another core still has its own room, from whichever thread.
+        let other = link.for_core(1);
         std::thread::spawn(move || other.try_send(Command::Online(Arc::from("c"))).unwrap())
             .join()
             .unwrap();

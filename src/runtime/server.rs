@@ -21,10 +21,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{Identity, Verifier};
 use crate::config::Settings;
+use crate::events::{self, EventQueue, EventSender};
 use crate::health::BackendHealth;
 use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
-use crate::hub::Hub;
-use crate::moderation::Moderator;
+use crate::hub::{Hub, AUDIT_MEMORY};
+use crate::moderation::{MemoryAudit, Moderator};
+use crate::pg::audit::PgAudit;
+use crate::pg::history::PgHistory;
 use crate::protocol::{self, MessageId};
 use crate::ratelimit::{LogSampler, LOG_SAMPLER_USERS};
 use crate::redis::link::ScaleOut;
@@ -96,8 +99,12 @@ pub struct Shared {
     pub health: Arc<BackendHealth>,
     /// The Postgres backend, when DATABASE_URL is set.
     pub pg: Option<Arc<crate::pg::PgHandle>>,
-    /// The Redis thread (REDIS_URL set).
+    /// The Redis thread (REDIS_URL set); each core and route sends on its
+    /// core's lane ([`worker::Link::for_core`]).
     pub redis: Option<worker::Link>,
+    /// Each core's backend event queue, by core index: where the Postgres
+    /// thread sends the replies of that core's reads.
+    pub backend_events: Vec<EventSender>,
     /// The last merged `/metrics` snapshot (reused for up to 1 s). One for
     /// the process, not one per core: scrapes land on any core, and
     /// per-core copies of different ages would let a counter go backwards
@@ -132,12 +139,10 @@ pub const CONNECTION_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 impl CoreCtx {
     /// Runs one hub call, then carries out what it asked: its mesh messages
-    /// are sent in order (FIFO per peer, as the hub wrote them) and its
-    /// Postgres replies are awaited by tasks of their own, each started
-    /// after the hub borrow ends so that even an instant reply is handed
-    /// back under a fresh borrow. Every runtime call into the hub goes
-    /// through here, so the outbox is empty between calls. The transport
-    /// counters the hub reports in `/metrics` are refreshed first.
+    /// are sent in order (FIFO per peer, as the hub wrote them). Every
+    /// runtime call into the hub goes through here, so the outbox is empty
+    /// between calls. The transport counters the hub reports in `/metrics`
+    /// are refreshed first.
     pub fn with_hub<R>(self: &Rc<Self>, f: impl FnOnce(&mut Hub) -> R) -> R {
         let mut hub = self.hub.borrow_mut();
         hub.metrics.mesh_staged = self.router.staged_total();
@@ -151,39 +156,11 @@ impl CoreCtx {
         result
     }
 
-    /// Empties the hub's outbox (see [`CoreCtx::with_hub`]), ending the
-    /// borrow before any task starts.
+    /// Empties the hub's outbox (see [`CoreCtx::with_hub`]).
     fn carry_out(self: &Rc<Self>, mut hub: std::cell::RefMut<'_, Hub>) {
-        let outbox = hub.outbox_mut();
-        if outbox.is_empty() {
-            return;
-        }
-        for (to, msg) in outbox.drain_mesh() {
+        for (to, msg) in hub.outbox_mut().drain_mesh() {
             self.router.send(to, msg);
         }
-        let reads = outbox.take_pg_reads();
-        drop(hub);
-        for (req, reply) in reads {
-            let weak = Rc::downgrade(self);
-            glommio::spawn_local(async move {
-                // glommio runs a new task's first poll inside spawn_local:
-                // yield first, so the rows are taken in a turn of their own.
-                futures_lite::future::yield_now().await;
-                // A dropped sender (side thread gone) reads as a failure.
-                let rows = reply.await.unwrap_or(Err(crate::pg::ReadFailed));
-                if let Some(ctx) = weak.upgrade() {
-                    ctx.on_pg_rows(req, rows);
-                }
-            })
-            .detach();
-        }
-    }
-
-    /// A Postgres read's reply, handed to the hub that asked.
-    fn on_pg_rows(self: &Rc<Self>, req: u64, rows: crate::pg::ReadResult) {
-        let mut hub = self.hub.borrow_mut();
-        hub.on_pg_rows(req, rows, Instant::now());
-        self.carry_out(hub);
     }
 
     /// Starts draining this core: stop accepting, 503 on /healthz, close
@@ -256,6 +233,13 @@ pub fn run(
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
     let health = Arc::new(BackendHealth::default());
+    // One bounded queue per core for both backends' events (bound and full:
+    // `crate::events`); each core takes its end at start.
+    let (backend_events, queues): (Vec<EventSender>, Vec<EventQueue>) =
+        (0..cores).map(|_| events::queue()).unzip();
+    let queues: BackendQueues = Arc::new(std::sync::Mutex::new(
+        queues.into_iter().map(Some).collect(),
+    ));
     let pg = match settings.database_url {
         Some(_) => Some(Arc::new(
             crate::pg::PgHandle::start(&settings, health.clone())
@@ -263,25 +247,13 @@ pub fn run(
         )),
         None => None,
     };
-    let mut redis = match settings.redis_url {
+    let redis = match settings.redis_url {
         Some(_) => Some(
-            worker::start(&settings, cores, health.clone())
+            worker::start(&settings, backend_events.clone(), health.clone())
                 .map_err(|e| StartError::Config(e.to_string()))?,
         ),
         None => None,
     };
-    // Each core takes its own event queue at start.
-    let redis_events: RedisEvents = Arc::new(std::sync::Mutex::new(
-        redis
-            .as_mut()
-            .map(|r| {
-                std::mem::take(&mut r.events)
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    ));
     let shared = Arc::new(Shared {
         settings,
         verifier,
@@ -291,6 +263,7 @@ pub fn run(
         health,
         pg: pg.clone(),
         redis: redis.as_ref().map(|r| r.link.clone()),
+        backend_events,
         metrics_cache: std::sync::Mutex::default(),
     });
     let mesh: MeshBuilder<ShardMsg, Full> = MeshBuilder::full(cores, MESH_CAPACITY);
@@ -316,8 +289,8 @@ pub fn run(
             let fds = fds.clone();
             let signals = signals.clone();
             let ready = ready_tx.clone();
-            let redis_events = redis_events.clone();
-            async move { core_main(shared, mesh, fds, signals, ready, redis_events).await }
+            let queues = queues.clone();
+            async move { core_main(shared, mesh, fds, signals, ready, queues).await }
         })
         .map_err(|e| StartError::Executors(e.to_string()))?;
     let ready_thread = std::thread::spawn(move || {
@@ -385,8 +358,8 @@ fn moderation_words(settings: &Settings) -> Result<Vec<String>, StartError> {
 }
 
 type SignalSlot = Arc<std::sync::Mutex<Option<signal_hook::iterator::Signals>>>;
-/// Per-core Redis event queues, taken once by each core at start.
-type RedisEvents = Arc<std::sync::Mutex<Vec<Option<worker::EventReceiver>>>>;
+/// Per-core backend event queues, taken once by each core at start.
+type BackendQueues = Arc<std::sync::Mutex<Vec<Option<EventQueue>>>>;
 
 /// One core's life: join the mesh, start the helper tasks, accept until
 /// shutdown, drain.
@@ -396,7 +369,7 @@ async fn core_main(
     fds: Arc<std::sync::Mutex<Vec<i32>>>,
     signals: SignalSlot,
     ready: std::sync::mpsc::Sender<()>,
-    redis_events: RedisEvents,
+    queues: BackendQueues,
 ) {
     let (senders, mut receivers) = mesh.join().await.expect("mesh join");
     let cores = shared.cores;
@@ -407,11 +380,17 @@ async fn core_main(
             .expect("validated at start-up")
     });
     let mut hub = Hub::new(core, cores, &shared.settings, moderator, Instant::now());
+    // The backends, chosen once here; each is given this core's index,
+    // the lane its commands, writes and reads go on.
     if let Some(link) = &shared.redis {
-        hub.set_scaleout(ScaleOut::new(link.clone(), core));
+        hub.set_broker(Box::new(ScaleOut::new(link.clone(), core)));
     }
     if let Some(pg) = &shared.pg {
-        hub.attach_durable(crate::pg::link::Durable::new(pg.clone()));
+        let cache = Hub::memory_history(&shared.settings, cores);
+        let events = shared.backend_events[core].clone();
+        hub.set_history(Box::new(PgHistory::new(cache, pg.clone(), core, events)));
+        let memory = MemoryAudit::new(AUDIT_MEMORY);
+        hub.set_audit(Box::new(PgAudit::new(memory, pg.clone(), core)));
     }
     let writer = shared
         .settings
@@ -443,18 +422,20 @@ async fn core_main(
         glommio::spawn_local(router.clone().forward(peer)).detach();
     }
     glommio::spawn_local(sweeper(ctx.clone())).detach();
-    let events = redis_events
+    let queue = queues
         .lock()
-        .expect("redis event queues")
+        .expect("backend event queues")
         .get_mut(core)
         .and_then(Option::take);
-    if let Some(mut events) = events {
+    if let Some(queue) = queue {
+        // Redis events and Postgres replies alike, one at a time, oldest
+        // first, each under a hub borrow of its own.
         let ctx = ctx.clone();
         glommio::spawn_local(async move {
-            use futures_lite::StreamExt as _;
-            while let Some(event) = events.next().await {
+            loop {
+                let event = queue.recv().await;
                 let (now, wall) = (Instant::now(), SystemTime::now());
-                ctx.with_hub(|hub| hub.on_broker_event(event, now, wall));
+                ctx.with_hub(|hub| hub.on_backend_event(event, now, wall));
             }
         })
         .detach();

@@ -3,25 +3,37 @@
 //!
 //! A core plays three roles, each for the keys it owns (see `shard.rs`),
 //! each in a file of its own (`room_owner.rs`, `user_owner.rs`,
-//! `member.rs`; a connection's frames are `session.rs`, Postgres
-//! `durable.rs`); this file holds the state, the constructor and the
-//! dispatch of mesh messages, Redis events and the periodic sweep:
+//! `member.rs`; a connection's frames are `session.rs`, reads answered
+//! later `reads.rs`); this file holds the state, the constructor and the
+//! dispatch of mesh messages, backend events and the periodic sweep:
 //!
-//! - **Room owner** (`shard_for(room)`): orders the room's messages, stamps
-//!   ids (monotonic per core, so per room), moderates, stores history,
-//!   encodes each message once as a complete WebSocket frame, delivers it to
-//!   local members and sends one copy to each other core with members.
-//!   Counts the room's users across cores for `memberCount` and presence.
+//! - **Room owner** (`shard_for(room)`): orders the room's messages, has
+//!   the broker give them ids, moderates, stores history, encodes each
+//!   message once as a complete WebSocket frame, delivers it to local
+//!   members and sends one copy to each other core with members. Counts
+//!   the room's users across cores for `memberCount` and presence.
 //! - **User owner** (`shard_for(user)`): the user's rate limit, dedupe
 //!   window and live connection count (online on the first, offline after
 //!   the last).
 //! - **Member core**: where a connection runs. Keeps the local member list of
 //!   every room it has members in and hands frames to their outbound queues.
 //!
-//! With REDIS_URL (`scaleout.rs`), the room owner hands each moderated
-//! message to Redis for its id and takes it back, like every other
-//! instance, from its subscription; joins wait for the cluster-wide count;
-//! typing and presence frames also go to the other instances.
+//! # Backends
+//!
+//! The hub reaches everything outside this instance through small traits,
+//! each chosen once by the runtime from the settings; the hub branches only
+//! on what they answer, never on which implementation it holds:
+//!
+//! | trait | without the backend | with it |
+//! |---|---|---|
+//! | [`crate::broker::Broker`]: ids, cluster-wide join counts, relays to other instances, offline checks, presence mirroring | [`crate::broker::MemoryBroker`] (this instance is the cluster: every answer `Now`) | `redis::link::ScaleOut` (REDIS_URL: `Pending`, answered by Redis events) |
+//! | [`crate::history::History`]: the owned rooms' messages, admission | [`MemoryHistory`] (every read `Now`) | `pg::history::PgHistory` (DATABASE_URL: memory cache + Postgres, reads may be `Pending`) |
+//! | [`crate::moderation::AuditSink`]: the audit trail | [`MemoryAudit`] | `pg::audit::PgAudit` (memory + Postgres) |
+//! | [`crate::presence::PresenceStore`]: connection counts | [`crate::presence::MemoryPresence`] | the same; mirroring to Redis is the broker's |
+//!
+//! A `Pending` answer comes back as a [`BackendEvent`] on the core's one
+//! bounded backend event queue (`crate::events`: Redis events and Postgres
+//! rows alike), which the runtime drains into [`Hub::on_backend_event`].
 //!
 //! When an owner is the local core the work is a function call; otherwise
 //! it is a [`ShardMsg`] written to the hub's [`Outbox`], which the runtime
@@ -54,6 +66,8 @@ use crate::redis::worker::Event;
 use crate::shard::{shard_for, Answer, ConnId, FrameKind, Query, ShardMsg};
 use crate::ws;
 
+#[cfg(test)]
+mod backend_tests;
 mod member;
 #[cfg(test)]
 mod mesh_tests;
@@ -128,11 +142,13 @@ struct OwnedRoom {
     users: HashMap<Arc<str>, u32>,
     /// Member connections per core: which cores get a copy of each message.
     member_cores: Vec<u32>,
-    /// The room's last accepted id, kept only with Redis: the floor of the
-    /// next id, whether Redis or this core (during an outage) assigns it.
+    /// The room's last accepted id: the floor the broker's next id must
+    /// exceed (Redis's script, or this core's fallback during an outage;
+    /// the memory broker's ids exceed it by construction).
     last_id: Option<MessageId>,
-    /// The last cluster-wide member count Redis gave for the room (0
-    /// without Redis): repeated joins are answered from it, never asked again.
+    /// The last cluster-wide member count the broker gave for the room (0
+    /// when it counts here): repeated joins are answered from it, never
+    /// asked again.
     cluster_count: usize,
 }
 

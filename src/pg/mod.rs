@@ -432,6 +432,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reply_is_sent_once_and_a_dropped_one_answers_with_a_failure() {
+        let (tx, rx) = crate::events::queue();
+        let reply = |read| ReadReply {
+            events: Some(tx.clone()),
+            read,
+        };
+        reply(1).send(Ok(Vec::new()));
+        // The side thread dropped the request without answering it.
+        drop(reply(2));
+        // A read that was never sent expects no answer.
+        reply(3).disarm();
+        let got: Vec<(u64, bool)> = std::iter::from_fn(|| rx.try_recv())
+            .map(|e| match e {
+                crate::events::BackendEvent::Rows { read, rows } => (read, rows.is_ok()),
+                other => panic!("expected rows, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![(1, true), (2, false)]);
+    }
+
+    #[test]
     fn each_core_lane_holds_its_share_plus_the_slack() {
         assert_eq!(write_lane_capacity(100_000, 2), 50_000 + WRITE_SLACK);
         assert_eq!(write_lane_capacity(8, 3), 3 + WRITE_SLACK);

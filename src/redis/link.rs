@@ -724,6 +724,66 @@ mod tests {
     }
 
     #[test]
+    fn as_a_broker_a_down_redis_answers_now_and_an_up_one_later() {
+        let health = Arc::new(BackendHealth::default());
+        let (link, mut rx) = Link::detached(8, "0123456789abcdef", health.clone());
+        let metrics = link.metrics.clone();
+        let mut so = ScaleOut::new(link, 0);
+        let t0 = Instant::now();
+        let local = Ulid::from_parts(1_000, 5);
+        let floor = Some(Ulid::from_parts(2_000, 7));
+        // Down: sequenced here above the room's last id, stamped with it.
+        match Broker::sequence(&mut so, inflight(t0), local, 1_000, floor) {
+            Sequencing::Now {
+                id, timestamp_ms, ..
+            } => assert_eq!((id, timestamp_ms), (Ulid::from_parts(2_000, 8), 2_000)),
+            other => panic!("expected Now, got {other:?}"),
+        }
+        assert_eq!(metrics.local_fallback.load(Ordering::Relaxed), 1);
+        let join = || PendingJoin {
+            room: Arc::from("r"),
+            user: Arc::from("ann"),
+            conn: ConnId::new(0, 2),
+            from: 0,
+            since: None,
+            count: true,
+        };
+        assert!(matches!(so.count_join(join()), Counting::Now(_)));
+        assert!(rx.try_recv().is_err(), "nothing sent while down");
+        // Up: handed to Redis, answered by events.
+        health.redis.set(State::Up);
+        assert!(matches!(
+            Broker::sequence(&mut so, inflight(t0), local, 1_000, floor),
+            Sequencing::Pending
+        ));
+        assert!(matches!(so.count_join(join()), Counting::Pending));
+        let Ok(Command::Publish(p)) = rx.try_recv() else {
+            panic!("expected a publish");
+        };
+        assert_eq!(p.floor, floor);
+        let Ok(Command::Join { token, .. }) = rx.try_recv() else {
+            panic!("expected a join");
+        };
+        let counted = so.on_event(
+            Event::JoinCounted {
+                token,
+                count: Some(3),
+            },
+            t0,
+        );
+        assert!(matches!(counted, Some(Arrival::Counted(j, Some(3))) if &*j.user == "ann"));
+        // The script's reply is the broker's own bookkeeping.
+        let replied = so.on_event(
+            Event::Replied {
+                token: p.token,
+                id: local,
+            },
+            t0,
+        );
+        assert!(replied.is_none());
+    }
+
+    #[test]
     fn settled_tokens_are_bounded_oldest_first() {
         let mut settled = Settled::default();
         let t0 = Instant::now();

@@ -492,8 +492,10 @@ pub struct AuditRecord {
     pub at_ms: u64,
 }
 
-/// Where audit records go. The default sink keeps the newest records in memory and also logs each
-/// one with `tracing::info!(target: "audit", ...)` as structured fields.
+/// Where audit records go (one sink per core, held by the hub). The default sink,
+/// [`MemoryAudit`], keeps the newest records in memory and also logs each one with
+/// `tracing::info!(target: "audit", ...)` as structured fields; with DATABASE_URL,
+/// [`crate::pg::audit::PgAudit`] does the same and writes each record to Postgres.
 pub trait AuditSink {
     /// Takes one record. Must not block: it is called on the message path.
     fn record(&mut self, record: AuditRecord);

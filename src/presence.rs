@@ -11,6 +11,9 @@
 //! counts), so `online_users(Some(room))` is answered there. With REDIS_URL
 //! the counts stay here and the Redis thread mirrors their transitions into
 //! Redis, where the cluster-wide answers come from (`redis/presence.rs`).
+//! That mirroring is the hub's [`crate::broker::Broker`]'s (see its module
+//! doc for why), so [`MemoryPresence`] is the one implementation of this
+//! trait in both deployments.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -37,7 +37,7 @@ use ulid::Ulid;
 use crate::auth::Identity;
 use crate::protocol::{ChatMessage, MessageId};
 use crate::redis::worker::Event;
-use crate::shard::{ConnId, FrameKind};
+use crate::shard::{ConnId, FrameKind, JoinTicket};
 
 /// A moderated message handed to the broker for its id.
 #[derive(Debug)]
@@ -90,6 +90,8 @@ pub struct PendingJoin {
     pub since: Option<MessageId>,
     /// False for a repeated join (answered, not counted).
     pub count: bool,
+    /// The member core's number for this join (0 for one not counted).
+    pub ticket: JoinTicket,
 }
 
 /// How a moderated message gets its id.
@@ -306,6 +308,7 @@ mod tests {
             from: 0,
             since: None,
             count: true,
+            ticket: 1,
         };
         assert!(matches!(broker.count_join(join), Counting::Now(j) if &*j.user == "ann"));
         let rooms = vec![Arc::from("r"), Arc::from("s")];

@@ -18,7 +18,7 @@ use crate::auth::Identity;
 use crate::metrics::CloseReason;
 use crate::outbound::{Outbound, Push, SLOW_CONSUMER_CLOSE};
 use crate::ratelimit::{BudgetRates, ConnBudgets, FrameClass};
-use crate::shard::{ConnId, FrameKind};
+use crate::shard::{ConnId, FrameKind, JoinTicket};
 use crate::ws;
 
 /// Budgets a session starts with until the hub sets the configured ones
@@ -44,8 +44,9 @@ pub trait Flush {
 pub enum Membership {
     /// The owner core registered the join; messages are delivered.
     Joined,
-    /// Asked the owner core; `room_joined` not sent yet.
-    Pending,
+    /// Asked the owner core; `room_joined` not sent yet. The ticket names
+    /// the join whose answer completes it.
+    Pending(JoinTicket),
 }
 
 /// Shared state of one connection, owned by the core it runs on.
@@ -82,6 +83,8 @@ pub struct Client {
     socket: Cell<RawFd>,
     /// Registered with the writer and not yet sent by it (registered once).
     in_batch: Cell<bool>,
+    /// The last [`JoinTicket`] handed out (see [`Client::begin_join`]).
+    tickets: Cell<JoinTicket>,
 }
 
 impl Client {
@@ -108,6 +111,7 @@ impl Client {
             budgets: Cell::new(ConnBudgets::new(DEFAULT_BUDGETS, now)),
             flush,
             me: me.clone(),
+            tickets: Cell::new(0),
             socket: Cell::new(-1),
             in_batch: Cell::new(false),
         })
@@ -269,6 +273,15 @@ impl Client {
             Some(entry) => entry.1 = m,
             None => rooms.push((room.clone(), m)),
         }
+    }
+
+    /// Marks `room` pending under a new ticket, which the join carries to
+    /// the owner and back.
+    pub fn begin_join(&self, room: &Arc<str>) -> JoinTicket {
+        let ticket = self.tickets.get().wrapping_add(1).max(1);
+        self.tickets.set(ticket);
+        self.set_membership(room, Membership::Pending(ticket));
+        ticket
     }
 
     /// Forgets `room`; returns the standing it had.

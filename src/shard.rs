@@ -86,6 +86,12 @@ pub struct Publish {
     pub received_at: Instant,
 }
 
+/// Numbers a connection's counted joins (per connection, from 1). A join
+/// answered after the connection left the room and joined it again must not
+/// be taken for the newer join's answer: the two differ in their `since`
+/// (the newer one's replay would be lost) and the owner counted each.
+pub type JoinTicket = u32;
+
 /// A room owner's answer to a join.
 #[derive(Debug)]
 pub struct JoinAnswer {
@@ -100,6 +106,9 @@ pub struct JoinAnswer {
     /// Recovered messages to send before live ones, and whether they are
     /// all that was missed.
     pub replay: Replay,
+    /// The join this answers, as the member core numbered it: an answer to
+    /// an earlier join the connection has since left is undone, not sent.
+    pub ticket: JoinTicket,
     /// False for a repeated join that was answered but not counted.
     pub counted: bool,
 }
@@ -185,6 +194,7 @@ pub enum ShardMsg {
         conn: ConnId,
         since: Option<MessageId>,
         count: bool,
+        ticket: JoinTicket,
     },
     /// From a room's owner: the join is registered.
     Joined(Box<JoinAnswer>),

@@ -78,7 +78,7 @@ impl Hub {
         now: Instant,
     ) {
         let membership = client.membership(&room);
-        if membership == Some(Membership::Pending) {
+        if matches!(membership, Some(Membership::Pending(_))) {
             return; // the owner's answer is on its way
         }
         if membership == Some(Membership::Joined) && since.is_none() {
@@ -95,9 +95,7 @@ impl Hub {
             // Pending until answered: at once when the broker counts here
             // and memory holds the replay, else after the cluster's count
             // or the Postgres read (`joined` then completes it).
-            if count {
-                client.set_membership(&room, Membership::Pending);
-            }
+            let ticket = if count { client.begin_join(&room) } else { 0 };
             let join = PendingJoin {
                 room,
                 user: client.identity.user_id.clone(),
@@ -105,18 +103,18 @@ impl Hub {
                 from: self.core,
                 since,
                 count,
+                ticket,
             };
             self.join_at_owner(join, now);
         } else {
-            if count {
-                client.set_membership(&room, Membership::Pending);
-            }
+            let ticket = if count { client.begin_join(&room) } else { 0 };
             let msg = ShardMsg::Join {
                 room,
                 user: client.identity.user_id.clone(),
                 conn: client.id,
                 since,
                 count,
+                ticket,
             };
             self.outbox.send(owner, msg);
         }
@@ -197,6 +195,7 @@ impl Hub {
             conn,
             member_count,
             replay,
+            ticket,
             counted,
         } = answer;
         let client = self.clients.get(&conn).cloned();
@@ -207,8 +206,10 @@ impl Hub {
             return;
         };
         if counted {
-            if client.membership(&room) != Some(Membership::Pending) {
-                // Left (or re-answered) while the join was in flight: undo.
+            if client.membership(&room) != Some(Membership::Pending(ticket)) {
+                // Left while the join was in flight (and perhaps joined
+                // again, under a newer ticket whose own answer follows):
+                // undo this one's count and send nothing.
                 return self.leave_owner(room, user, self.core);
             }
             client.set_membership(&room, Membership::Joined);
@@ -216,6 +217,9 @@ impl Hub {
                 .entry(room.clone())
                 .or_default()
                 .push(client.clone());
+        } else if client.membership(&room) != Some(Membership::Joined) {
+            // A replay for a connection that has left the room since.
+            return;
         }
         self.answer_join(&client, &room, member_count, replay, now);
     }

@@ -554,6 +554,7 @@ impl Hub {
                 conn,
                 since,
                 count,
+                ticket,
             } => {
                 let join = PendingJoin {
                     room,
@@ -562,6 +563,7 @@ impl Hub {
                     from,
                     since,
                     count,
+                    ticket,
                 };
                 // The broker's count comes first (now, or from the cluster);
                 // `finish_join` then reads Postgres when memory cannot

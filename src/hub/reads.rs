@@ -38,7 +38,7 @@ use crate::history::{Page, Replaying};
 use crate::metrics::Outcome;
 use crate::pg::ReadResult;
 use crate::protocol::{ErrorCode, MessageId};
-use crate::shard::{Answer, ConnId, JoinAnswer, Query, ShardMsg};
+use crate::shard::{Answer, ConnId, JoinAnswer, JoinTicket, Query, ShardMsg};
 
 /// Text of the `unavailable` error frame.
 pub const UNAVAILABLE_TEXT: &str =
@@ -88,6 +88,8 @@ pub(super) enum Wait {
         since: MessageId,
         /// False for a repeated join (answered, not counted).
         count: bool,
+        /// The member core's number for the join, echoed in the answer.
+        ticket: JoinTicket,
         /// Distinct users of the room cluster-wide, from the broker before
         /// the read was sent (None: counted here, or unknown); the answer's
         /// `memberCount` is at least this.
@@ -172,6 +174,7 @@ impl Hub {
         room: &Arc<str>,
         since: MessageId,
         count: bool,
+        ticket: JoinTicket,
         cluster: Option<usize>,
     ) -> Option<crate::shard::Replay> {
         let read = self.next_id();
@@ -185,6 +188,7 @@ impl Hub {
                     room: room.clone(),
                     since,
                     count,
+                    ticket,
                     cluster,
                 };
                 self.reads.insert(read, wait);
@@ -233,6 +237,7 @@ impl Hub {
                 room,
                 since,
                 count,
+                ticket,
                 cluster,
             } => {
                 // Count the member and take the replay in one step, as a
@@ -246,6 +251,7 @@ impl Hub {
                     conn,
                     member_count,
                     replay,
+                    ticket,
                     counted: count,
                 };
                 if core == self.core {

@@ -48,10 +48,12 @@ impl Hub {
             from,
             since,
             count,
+            ticket,
         } = join;
         let replay = match since {
             Some(since) => {
-                match self.replay_or_defer(from, conn, &user, &room, since, count, cluster) {
+                match self.replay_or_defer(from, conn, &user, &room, since, count, ticket, cluster)
+                {
                     Some(replay) => replay,
                     None => return,
                 }
@@ -73,6 +75,7 @@ impl Hub {
             conn,
             member_count: known.max(local_count),
             replay,
+            ticket,
             counted: count,
         };
         if from == self.core {

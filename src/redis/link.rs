@@ -602,6 +602,7 @@ mod tests {
             from: 0,
             since: None,
             count: true,
+            ticket: 1,
         };
         assert!(so.join(join).is_err());
         health.redis.set(State::Down);
@@ -747,6 +748,7 @@ mod tests {
             from: 0,
             since: None,
             count: true,
+            ticket: 1,
         };
         assert!(matches!(so.count_join(join()), Counting::Now(_)));
         assert!(rx.try_recv().is_err(), "nothing sent while down");

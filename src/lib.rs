@@ -78,7 +78,6 @@ pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod redis;
-pub mod routes;
 pub mod runtime;
 pub mod shard;
 pub mod web;

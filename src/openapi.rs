@@ -4,8 +4,8 @@
 //! The document is generated with utoipa from Rust types, so it follows the
 //! code instead of being kept in step by hand:
 //!
-//! - The HTTP handlers are glommio code tied to no web framework, so each
-//!   route answered by `routes.rs`, `runtime/server.rs` (`/ws`) or this module has a
+//! - The HTTP handlers are runtime code (src/runtime/) tied to no web framework, so each
+//!   route answered by `runtime/routes.rs`, `runtime/server.rs` (`/ws`) or this module has a
 //!   small documentation-only function in `paths` carrying its
 //!   `#[utoipa::path]`; those functions are never called.
 //! - Server frames come from the decoding types of `protocol.rs`
@@ -190,7 +190,7 @@ const DOCS_PAGE: &str = r#"<!DOCTYPE html>
 struct ApiDoc;
 
 /// Documentation-only handlers: each carries the `#[utoipa::path]` of one
-/// route. The real handlers are in `routes.rs` and `runtime/server.rs`.
+/// route. The real handlers are in `runtime/routes.rs` and `runtime/server.rs`.
 #[allow(dead_code)]
 mod paths {
     use utoipa::IntoParams;

@@ -4,8 +4,8 @@
 //! Every piece of shared state has exactly one owner core: a room belongs to
 //! `shard_for(room_id)`, a user's presence count, rate limit and dedupe window
 //! to `shard_for(user_id)`. Work for state owned elsewhere becomes a
-//! [`ShardMsg`] on the glommio channel mesh (lock-free single-producer rings,
-//! one per ordered pair of cores). When the owner is the local core the
+//! [`ShardMsg`] on the cross-core mesh (`runtime/mesh.rs`: lock-free
+//! single-producer rings, one per ordered pair of cores). When the owner is the local core the
 //! message is never built: the caller does the work in place.
 //!
 //! Each pair of cores has one FIFO channel, and every message from core A to

@@ -115,11 +115,11 @@ fn document_paths_are_exactly_the_served_routes() {
 }
 
 /// Reads the routes out of the router's source (the slice patterns of
-/// `routes.rs` and the `/ws` check of `runtime/server.rs`), so that a route added
+/// `runtime/routes.rs` and the `/ws` check of `runtime/server.rs`), so that a route added
 /// there without documentation fails here.
 #[test]
 fn documented_paths_are_the_routes_in_the_router_source() {
-    let routes_rs = include_str!("../src/routes.rs");
+    let routes_rs = include_str!("../src/runtime/routes.rs");
     let server_rs = include_str!("../src/runtime/server.rs");
     let mut served = BTreeSet::new();
     let arm =

@@ -21,7 +21,7 @@
 //!   subscription: backpressure lands on Redis's output buffer for this
 //!   client, never on a core.
 //! - Reads asked by HTTP routes get their answer on a oneshot channel that
-//!   the asking task awaits (glommio tasks can be woken from this thread).
+//!   the asking task awaits (executor tasks can be woken from this thread).
 //!
 //! # Ordering
 //! A message is sequenced by `sequence.lua` (EVALSHA), which assigns the

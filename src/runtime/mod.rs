@@ -6,6 +6,7 @@
 
 pub mod connection;
 pub mod mesh;
+pub mod routes;
 pub mod sender;
 pub mod server;
 pub mod shutdown;

@@ -63,6 +63,10 @@ mod room_owner;
 #[cfg(test)]
 mod scaleout_tests;
 mod session;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 mod user_owner;
 
 pub use durable::UNAVAILABLE_TEXT;

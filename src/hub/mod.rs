@@ -64,6 +64,8 @@ mod room_owner;
 mod scaleout_tests;
 mod session;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;

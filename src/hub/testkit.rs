@@ -130,10 +130,15 @@ pub(super) struct World {
 impl World {
     /// `cores` hubs with the default settings and `flags` on top.
     pub fn new(cores: usize, flags: &[&str]) -> World {
-        let settings = settings(flags);
+        World::with_settings(cores, &settings(flags))
+    }
+
+    /// `cores` hubs with `settings` (parsed once by a caller that builds
+    /// many worlds).
+    pub fn with_settings(cores: usize, settings: &Settings) -> World {
         let t0 = Instant::now();
         let hubs = (0..cores)
-            .map(|core| Hub::new(core, cores, &settings, None, t0))
+            .map(|core| Hub::new(core, cores, settings, None, t0))
             .collect();
         World { hubs, t0, now: t0 }
     }

@@ -57,6 +57,15 @@ pub(super) fn owned_by(core: usize, cores: usize, prefix: &str) -> Arc<str> {
 /// The JSON of every text frame queued for `client` so far, taken as a
 /// client reading everything would (pings and close frames skipped).
 pub(super) fn frames(client: &Client, now: Instant) -> Vec<Value> {
+    payloads(client, now)
+        .iter()
+        .map(|p| serde_json::from_slice(p).expect("JSON"))
+        .collect()
+}
+
+/// The payloads of every text frame queued for `client` so far, taken as
+/// a client reading everything would (pings and close frames skipped).
+pub(super) fn payloads(client: &Client, now: Instant) -> Vec<bytes::Bytes> {
     let mut out = Vec::new();
     // Consuming tops the queue up from a replay backlog: read until empty.
     loop {
@@ -64,21 +73,15 @@ pub(super) fn frames(client: &Client, now: Instant) -> Vec<Value> {
         if outbound.is_empty() {
             return out;
         }
-        out.extend(text_frames(
-            &outbound.frames().iter().cloned().collect::<Vec<_>>(),
-        ));
+        for f in outbound.frames() {
+            if f.first() == Some(&0x81) {
+                let header = f.len() - link::ws_payload(f).len();
+                out.push(f.slice(header..));
+            }
+        }
         let bytes = outbound.bytes();
         outbound.consume(bytes, now);
     }
-}
-
-/// The JSON of the text frames among `queued` (complete frames only).
-pub(super) fn text_frames(queued: &[bytes::Bytes]) -> Vec<Value> {
-    queued
-        .iter()
-        .filter(|f| f.first() == Some(&0x81))
-        .map(|f| serde_json::from_slice(link::ws_payload(f)).expect("JSON"))
-        .collect()
 }
 
 /// The `type` of each frame.

@@ -7,73 +7,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use clap::Parser as _;
 use serde_json::Value;
 
+use super::testkit::{contents as messages, frames, identity, pump, settings};
 use super::Hub;
-use crate::auth::Identity;
 use crate::client::Client;
-use crate::redis::link;
 use crate::shard::shard_for;
 
 /// Hubs for cores 0 and 1 of 2 with the default settings.
 fn two_hubs(now: Instant) -> Vec<Hub> {
-    let settings = crate::config::Cli::try_parse_from(["chatd"])
-        .expect("defaults")
-        .settings;
+    let settings = settings(&[]);
     (0..2)
         .map(|core| Hub::new(core, 2, &settings, None, now))
-        .collect()
-}
-
-/// Delivers every mesh message until no hub has any left: each hub's
-/// outbox in order, so every ordered pair of cores stays FIFO as on the
-/// real mesh. Returns how many were delivered.
-fn pump(hubs: &mut [Hub], now: Instant, wall: SystemTime) -> usize {
-    let mut delivered = 0;
-    loop {
-        let mut moved = false;
-        for from in 0..hubs.len() {
-            for (to, msg) in hubs[from].outbox_mut().take_mesh() {
-                assert_ne!(to, from, "local work never goes through the mesh");
-                hubs[to].on_shard_msg(from, msg, now, wall);
-                delivered += 1;
-                moved = true;
-            }
-        }
-        if !moved {
-            return delivered;
-        }
-    }
-}
-
-/// The JSON of every text frame queued for `client` so far, taken.
-fn frames(client: &Client, now: Instant) -> Vec<Value> {
-    let mut outbound = client.outbound().borrow_mut();
-    let out = outbound
-        .frames()
-        .iter()
-        .filter(|f| f.first() == Some(&0x81))
-        .map(|f| serde_json::from_slice(link::ws_payload(f)).expect("JSON"))
-        .collect();
-    let bytes = outbound.bytes();
-    outbound.consume(bytes, now);
-    out
-}
-
-fn identity(user: &str) -> Identity {
-    Identity {
-        user_id: Arc::from(user),
-        username: Arc::from(user),
-    }
-}
-
-/// The `(type, content)` of the `message` frames among `frames`.
-fn messages(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .map(|f| f["content"].as_str().expect("content").to_string())
         .collect()
 }
 

@@ -76,6 +76,12 @@ mod room_owner;
 #[cfg(test)]
 mod scaleout_tests;
 mod session;
+#[cfg(test)]
+mod simulation;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 mod user_owner;
 
 pub use crate::pg::history::MAX_PG_READS;

@@ -18,11 +18,10 @@
 //!   a user in a room is that user's last transition announced there.
 //!
 //! `SIM_SEEDS=n` runs n seeds (default 2,000); `SIM_SEED=s` runs seed s
-//! alone. A failure names its seed. A connection never joins again a room
-//! it left before the join was answered (a known hub bug, the ignored test
-//! in `tests.rs`); `SIM_REJOIN_PENDING=1` lifts that rule, and the first
-//! seeds then find the bug (seed 2156: a `room_joined` answering the wrong
-//! join's `since`).
+//! alone. A failure names its seed. Connections also leave rooms whose join
+//! is still in flight and join them again, with or without `since`: the
+//! case that found the join tickets' bug (seed 2156 answered a join with
+//! another join's replay; `tests.rs` keeps it as a test).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -106,10 +105,6 @@ struct Conn {
     /// Every join of every room, oldest first (ordered, so a seed's random
     /// picks among them replay exactly).
     spans: BTreeMap<Arc<str>, Vec<Span>>,
-    /// Rooms left before their join was answered: never joined again on
-    /// this connection (the known rejoin bug in `tests.rs`) unless
-    /// `SIM_REJOIN_PENDING` is set.
-    limbo: HashSet<Arc<str>>,
     /// The last presence status read per (user, room).
     presence: HashMap<(String, String), String>,
 }
@@ -173,9 +168,6 @@ struct Sim {
     /// Reconnections waiting until the user's earlier transition reached
     /// its owner: (user, [(room, since)]).
     reconnects: Vec<(usize, Rejoin)>,
-    /// `SIM_REJOIN_PENDING` set: rooms left before their join was answered
-    /// may be joined again, which reproduces the rejoin bug of `tests.rs`.
-    rejoin_pending: bool,
 }
 
 impl Sim {
@@ -197,7 +189,6 @@ impl Sim {
             acks: HashMap::new(),
             announced: HashMap::new(),
             reconnects: Vec::new(),
-            rejoin_pending: std::env::var_os("SIM_REJOIN_PENDING").is_some(),
         }
     }
 
@@ -269,7 +260,6 @@ impl Sim {
             user,
             open: true,
             spans: BTreeMap::new(),
-            limbo: HashSet::new(),
             presence: HashMap::new(),
         };
         conn.spans.entry(home).or_default().push(Span {
@@ -370,9 +360,6 @@ impl Sim {
                 let Some(i) = self.pick(&open) else { return };
                 let room = self.rooms[self.rng.gen_range(0..ROOMS)].clone();
                 let conn = &self.conns[i];
-                if conn.limbo.contains(&room) && !self.rejoin_pending {
-                    return;
-                }
                 match conn.live_span(&room) {
                     Some(s) if s.joined_at.is_some() => {
                         // A repeat: answered on the member's core.
@@ -404,9 +391,6 @@ impl Sim {
                     return;
                 }
                 span.live = false;
-                if span.joined_at.is_none() {
-                    conn.limbo.insert(room.clone());
-                }
                 let client = conn.client.clone();
                 let frame = json!({"type": "leave_room", "roomId": &*room});
                 self.w.text(&client, &frame.to_string());

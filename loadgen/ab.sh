@@ -18,7 +18,7 @@ for bin in "$before" "$after"; do
     [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }
 done
 mkdir -p "$out"
-cargo build --release -p loadgen >/dev/null
+cargo build --release -q -p loadgen
 lg=target/release/loadgen
 
 pid=""

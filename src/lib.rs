@@ -2,60 +2,69 @@
 //!
 //! A thread-per-core WebSocket chat server: one glommio executor per core,
 //! every piece of state owned by exactly one core, cross-core work as
-//! messages on bounded lock-free channels.
+//! messages on bounded queues. The per-core state machine (`hub/`) is plain
+//! code: it reads no clock and knows no executor; `runtime/` is the only
+//! place glommio appears, and the backends sit behind small traits.
 //!
 //! # Layout
 //!
 //! ```text
-//!  accept (SO_REUSEPORT, every core)                      server.rs
-//!    read HTTP head (http.rs), plain routes answered here routes.rs
-//!    /ws: verify JWT (auth.rs), roomId, 401/400 first
-//!    home core = shard_for(initial roomId)                shard.rs
+//!  runtime/ (the only glommio code)
+//!    accept (SO_REUSEPORT, every core), HTTP head (http.rs)   runtime/server.rs
+//!    plain routes answered on the accepting core             runtime/routes.rs
+//!    /ws: verify JWT (auth.rs), roomId; 401/400 first
+//!    home core = shard_for(initial roomId)                    shard.rs
 //!      `-- not local: dup the socket, ShardMsg::Adopt --> home core
-//!  home core: handshake + connection driver               connection.rs, ws.rs
-//!    bytes -> frames -> session (hub/session.rs) -> protocol.rs (JSON parse)
-//!    hub calls through CoreCtx::with_hub: outbox -> mesh, in order   server.rs
-//!    frame budgets per connection: join/leave, history, typing  ratelimit.rs
-//!    message: length/room checks on the connection's core
-//!      -> user's owner core: dedupe (dedupe.rs), rate limit (ratelimit.rs)
-//!      -> room's owner core: moderation on folded text    moderation.rs,
-//!         (NFKC, invisibles, marks, confusables)         moderation/normalize.rs
-//!         id + timestamp,
-//!         encode once, history (history.rs), fan-out (hub.rs):
-//!           local members' outbound queues (outbound.rs)
-//!         join with `since`: replay kept per connection, framed into
-//!           the queue as the client reads it                  outbound.rs
-//!           + one copy per other core with members (ShardMsg::Deliver)
-//!         + with DATABASE_URL: row to the Postgres writer  hub/durable.rs
-//!  delivering core: a queue that became non-empty -> the core's writer:
-//!    one io_uring submission sends a pass's whole fan-out    writer.rs
-//!    what it cannot finish -> driver: gathered sendmsg       connection.rs
-//!  Postgres (pg/): side thread, tokio current-thread runtime  pg/worker.rs
-//!    cores -> bounded channel -> batches (size or interval)   pg/batch.rs
-//!    -> UNNEST insert, retried with backoff; schema      pg/migrate.rs
-//!    reads: oneshot reply in the hub's outbox -> awaited  pg/link.rs,
-//!      by the runtime, rows back to the hub             server.rs
-//!      -> merged with the owner's memory cache          pg/merge.rs
-//!    counters rendered into /metrics                    pg/stats.rs
-//!  presence: user's owner core counts connections (presence.rs);
-//!    first/last one -> presence frame via each room's owner  hub.rs
-//!  REDIS_URL set (scale-out; without it none of this runs):
-//!    per-core side: in-flight messages, pending joins     scaleout.rs
-//!    Redis thread (tokio, bounded queues both ways)       broker.rs
-//!      room owner -> sequence.lua: next id + PUBLISH, atomically
-//!      subscription -> room owner core -> accept_sequenced (hub.rs)
-//!      payloads between instances                         envelope.rs
-//!      this instance's presence sets, heartbeat, reads    presence_redis.rs
-//!      key and channel names                              redis_keys.rs
-//!      reconnection timing                                backoff.rs
-//!      counters for /metrics                              redis_metrics.rs
-//!  metrics: per-core counters, merged on scrape, 1 s cache metrics.rs
-//!  API docs: OpenAPI document + embedded Swagger UI      openapi.rs
-//!  demo page + JS client modules (clients/js/src)        web.rs
-//!  settings: environment variables and flags             config.rs
-//!  shutdown: SIGTERM -> core 0 -> every core drains       shutdown.rs
-//!    then the Postgres writer's final flush             pg/mod.rs
+//!    connection driver: handshake, bytes <-> frames            runtime/connection.rs, ws.rs
+//!    every hub call through CoreCtx::with_hub, clocks read here,
+//!      then the hub's outbox -> the mesh, in order             runtime/server.rs
+//!    cross-core mesh, bounded staging behind a full channel    runtime/mesh.rs
+//!    per-core batched io_uring sender                          runtime/sender.rs
+//!    SIGTERM -> core 0 -> every core drains                    runtime/shutdown.rs
+//!  hub/ (one core's state machine, time passed in)            hub/mod.rs
+//!    a connection's frames: parse (protocol.rs), budgets
+//!      (ratelimit.rs), length and room checks                  hub/session.rs
+//!    message -> user's owner core: dedupe (dedupe.rs),
+//!      rate limit (ratelimit.rs), presence counts              hub/user_owner.rs
+//!    -> room's owner core: moderation on folded text          hub/room_owner.rs,
+//!      (moderation.rs, moderation/normalize.rs), id from the     moderation.rs
+//!      broker, history, encode once, fan-out:
+//!        local members + one copy per other core with members
+//!    member core: local member lists, joins answered,
+//!      frames into each connection's outbound queue            hub/member.rs
+//!      (bounded; slow consumer: typing dropped, then 1013)      outbound.rs
+//!      replay of a join with `since`, framed as the client reads  outbound.rs
+//!    reads answered later (Postgres rows)                     hub/reads.rs
+//!    tests: rules per topic, seeded simulation of N hubs       hub/tests.rs,
+//!      over a test mesh (testkit.rs)                             hub/simulation.rs
+//!  connection state (rooms, queue, budgets)                   client.rs
+//!  backends, each a trait with a memory implementation:
+//!    Broker: ids, cluster counts, relays, presence mirror     broker.rs
+//!      Redis (REDIS_URL): one core's side                     redis/link.rs
+//!        the Redis thread, sequence.lua, subscriptions        redis/worker.rs
+//!        envelopes, presence sets, key names, counters        redis/envelope.rs,
+//!                                                             presence.rs, keys.rs, stats.rs
+//!    History: owned rooms' messages                           history.rs
+//!      Postgres (DATABASE_URL): memory cache + rows           pg/history.rs
+//!    AuditSink: moderation audit trail                        moderation.rs, pg/audit.rs
+//!    PresenceStore: connection counts per user                presence.rs
+//!    Postgres thread: batches (size or interval), UNNEST      pg/mod.rs, pg/worker.rs,
+//!      insert with backoff, schema, merge with memory           pg/batch.rs, pg/migrate.rs,
+//!                                                               pg/merge.rs, pg/stats.rs
+//!  queues between the cores and the side threads:
+//!    cores -> side thread: one bounded lock-free lane per core lanes.rs
+//!    side thread -> core: one bounded backend event queue     events.rs
+//!    retry timing (both backends), backend health             backoff.rs, health.rs
+//!  metrics: per-core counters, merged on scrape, 1 s cache    metrics.rs
+//!  API docs (OpenAPI + embedded Swagger UI), demo page + JS   openapi.rs, web.rs
+//!  settings: environment variables and flags                  config.rs
 //! ```
+//!
+//! Every queue is bounded; what happens when it is full is written next to
+//! it: the outbound queue (`outbound.rs`), the mesh channel and its staging
+//! (`runtime/mesh.rs`), the lanes to the side threads (`lanes.rs`, and the
+//! callers in `redis/worker.rs`, `pg/mod.rs`), the backend event queue
+//! (`events.rs`).
 
 pub mod auth;
 pub mod backoff;

@@ -3,8 +3,10 @@
 //! handing verified WebSocket upgrades to the core that owns the initial
 //! room.
 //!
-//! glommio types stay in this module, `connection.rs` and `shard.rs`; rooms,
-//! protocol and policy code never see them.
+//! glommio types stay in `src/runtime/`; rooms, protocol, policy and
+//! backends never see them. The hub is called only through
+//! [`CoreCtx::with_hub`], which carries out its outbox afterwards; the
+//! caller reads the clocks and passes them in.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

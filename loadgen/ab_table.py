@@ -23,9 +23,14 @@ for path in sorted(glob.glob(os.path.join(out, "r*-*.json"))):
         value = s.get("cpu_us_per_delivery")
         unit = "us server CPU per delivery"
     lost = d.get("lost", 0)
-    rows.setdefault((scenario, unit), {"before": [], "after": [], "lost": 0})
-    rows[(scenario, unit)][side].append(value)
-    rows[(scenario, unit)]["lost"] += lost
+    measures = [(unit, value)]
+    if d.get("latency_ms"):
+        measures.append(("p99 delivery latency, ms", d["latency_ms"]["p99_ms"]))
+        measures.append(("deliveries per second", d.get("deliveries_per_s")))
+    for unit, value in measures:
+        rows.setdefault((scenario, unit), {"before": [], "after": [], "lost": 0})
+        rows[(scenario, unit)][side].append(value)
+    rows[(scenario, measures[0][0])]["lost"] += lost
 
 
 def fmt(values):

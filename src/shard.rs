@@ -95,7 +95,7 @@ pub type JoinTicket = u32;
 /// A room owner's answer to a join.
 #[derive(Debug)]
 pub struct JoinAnswer {
-    /// The room joined.
+    /// Room id joined: the member core adds the connection to its local members of it.
     pub room: Arc<str>,
     /// The joining user (to undo the join if the connection is gone).
     pub user: Arc<str>,

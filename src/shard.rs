@@ -99,7 +99,7 @@ pub struct JoinAnswer {
     pub room: Arc<str>,
     /// The joining user (to undo the join if the connection is gone).
     pub user: Arc<str>,
-    /// The joining connection.
+    /// The joining connection; if it closed meanwhile, the join is undone.
     pub conn: ConnId,
     /// Distinct users in the room right after the join.
     pub member_count: usize,

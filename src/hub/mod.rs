@@ -176,7 +176,7 @@ enum Waiter {
     ClientHistory {
         /// The asking connection: gets the `history` answer, if it is still open.
         conn: ConnId,
-        /// The room asked about.
+        /// Room id asked about: the answer's `history` frame names it.
         room: Arc<str>,
         /// True for a page without `after` (cut from its old end when it
         /// does not fit the connection's budget).

@@ -251,7 +251,7 @@ pub struct Link {
     /// Redis counters, shared with the thread: bumped by cores (drops, lost echoes) and
     /// rendered by `/metrics`.
     pub metrics: Arc<RedisMetrics>,
-    /// This instance's id.
+    /// This instance's id, written into every envelope it publishes so it can tell its own.
     instance: Arc<str>,
 }
 

@@ -322,7 +322,7 @@ fn user_id_from(value: Value, claim: &str) -> Result<String, AuthError> {
 /// Claims of a minted token.
 #[derive(Serialize)]
 struct MintClaims<'a> {
-    /// The user id.
+    /// The user id (`sub`), what the server takes as the user's identity.
     sub: &'a str,
     /// Display name, when one is given.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -14,9 +14,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// When to try a failing backend again.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    /// First delay.
+    /// Delay after the first failure; doubled per further failure.
     min: Duration,
-    /// Delay ceiling.
+    /// Longest delay between attempts, however many failures.
     max: Duration,
     /// Failures in a row since the last success.
     failures: u32,

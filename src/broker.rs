@@ -42,15 +42,15 @@ use crate::shard::{ConnId, FrameKind, JoinTicket};
 /// A moderated message handed to the broker for its id.
 #[derive(Debug)]
 pub struct Inflight {
-    /// The room.
+    /// Room id; its owner core (this one) gives the message its id.
     pub room: Arc<str>,
-    /// The sender.
+    /// The sender's verified identity: user id and display name go into the message.
     pub user: Identity,
     /// Content after moderation (needed again if Redis fails).
     pub content: String,
     /// Moderation masked it (the audit record is written with the final id).
     pub masked: bool,
-    /// The sender's idempotency key.
+    /// The sender's `clientMsgId` (None: none sent): echoed in the ack, released if refused.
     pub client_msg_id: Option<Box<str>>,
     /// The sending connection (ack, errors).
     pub conn: ConnId,
@@ -65,7 +65,7 @@ pub struct Inflight {
 pub enum Overdue {
     /// The script's reply gave its id: accept it (store, ack, deliver here).
     Accept {
-        /// The message.
+        /// The message to accept with `id`.
         msg: Inflight,
         /// The id Redis assigned (the one other instances delivered).
         id: Ulid,
@@ -78,15 +78,15 @@ pub enum Overdue {
 /// A join at its room's owner, waiting for its count.
 #[derive(Debug)]
 pub struct PendingJoin {
-    /// The room.
+    /// Room id being joined (owned by this core).
     pub room: Arc<str>,
-    /// The joining user.
+    /// The joining user: counted among the room's distinct users.
     pub user: Arc<str>,
-    /// The joining connection.
+    /// The joining connection, named in the answer so its core finds it.
     pub conn: ConnId,
     /// The core the connection runs on.
     pub from: usize,
-    /// Recovery point.
+    /// The client's `since` (None: no replay): the replay is the messages after it.
     pub since: Option<MessageId>,
     /// False for a repeated join (answered, not counted).
     pub count: bool,
@@ -101,7 +101,7 @@ pub enum Sequencing {
     Now {
         /// The message, given back.
         msg: Inflight,
-        /// Its id.
+        /// The id this core's generator assigned (monotonic, hence per room).
         id: MessageId,
         /// Its acceptance time, ms since the Unix epoch.
         timestamp_ms: u64,
@@ -147,7 +147,7 @@ pub enum Arrival {
     },
     /// Another instance's typing or presence frame, for the local members.
     Relay {
-        /// The room.
+        /// Room id (from the channel name) whose local members get the frame.
         room: Arc<str>,
         /// Typing or presence.
         kind: FrameKind,
@@ -163,7 +163,7 @@ pub enum Arrival {
     Counted(PendingJoin, Option<usize>),
     /// The answer to [`OfflineCheck::Pending`].
     OfflineChecked {
-        /// The user.
+        /// The user whose last connection here closed.
         user: Arc<str>,
         /// Rooms for the presence frames.
         rooms: Vec<Arc<str>>,

@@ -91,7 +91,7 @@ pub fn queue() -> (EventSender, EventQueue) {
 /// The side threads' end of one core's queue (cheap to clone).
 #[derive(Clone)]
 pub struct EventSender {
-    /// The queue.
+    /// The queue shared with the core's end (a full queue: see the module doc).
     shared: Arc<Shared>,
 }
 
@@ -131,7 +131,7 @@ impl EventSender {
 
 /// The core's end of its queue (one).
 pub struct EventQueue {
-    /// The queue.
+    /// The queue shared with every [`EventSender`]; drained only by this core.
     shared: Arc<Shared>,
 }
 

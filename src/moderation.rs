@@ -480,7 +480,7 @@ impl fmt::Display for AuditAction {
 pub struct AuditRecord {
     /// Id of the message; a blocked message gets an id too so its record can be referenced.
     pub message_id: ulid::Ulid,
-    /// Sender.
+    /// The sender's user id, from the verified token.
     pub user_id: Arc<str>,
     /// Room the message was sent to.
     pub room_id: Arc<str>,

@@ -316,7 +316,7 @@ impl ConnBudgets {
 pub struct KeyedThrottle<K> {
     /// Events per second per key (the burst is twice that).
     per_sec: u32,
-    /// Most keys held.
+    /// Most keys held (at least 1); when full of busy keys a new key is refused, not added.
     capacity: usize,
     /// The buckets of keys with a recent event.
     buckets: HashMap<K, TokenBucket>,
@@ -382,7 +382,8 @@ pub struct LogSampler {
     window: Duration,
     /// Lines per second overall; None: the log is off.
     global: Option<TokenBucket>,
-    /// Most users remembered.
+    /// Most users remembered (at least 1); when full of recent users a new user's line is
+    /// suppressed.
     capacity: usize,
     /// When each remembered user last got a line.
     last: HashMap<Arc<str>, Instant>,

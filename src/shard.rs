@@ -95,11 +95,11 @@ pub type JoinTicket = u32;
 /// A room owner's answer to a join.
 #[derive(Debug)]
 pub struct JoinAnswer {
-    /// The room joined.
+    /// Room id joined: the member core adds the connection to its local members of it.
     pub room: Arc<str>,
     /// The joining user (to undo the join if the connection is gone).
     pub user: Arc<str>,
-    /// The joining connection.
+    /// The joining connection; if it closed meanwhile, the join is undone.
     pub conn: ConnId,
     /// Distinct users in the room right after the join.
     pub member_count: usize,

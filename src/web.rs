@@ -40,7 +40,7 @@ const FILE_HEADERS: [(&str, &str); 2] = [
 pub struct Asset {
     /// Its `Content-Type`.
     pub content_type: &'static str,
-    /// Its bytes.
+    /// The file's bytes, embedded at build time and sent as the response body.
     pub body: &'static [u8],
     /// Extra response headers (caching, content security).
     pub headers: &'static [(&'static str, &'static str)],

@@ -161,7 +161,7 @@ struct OwnedRoom {
 /// Who gets the `ack` of an accepted message: its sender, when this
 /// instance took it from a client (None for other instances' messages).
 pub struct AckTo {
-    /// The sending connection.
+    /// The sending connection (on this instance): gets the `ack` once the message is accepted.
     pub conn: ConnId,
     /// The sender's idempotency key.
     pub client_msg_id: Option<Box<str>>,
@@ -174,9 +174,9 @@ enum Waiter {
     Http(oneshot::Sender<Answer>),
     /// A client's `history` frame.
     ClientHistory {
-        /// The asking connection.
+        /// The asking connection: gets the `history` answer, if it is still open.
         conn: ConnId,
-        /// The room asked about.
+        /// Room id asked about: the answer's `history` frame names it.
         room: Arc<str>,
         /// True for a page without `after` (cut from its old end when it
         /// does not fit the connection's budget).
@@ -239,7 +239,7 @@ pub struct Hub {
     outbox: Outbox,
     /// This core's index: local work is a call, other cores' a message.
     core: usize,
-    /// Number of cores.
+    /// Number of executor cores: the modulus of [`shard_for`] that picks each key's owner.
     cores: usize,
     /// Per-connection limits.
     limits: Limits,
@@ -276,9 +276,9 @@ pub struct Hub {
     /// drops), and an HTTP asker that timed out leaves a waiter whose answer
     /// is discarded on arrival.
     pending: HashMap<u64, Waiter>,
-    /// Next query id.
+    /// Last request id given out (ids start at 1); the key of `pending`.
     next_req: u64,
-    /// Next connection counter.
+    /// Last connection number given on this core; [`ConnId::new`] puts the core in the high bits.
     next_conn: u64,
     /// This core's metrics (plain integers; merged on scrape).
     pub metrics: CoreSnapshot,

@@ -52,9 +52,9 @@ pub const HISTORY_UNAVAILABLE_TEXT: &str =
 /// Who receives a deferred answer: request `req` of core `core`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Origin {
-    /// The asking core.
+    /// Core that asked: the answer is sent there (a call when it is this core).
     pub core: usize,
-    /// Its request id.
+    /// The asker's request id, echoed in [`ShardMsg::Answer`] to find its waiter.
     pub req: u64,
 }
 
@@ -63,28 +63,29 @@ pub(super) struct Origin {
 pub(super) enum Wait {
     /// A history page for `origin`.
     Page {
-        /// Who asked.
+        /// Who gets the page once the rows are merged with memory.
         origin: Origin,
-        /// Room.
+        /// Room id: memory is read again for it when the rows arrive.
         room: Arc<str>,
-        /// Exclusive upper bound.
+        /// Exclusive upper bound, as asked (None: up to the newest).
         before: Option<MessageId>,
-        /// Exclusive lower bound.
+        /// Exclusive lower bound, as asked: with it the page keeps the oldest after it, without
+        /// it the newest.
         after: Option<MessageId>,
-        /// Most messages.
+        /// The page's limit, applied again to the merge of rows and memory.
         limit: usize,
     },
     /// A join with `since`, answered once the older rows are in.
     Join {
         /// The member's core.
         core: usize,
-        /// The joining connection.
+        /// The joining connection, named in the answer so its core finds it.
         conn: ConnId,
-        /// The joining user.
+        /// The joining user: counted in the room when the rows arrive.
         user: Arc<str>,
-        /// Room.
+        /// Room id joined (owned by this core).
         room: Arc<str>,
-        /// Recovery point.
+        /// The client's `since`: the replay is the messages after it.
         since: MessageId,
         /// False for a repeated join (answered, not counted).
         count: bool,

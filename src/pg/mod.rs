@@ -110,11 +110,11 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
 /// One accepted message on its way to `chat_messages`.
 #[derive(Debug, Clone)]
 pub struct MessageRow {
-    /// Room.
+    /// Room id (primary key with `id`).
     pub room_id: Arc<str>,
     /// Message id (primary key with the room).
     pub id: Ulid,
-    /// Author.
+    /// Author's user id.
     pub user_id: Arc<str>,
     /// Acceptance time, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
@@ -135,13 +135,15 @@ pub enum WriteItem {
 /// `before`, at most `limit`, chosen by `pick`, returned oldest first.
 #[derive(Debug, Clone)]
 pub struct ReadSpec {
-    /// Room.
+    /// Room id whose rows are read.
     pub room: Arc<str>,
-    /// Exclusive lower bound.
+    /// Exclusive lower bound on the id; None: from the room's first message. Set by replays
+    /// (the client's last seen id) and forward pages.
     pub after: Option<Ulid>,
-    /// Exclusive upper bound.
+    /// Exclusive upper bound on the id; None: up to the newest. Set by backward pages.
     pub before: Option<Ulid>,
-    /// Most rows.
+    /// Most rows returned: the page's limit, or MAX_REPLAY + 1 for a replay (one more tells
+    /// that the replay is too long).
     pub limit: usize,
     /// Which end to keep.
     pub pick: Pick,
@@ -198,7 +200,7 @@ impl std::fmt::Debug for ReadReply {
 /// A read and where to send its rows.
 #[derive(Debug)]
 pub struct ReadRequest {
-    /// What to read.
+    /// What to read: built by the core's history when memory does not cover the page or replay.
     pub spec: ReadSpec,
     /// Reply; dropping it unanswered answers the core with a failure.
     pub reply: ReadReply,
@@ -207,7 +209,7 @@ pub struct ReadRequest {
 /// Writer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
-    /// Flush rules.
+    /// When a batch is written: at PG_BATCH_SIZE rows or after PG_FLUSH_INTERVAL_MS.
     pub policy: batch::FlushPolicy,
     /// PG_BUFFER_MESSAGES.
     pub capacity: usize,
@@ -225,7 +227,7 @@ pub struct Inner {
     pub wake: Notify,
     /// Set once every core has stopped: write everything, then exit.
     pub closing: AtomicBool,
-    /// The counters.
+    /// Postgres counters: writer updates them, `/metrics` renders them.
     pub stats: stats::PgStats,
     /// Where `/healthz` reads Postgres's state.
     pub health: Arc<BackendHealth>,
@@ -242,7 +244,8 @@ pub struct PgHandle {
     reads: lanes::Sender<ReadRequest>,
     /// Shared counters and signals.
     inner: Arc<Inner>,
-    /// Writer settings.
+    /// Writer settings: `capacity` bounds admission ([`PgHandle::admit`]), `shutdown_timeout`
+    /// bounds the wait in [`PgHandle::finish`].
     settings: WriterSettings,
     /// The side thread and its final report (rows left unwritten), taken by
     /// [`PgHandle::finish`].

@@ -74,7 +74,7 @@ pub struct PgStats {
     pub flush_us: AtomicHistogram,
     /// Message rows written (a retried row counts once it succeeds).
     pub messages_written: AtomicU64,
-    /// Audit rows written.
+    /// Moderation audit rows written to `chat_audit` (a retried row counts once it succeeds).
     pub audit_written: AtomicU64,
     /// Batch writes that failed (each is retried after a backoff).
     pub write_errors: AtomicU64,

@@ -88,7 +88,7 @@ struct Conn {
 struct Pending<T> {
     /// When it left its lane (the flush interval counts from here).
     at: Instant,
-    /// The row.
+    /// The row, kept in the queue until its batch is written (a failed batch is retried).
     row: T,
 }
 

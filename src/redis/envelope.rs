@@ -26,10 +26,10 @@ const TOKEN_LEN: usize = 16;
 /// Fields of a chat message that cross instances.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Body<'a> {
-    /// User id.
+    /// Author's user id (short key: the body crosses every instance).
     #[serde(borrow)]
     u: std::borrow::Cow<'a, str>,
-    /// Display name.
+    /// Author's display name, sent so receivers need no lookup.
     #[serde(borrow)]
     n: std::borrow::Cow<'a, str>,
     /// Content after moderation.
@@ -79,13 +79,13 @@ pub fn relay(instance: &str, kind: FrameKind, json: &[u8]) -> Vec<u8> {
 pub enum Envelope<'a> {
     /// A sequenced chat message.
     Message {
-        /// Publishing instance.
+        /// Publishing instance: equal to ours means the copy of our own publish.
         instance: &'a str,
         /// Id assigned by the sequencing script.
         id: Ulid,
         /// The origin's in-flight key (meaningless elsewhere).
         token: u64,
-        /// Author.
+        /// Author's user id.
         user_id: String,
         /// Author's display name.
         username: String,
@@ -94,7 +94,7 @@ pub enum Envelope<'a> {
     },
     /// A typing or presence frame, ready to send.
     Relay {
-        /// Publishing instance.
+        /// Publishing instance: equal to ours means it was already delivered locally (skipped).
         instance: &'a str,
         /// Typing or presence.
         kind: FrameKind,

@@ -60,7 +60,8 @@ pub const MAX_SETTLED: usize = 65_536;
 /// A message handed to Redis and what is known of it so far.
 #[derive(Debug)]
 struct Waiting {
-    /// The message.
+    /// What to accept when its copy comes, or to accept or refuse when the sweep finds it
+    /// overdue (its `sent_at` starts the timeout).
     msg: Inflight,
     /// The id from the script's reply, once it came.
     id: Option<Ulid>,
@@ -123,9 +124,9 @@ impl Settled {
 
 /// One core's scale-out state.
 pub struct ScaleOut {
-    /// The Redis thread.
+    /// Command lane to the Redis thread (this core's), and the shared Redis counters.
     link: Link,
-    /// This core.
+    /// This core's index: sent with publishes, joins and offlines so answers come back here.
     core: usize,
     /// Next token (in-flight messages and pending joins share the counter).
     next_token: u64,

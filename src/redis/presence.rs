@@ -146,9 +146,9 @@ pub struct Plan {
 /// This instance's presence as the Redis thread knows it.
 #[derive(Debug)]
 pub struct Mirror {
-    /// Key names.
+    /// Key names under this instance's prefix (its online set, room sets, heartbeat).
     keys: Keys,
-    /// Users online here.
+    /// Users with a connection on this instance; a change marks the user's online entry dirty.
     online: HashSet<Arc<str>>,
     /// Users per room here; a room is present only while not empty.
     rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,

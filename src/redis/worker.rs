@@ -84,7 +84,7 @@ pub struct PublishCmd {
     pub core: usize,
     /// The owner's in-flight key, echoed back in the envelope.
     pub token: u64,
-    /// The room.
+    /// Room id: names the last-id key and the channel the script publishes to.
     pub room: Arc<str>,
     /// Envelope head (`m` + instance).
     pub head: Vec<u8>,
@@ -101,11 +101,12 @@ pub enum Command {
     Publish(Box<PublishCmd>),
     /// Publish a typing or presence envelope to other instances.
     Relay {
-        /// The room.
+        /// Room id: the envelope goes to this room's channel.
         room: Arc<str>,
         /// Typing or presence (for the metrics).
         kind: FrameKind,
-        /// The envelope.
+        /// Encoded relay envelope (instance + frame JSON), published as is; other instances
+        /// decode it, this one skips its own.
         payload: Vec<u8>,
     },
     /// A user has a connection on this instance.
@@ -116,7 +117,7 @@ pub enum Command {
     Offline {
         /// The user's owner core.
         core: usize,
-        /// The user.
+        /// User whose last local connection closed: removed from this instance's online set.
         user: Arc<str>,
         /// Rooms the closed connection was in (for the presence frames).
         rooms: Vec<Arc<str>>,
@@ -128,18 +129,18 @@ pub enum Command {
     /// A join at a room owner: add the user, subscribe if needed, and answer
     /// the cluster-wide member count with [`Event::JoinCounted`].
     Join {
-        /// The owner core.
+        /// Room owner core: gets the [`Event::JoinCounted`] answer.
         core: usize,
         /// The owner's pending-join key.
         token: u64,
-        /// The room.
+        /// Room id: subscribed on first local member, and whose members are counted.
         room: Arc<str>,
-        /// The joining user.
+        /// Added to the room's users on this instance before the count is read.
         user: Arc<str>,
     },
     /// One core's whole presence state (answer to [`Event::Resync`]).
     Snapshot {
-        /// The core.
+        /// Core index: the snapshot replaces the presence of users whose owner is this core.
         core: usize,
         /// Users it owns that are online.
         online: Vec<Arc<str>>,
@@ -161,9 +162,10 @@ pub enum Event {
     Message(Box<Sequenced>),
     /// Another instance's typing or presence frame (a WebSocket frame).
     Relay {
-        /// The room.
+        /// Room id (from the channel name): the core fans the frame out to its members.
         room: Arc<str>,
-        /// Typing or presence.
+        /// Typing or presence: counted in the metrics, and the frame may be dropped when a
+        /// connection's queue is full.
         kind: FrameKind,
         /// The frame, ready to queue.
         frame: Bytes,
@@ -187,7 +189,7 @@ pub enum Event {
     },
     /// Answer to [`Command::Offline`].
     OfflineChecked {
-        /// The user.
+        /// User the check was for (owned by the receiving core).
         user: Arc<str>,
         /// Rooms for the presence frames.
         rooms: Vec<Arc<str>>,
@@ -206,13 +208,13 @@ pub enum Event {
 /// A message as sequenced by Redis.
 #[derive(Debug)]
 pub struct Sequenced {
-    /// The room.
+    /// Room id, from the channel the message came on.
     pub room: Arc<str>,
-    /// Its id.
+    /// Id the script assigned (greater than the room's previous one): what clients see.
     pub id: Ulid,
     /// The in-flight key when this instance published it.
     pub own_token: Option<u64>,
-    /// Author.
+    /// Author's user id, as the publishing instance verified it.
     pub user_id: Arc<str>,
     /// Author's display name.
     pub username: Arc<str>,
@@ -246,9 +248,10 @@ pub struct Link {
     lane: usize,
     /// Redis up or down.
     health: Arc<BackendHealth>,
-    /// Counters.
+    /// Redis counters, shared with the thread: bumped by cores (drops, lost echoes) and
+    /// rendered by `/metrics`.
     pub metrics: Arc<RedisMetrics>,
-    /// This instance's id.
+    /// This instance's id, written into every envelope it publishes so it can tell its own.
     instance: Arc<str>,
 }
 
@@ -350,7 +353,7 @@ pub enum StartError {
 pub struct Started {
     /// For cores and routes (each takes [`Link::for_core`]).
     pub link: Link,
-    /// The thread.
+    /// Joined by [`Started::shutdown`] (at most its limit), so pending writes are not cut off.
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -454,7 +457,7 @@ pub fn start(
 struct Conn {
     /// Commands, scripts and pipelines.
     cmd: MultiplexedConnection,
-    /// Subscribe and unsubscribe.
+    /// Subscribe and unsubscribe room channels (the stream itself is read by `pump`).
     sink: PubSubSink,
     /// Fires when the subscription stream ends (connection lost).
     lost: tokio::sync::oneshot::Receiver<()>,
@@ -499,7 +502,7 @@ enum Outgoing {
 struct Broker {
     /// The client (connection parameters).
     client: redis::Client,
-    /// Key names.
+    /// Key and channel names under this instance's prefix.
     keys: Keys,
     /// PRESENCE_TTL_SECS.
     ttl: Duration,
@@ -511,15 +514,16 @@ struct Broker {
     events: Vec<EventSender>,
     /// Redis up or down.
     health: Arc<BackendHealth>,
-    /// Counters.
+    /// Redis counters, shared with every [`Link`]: written here, rendered by `/metrics`.
     metrics: Arc<RedisMetrics>,
     /// This instance's presence.
     mirror: Mirror,
     /// The connection, while up.
     conn: Option<Conn>,
-    /// Reconnection timing.
+    /// Delay before the next connection attempt while Redis is down (doubling to its ceiling).
     backoff: Backoff,
-    /// The sequencing script.
+    /// The sequencing script; its hash is sent with EVALSHA and it is reloaded once on
+    /// NOSCRIPT.
     script: redis::Script,
     /// Room channels subscribed on the current connection.
     subscribed: HashSet<Arc<str>>,

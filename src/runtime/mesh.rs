@@ -68,9 +68,10 @@ pub struct Shed {
 /// This core's side of the mesh: sends to a peer's channel or, when it is
 /// full, stages in order behind it.
 pub struct Router {
-    /// This core's index.
+    /// This core's index: its own messages are never routed through `senders`.
     core: usize,
-    /// Number of cores.
+    /// Number of executor cores: length of `senders` and `staging`, and the modulus of
+    /// [`shard_for`].
     cores: usize,
     /// The mesh senders, indexed by peer core.
     senders: Senders<ShardMsg>,

@@ -86,9 +86,9 @@ pub enum StartError {
 
 /// Read-only state shared by every core.
 pub struct Shared {
-    /// The settings.
+    /// Configuration read once at start-up (limits, timeouts, backend URLs); never changes.
     pub settings: Settings,
-    /// Token verification.
+    /// Checks the tokens of `/ws` and the HTTP routes (HS256 JWT_SECRET or JWT_PUBLIC_KEY).
     pub verifier: Verifier,
     /// Moderation word list (each core builds its own `Moderator`).
     pub moderation_words: Vec<String>,
@@ -124,9 +124,10 @@ pub struct CoreCtx {
     /// This core's batched sender (BATCHED_SENDS), for its counters in
     /// `/metrics`; the hub reaches it as a `Flush`.
     pub writer: Option<Rc<Writer>>,
-    /// Draining state.
+    /// This core's draining flag: once triggered, accepting stops, adopted sockets are
+    /// closed and `/healthz` answers 503.
     pub shutdown: Shutdown,
-    /// Settings and verifier.
+    /// The process-wide read-only state (settings, verifier, backend handles).
     pub shared: Arc<Shared>,
     /// Read buffer shared by this core's connections (never held across an await).
     pub scratch: RefCell<Box<[u8]>>,
@@ -580,9 +581,11 @@ pub struct HttpRequest {
     pub method: String,
     /// Path without the query.
     pub path: String,
-    /// Raw query string.
+    /// Query string after `?`, undecoded; routes decode the parameter they need
+    /// (`token`, `limit`, ...).
     pub query: String,
-    /// Authorization header.
+    /// Authorization header value; None when absent. Its bearer token authenticates the
+    /// HTTP routes, and `/ws` when the query has no `token`.
     pub authorization: Option<String>,
     /// Whether the client keeps the connection open.
     pub keep_alive: bool,

@@ -144,6 +144,18 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
 }
 
+/// Cross-core messages the mesh did not stage, by class (the
+/// `chat_mesh_shed_total` series; the rules are in `runtime/mesh.rs`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MeshShed {
+    /// Typing and presence frames shed past the staging soft limit: lost
+    /// advisory frames, never a chat message.
+    pub advisory: u64,
+    /// Other messages dropped past the hard limit: non-zero means chat
+    /// traffic was lost under overload.
+    pub internal: u64,
+}
+
 /// One core's counters. Owned by that core; never shared.
 #[derive(Debug, Clone)]
 pub struct CoreSnapshot {
@@ -179,7 +191,7 @@ pub struct CoreSnapshot {
     pub mesh_staged: u64,
     /// Cross-core messages shed or dropped at the staging limits
     /// (`runtime/mesh.rs`): non-zero means traffic was lost under overload.
-    pub mesh_shed: crate::runtime::mesh::Shed,
+    pub mesh_shed: MeshShed,
     /// Submissions of the batched writer (one per pass of up to 256 sockets).
     pub send_batches: u64,
     /// Socket writes made by the batched writer.
@@ -210,7 +222,7 @@ impl Default for CoreSnapshot {
             room_messages: HashMap::new(),
             room_messages_overflow: 0,
             mesh_staged: 0,
-            mesh_shed: crate::runtime::mesh::Shed::default(),
+            mesh_shed: MeshShed::default(),
             send_batches: 0,
             send_batched: 0,
             audit_masked: 0,
@@ -575,16 +587,15 @@ mod tests {
 
     #[test]
     fn mesh_shedding_is_merged_and_rendered_by_class() {
-        use crate::runtime::mesh::Shed;
         let mut a = CoreSnapshot {
-            mesh_shed: Shed {
+            mesh_shed: MeshShed {
                 advisory: 3,
                 internal: 0,
             },
             ..Default::default()
         };
         let b = CoreSnapshot {
-            mesh_shed: Shed {
+            mesh_shed: MeshShed {
                 advisory: 2,
                 internal: 1,
             },

@@ -3,7 +3,7 @@
 //!
 //! The tokio-postgres client needs a tokio runtime, which never runs on an
 //! executor core: one dedicated thread runs a current-thread runtime
-//! ([`worker`]). Cores talk to it through [`PgHandle`]:
+//! (`worker.rs`). Cores talk to it through [`PgHandle`]:
 //!
 //! - **Writes**: the room owner hands every accepted message (and every
 //!   audit record) over with a non-blocking `try_send` on its core's

@@ -53,7 +53,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 pub const HEARTBEAT_CHUNK: usize = 1000;
 
 /// Registers the instance as live until `now + ttl` (Redis clock) and prunes
-/// entries dead for a day. KEYS[1] instances; ARGV instance, ttl ms.
+/// entries dead for a day. `KEYS[1]` instances; ARGV instance, ttl ms.
 pub const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -62,7 +62,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 return now
 ";
 
-/// Live instances (entry not expired, Redis clock). KEYS[1] instances.
+/// Live instances (entry not expired, Redis clock). `KEYS[1]` instances.
 pub const LIVE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -70,7 +70,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
 /// Adds users to a room's cluster-wide set, or refreshes them, with the
-/// expiry `now + ttl` (Redis clock). KEYS[1] room users; ARGV ttl ms, users.
+/// expiry `now + ttl` (Redis clock). `KEYS[1]` room users; ARGV ttl ms, users.
 pub const ADD_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -83,8 +83,8 @@ return #ARGV - 1
 ";
 
 /// Removes users that left this instance from a room's cluster-wide set,
-/// unless another live instance still has them in the room. KEYS[1] room
-/// users, KEYS[2..] the other live instances' member sets of the room;
+/// unless another live instance still has them in the room. `KEYS[1]` room
+/// users, `KEYS[2..]` the other live instances' member sets of the room;
 /// ARGV users.
 pub const REMOVE_SCRIPT: &str = r"
 local removed = 0
@@ -104,7 +104,7 @@ return removed
 ";
 
 /// Distinct users of a room cluster-wide: expired entries dropped, then the
-/// size. KEYS[1] room users.
+/// size. `KEYS[1]` room users.
 pub const COUNT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -363,7 +363,7 @@ impl Started {
     pub fn shutdown(self, limit: Duration) {
         let deadline = Instant::now() + limit;
         // Every core has stopped, so the thread drains every lane after
-        // this (see `Broker::run`). The link's lane (0) may be full for a
+        // this (see `RedisThread::run`). The link's lane (0) may be full for a
         // moment; retry until the deadline.
         let mut cmd = Command::Shutdown;
         loop {
@@ -413,7 +413,7 @@ pub fn start(
         instance: Arc::from(instance.as_str()),
     };
     let (first_tx, first_rx) = std::sync::mpsc::channel();
-    let broker = Broker {
+    let broker = RedisThread {
         client,
         mirror: Mirror::new(keys.clone(), buffer),
         keys,
@@ -474,32 +474,49 @@ impl Drop for Conn {
 /// Reads collected from one batch of commands, answered after the batch's
 /// writes.
 enum Read {
+    /// A join waiting for the room's cluster-wide member count.
     Join {
+        /// The room owner core that asked: the count goes back to it.
         core: usize,
+        /// The owner's key for the pending join, echoed in the event.
         token: u64,
+        /// Whose member set is counted.
         room: Arc<str>,
     },
+    /// A user's last connection here closed: is the user still online on
+    /// another instance?
     Offline {
+        /// The user owner core that asked.
         core: usize,
+        /// The user whose offline frame waits on the answer.
         user: Arc<str>,
+        /// Rooms the offline frame goes to when the user is gone everywhere.
         rooms: Vec<Arc<str>>,
     },
+    /// `GET /api/chats/rooms/{id}/presence`: the room's users cluster-wide
+    /// (None: Redis could not answer; the route falls back to this instance).
     RoomUsers(Arc<str>, oneshot::Sender<Option<Vec<String>>>),
+    /// `GET /api/chats/users/{id}/status`: online anywhere (None as above).
     UserStatus(Arc<str>, oneshot::Sender<Option<bool>>),
 }
 
 /// An entry of the publish pipeline.
 enum Outgoing {
+    /// A chat message: sequence.lua gives it its id and publishes it.
     Message(Box<PublishCmd>),
+    /// A typing or presence frame: published as it is, with no id.
     Relay {
+        /// The room's channel.
         room: Arc<str>,
+        /// Typing or presence: counted apart in the relay counters.
         kind: FrameKind,
+        /// The encoded envelope.
         payload: Vec<u8>,
     },
 }
 
 /// The Redis thread's state.
-struct Broker {
+struct RedisThread {
     /// The client (connection parameters).
     client: redis::Client,
     /// Key and channel names under this instance's prefix.
@@ -610,7 +627,7 @@ async fn pump(
     let _ = lost.send(());
 }
 
-impl Broker {
+impl RedisThread {
     /// The thread's loop: commands, connection upkeep, flushes, heartbeats.
     async fn run(mut self, first: std::sync::mpsc::Sender<()>) {
         self.connect().await;

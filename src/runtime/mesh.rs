@@ -35,6 +35,7 @@ use std::task::Waker;
 use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
 
+use crate::metrics::MeshShed;
 use crate::shard::{shard_for, ShardMsg};
 
 /// Messages one mesh channel holds before senders stage locally. Sized so a
@@ -54,16 +55,6 @@ pub const STAGING_SOFT_LIMIT: usize = 8192;
 /// limit reaches it. Control messages may exceed it by their own (small)
 /// number.
 pub const STAGING_HARD_LIMIT: usize = 4 * STAGING_SOFT_LIMIT;
-
-/// Cross-core messages not staged, by class (the `chat_mesh_shed_total`
-/// series).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Shed {
-    /// Typing and presence frames shed past the soft limit.
-    pub advisory: u64,
-    /// Other messages dropped past the hard limit.
-    pub internal: u64,
-}
 
 /// This core's side of the mesh: sends to a peer's channel or, when it is
 /// full, stages in order behind it.
@@ -85,7 +76,7 @@ pub struct Router {
     staged_total: Cell<u64>,
     /// Messages not staged because staging was at its limits (a metric:
     /// non-zero means the mesh lost advisory or internal traffic).
-    shed: Cell<Shed>,
+    shed: Cell<MeshShed>,
 }
 
 impl Router {
@@ -100,7 +91,7 @@ impl Router {
             forwarder_wakers: (0..cores).map(|_| Cell::new(None)).collect(),
             paused_readers: PausedReaders::default(),
             staged_total: Cell::new(0),
-            shed: Cell::new(Shed::default()),
+            shed: Cell::new(MeshShed::default()),
         }
     }
 
@@ -181,7 +172,7 @@ impl Router {
     }
 
     /// Messages ever shed or dropped at the staging limits.
-    pub fn shed(&self) -> Shed {
+    pub fn shed(&self) -> MeshShed {
         self.shed.get()
     }
 
@@ -391,7 +382,7 @@ mod tests {
                 for _ in 0..=STAGING_HARD_LIMIT {
                     router.send(to, deliver(FrameKind::Message));
                 }
-                assert_eq!(router.shed(), Shed::default());
+                assert_eq!(router.shed(), MeshShed::default());
                 router.send(to, typing());
                 router.send(to, deliver(FrameKind::Presence));
                 router.send(to, deliver(FrameKind::Message));
@@ -403,7 +394,7 @@ mod tests {
         assert_eq!(staged, STAGING_HARD_LIMIT as u64 + 1);
         assert_eq!(
             shed,
-            Shed {
+            MeshShed {
                 advisory: 2,
                 internal: 1
             }

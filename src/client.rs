@@ -31,7 +31,7 @@ pub const DEFAULT_BUDGETS: BudgetRates = BudgetRates {
 };
 
 /// The core's batched sender, as a connection sees it (the runtime's
-/// `Writer` implements it).
+/// `BatchSender` implements it).
 pub trait Flush {
     /// `client`'s queue just became non-empty while its driver's loop runs
     /// (a socket is attached): send it with the rest of this pass. Called

@@ -5,7 +5,7 @@
 //!   the decoding of what it returned happen within one poll, so one buffer
 //!   serves every connection of the core); only an incomplete frame tail is
 //!   copied into the connection's decoder.
-//! - **Writes**: the core's batched writer (`writer.rs`) sends a queue that
+//! - **Writes**: the core's batched sender (`sender.rs`) sends a queue that
 //!   just became non-empty along with the rest of the fan-out; the driver
 //!   gathers what remains (a full socket, a backlog) into one `sendmsg` per
 //!   wake-up. When the socket is full, the driver waits for writability

@@ -1,4 +1,4 @@
-//! The per-core batched writer: after a fan-out, one io_uring submission
+//! The per-core batched sender: after a fan-out, one io_uring submission
 //! sends to every connection that got frames.
 //!
 //! At chat rates each member of a room gets one frame per message. Sent by
@@ -79,8 +79,8 @@ struct Entry {
     completed: bool,
 }
 
-/// The batched writer of one core. Owned by that core; never shared.
-pub struct Writer {
+/// The batched sender of one core. Owned by that core; never shared.
+pub struct BatchSender {
     /// Connections with frames to send, in the order they got them.
     pending: RefCell<Vec<Weak<Client>>>,
     /// The previous pass's list, kept for its capacity.
@@ -100,32 +100,32 @@ pub struct Writer {
     sends: Cell<u64>,
 }
 
-impl Flush for Writer {
+impl Flush for BatchSender {
     fn queued(&self, client: Weak<Client>) {
         self.enqueue(client);
     }
 }
 
-impl Writer {
+impl BatchSender {
     /// A writer with its own ring, or with plain sends if the kernel refuses
     /// one (or lacks `IORING_SETUP_SUBMIT_ALL`, 5.18: without it one failed
     /// operation would stop the rest of a submission).
-    pub fn new() -> Writer {
+    pub fn new() -> BatchSender {
         let ring = IoUring::builder()
             .setup_submit_all()
             .build(RING_ENTRIES as u32);
         if let Err(e) = &ring {
             tracing::warn!(error = %e, "io_uring refused for batched sends; using send()");
         }
-        Writer::with_ring(ring.ok())
+        BatchSender::with_ring(ring.ok())
     }
 
     /// A writer that makes plain `send()` calls.
-    pub fn without_ring() -> Writer {
-        Writer::with_ring(None)
+    pub fn without_ring() -> BatchSender {
+        BatchSender::with_ring(None)
     }
 
-    fn with_ring(ring: Option<IoUring>) -> Writer {
+    fn with_ring(ring: Option<IoUring>) -> BatchSender {
         let msgs = (0..RING_ENTRIES)
             .map(|_| MsgSlot {
                 // SAFETY: msghdr is plain data; zeroed is a valid empty header.
@@ -136,7 +136,7 @@ impl Writer {
                 }; MAX_IOVECS],
             })
             .collect();
-        Writer {
+        BatchSender {
             pending: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
             waker: Cell::new(None),
@@ -358,9 +358,9 @@ fn take_off(weak: &Weak<Client>) -> Option<(Rc<Client>, RawFd)> {
     Some((client, fd))
 }
 
-impl Default for Writer {
+impl Default for BatchSender {
     fn default() -> Self {
-        Writer::new()
+        BatchSender::new()
     }
 }
 
@@ -400,7 +400,7 @@ mod tests {
 
     /// A session on `socket` that sends through `writer`, with a counting
     /// driver waker.
-    fn session(writer: &Rc<Writer>, socket: &TcpStream, n: u64) -> (Rc<Client>, Arc<Count>) {
+    fn session(writer: &Rc<BatchSender>, socket: &TcpStream, n: u64) -> (Rc<Client>, Arc<Count>) {
         let user: Arc<str> = Arc::from(format!("u{n}"));
         let client = Client::new(
             ConnId::new(0, n),
@@ -423,7 +423,7 @@ mod tests {
     type Session = (Rc<Client>, Arc<Count>);
 
     /// `n` loopback pairs and a session on the server side of each.
-    fn sessions(writer: &Rc<Writer>, n: usize) -> (Vec<(TcpStream, TcpStream)>, Vec<Session>) {
+    fn sessions(writer: &Rc<BatchSender>, n: usize) -> (Vec<(TcpStream, TcpStream)>, Vec<Session>) {
         let pairs: Vec<_> = (0..n).map(|_| pair()).collect();
         let sessions = pairs
             .iter()
@@ -443,13 +443,13 @@ mod tests {
         buf
     }
 
-    fn writers() -> Vec<Rc<Writer>> {
-        let ring = Rc::new(Writer::new());
+    fn writers() -> Vec<Rc<BatchSender>> {
+        let ring = Rc::new(BatchSender::new());
         assert!(
             ring.uses_ring(),
             "io_uring is available on every supported kernel"
         );
-        vec![ring, Rc::new(Writer::without_ring())]
+        vec![ring, Rc::new(BatchSender::without_ring())]
     }
 
     #[test]
@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn frames_beyond_the_vector_limit_go_back_to_the_driver() {
-        let writer = Rc::new(Writer::new());
+        let writer = Rc::new(BatchSender::new());
         let (server, mut peer) = pair();
         let (client, woken) = session(&writer, &server, 1);
         let now = Instant::now();
@@ -571,7 +571,7 @@ mod tests {
 
     #[test]
     fn more_connections_than_the_ring_holds_take_several_submissions() {
-        let writer = Rc::new(Writer::new());
+        let writer = Rc::new(BatchSender::new());
         let n = RING_ENTRIES + 44;
         let (pairs, sessions) = sessions(&writer, n);
         let now = Instant::now();
@@ -590,7 +590,7 @@ mod tests {
 
     #[test]
     fn a_dropped_connection_is_skipped() {
-        let writer = Rc::new(Writer::new());
+        let writer = Rc::new(BatchSender::new());
         let (server, _peer) = pair();
         let (client, _) = session(&writer, &server, 1);
         client.push(frame("gone"), FrameKind::Message, Instant::now());

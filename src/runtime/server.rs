@@ -37,7 +37,7 @@ use crate::redis::worker;
 use crate::runtime::connection;
 use crate::runtime::mesh::{Router, MESH_CAPACITY};
 use crate::runtime::routes;
-use crate::runtime::sender::Writer;
+use crate::runtime::sender::BatchSender;
 use crate::runtime::shutdown::Shutdown;
 use crate::shard::{shard_for, Adoption, ShardMsg};
 
@@ -123,7 +123,7 @@ pub struct CoreCtx {
     pub router: Rc<Router>,
     /// This core's batched sender (BATCHED_SENDS), for its counters in
     /// `/metrics`; the hub reaches it as a `Flush`.
-    pub writer: Option<Rc<Writer>>,
+    pub writer: Option<Rc<BatchSender>>,
     /// This core's draining flag: once triggered, accepting stops, adopted sockets are
     /// closed and `/healthz` answers 503.
     pub shutdown: Shutdown,
@@ -398,7 +398,7 @@ async fn core_main(
     let writer = shared
         .settings
         .batched_sends
-        .then(|| Rc::new(Writer::new()));
+        .then(|| Rc::new(BatchSender::new()));
     if let Some(writer) = &writer {
         hub.set_flush(writer.clone());
         glommio::spawn_local(writer.clone().run()).detach();

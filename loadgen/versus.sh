@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the load scenarios against chatd and a baseline server side by side, alternating
-# them run by run so both see the same machine noise, and prints one table of medians
+# them round by round so both see the same machine noise, and prints one table of medians
 # (BENCHMARKS.md, "Against a tokio baseline", records the output). Loopback only; about
-# 3 minutes per round.
+# 4½ minutes per round.
 #
 #   [ROUNDS=3] [CHATD=target/release/chatd] [BASELINE=target/release/baseline] \
 #       loadgen/versus.sh [OUTPUT_DIR]

@@ -45,12 +45,21 @@ for path in sorted(glob.glob(os.path.join(out, "r*-*.json"))):
             bad[2] += c.get("dropped", 0) + c.get("failed", 0)
 
 
+def num(v):
+    if abs(v) >= 1e6:
+        return "%.3g M" % (v / 1e6)
+    if abs(v) >= 1e4:
+        return "%.3g k" % (v / 1e3)
+    if abs(v) >= 1e3:
+        return "%.0f" % v
+    return "%.3g" % v
+
+
 def fmt(values):
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    vs = ", ".join("%.3g" % v for v in values)
-    return "%.3g (%s)" % (statistics.median(values), vs)
+    return "%s (%s)" % (num(statistics.median(values)), ", ".join(num(v) for v in values))
 
 
 def fmt_bad(bad):

@@ -144,6 +144,14 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
 }
 
+/// Counters kept by the runtime's transport (the mesh and the batched
+/// sender), which the hub cannot see: read into a core's snapshot only when
+/// `/metrics` asks for it, never on the per-frame path.
+pub trait TransportCounters {
+    /// Writes `mesh_staged`, `mesh_shed`, `send_batches` and `send_batched`.
+    fn fill(&self, snapshot: &mut CoreSnapshot);
+}
+
 /// Cross-core messages the mesh did not stage, by class (the
 /// `chat_mesh_shed_total` series; the rules are in `runtime/mesh.rs`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -57,7 +57,7 @@ use crate::config::Settings;
 use crate::dedupe::{Dedupe, DEDUPE_WINDOW};
 use crate::events::BackendEvent;
 use crate::history::{History, MemoryHistory};
-use crate::metrics::{CloseReason, CoreSnapshot};
+use crate::metrics::{CloseReason, CoreSnapshot, TransportCounters};
 use crate::moderation::{AuditAction, AuditSink, MemoryAudit, Moderator};
 use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ErrorCode, MessageId};
@@ -289,6 +289,9 @@ pub struct Hub {
     /// This core's batched sender (`BATCHED_SENDS`), handed to every new
     /// connection; None: each driver sends its own queue.
     flush: Option<Rc<dyn Flush>>,
+    /// The runtime's mesh and sender counters, read when a metrics query
+    /// is answered; None (tests): they stay 0.
+    transport: Option<Rc<dyn TransportCounters>>,
     /// The last `memberCount` this core sent for each room with local
     /// members (repeated joins are answered from it); bounded like `local`,
     /// removed with the room's last local member.
@@ -335,6 +338,7 @@ impl Hub {
             metrics: CoreSnapshot::default(),
             broker: Box::new(MemoryBroker),
             flush: None,
+            transport: None,
             room_counts: HashMap::new(),
             typing: KeyedThrottle::new(settings.typing_frames_per_sec as u32, TYPING_KEYS_PER_CORE),
             rate_log: LogSampler::new(
@@ -350,6 +354,11 @@ impl Hub {
     /// `flush` (the runtime's batched sender).
     pub fn set_flush(&mut self, flush: Rc<dyn Flush>) {
         self.flush = Some(flush);
+    }
+
+    /// Reads the runtime's transport counters into each metrics answer.
+    pub fn set_transport(&mut self, transport: Rc<dyn TransportCounters>) {
+        self.transport = Some(transport);
     }
 
     /// What this core's last calls asked of the runtime; drain it after
@@ -442,6 +451,9 @@ impl Hub {
             Query::Metrics => {
                 let mut snapshot = self.metrics.clone();
                 snapshot.connections = self.clients.len() as u64;
+                if let Some(transport) = &self.transport {
+                    transport.fill(&mut snapshot);
+                }
                 Answer::Metrics(Box::new(snapshot))
             }
             Query::RoomOnline(room) => {

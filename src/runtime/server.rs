@@ -27,6 +27,7 @@ use crate::events::{self, EventQueue, EventSender};
 use crate::health::BackendHealth;
 use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
 use crate::hub::{Hub, AUDIT_MEMORY};
+use crate::metrics::{CoreSnapshot, TransportCounters};
 use crate::moderation::{MemoryAudit, Moderator};
 use crate::pg::audit::PgAudit;
 use crate::pg::history::PgHistory;
@@ -144,16 +145,9 @@ impl CoreCtx {
     /// Runs one hub call, then carries out what it asked: its mesh messages
     /// are sent in order (FIFO per peer, as the hub wrote them). Every
     /// runtime call into the hub goes through here, so the outbox is empty
-    /// between calls. The transport counters the hub reports in `/metrics`
-    /// are refreshed first.
+    /// between calls.
     pub fn with_hub<R>(self: &Rc<Self>, f: impl FnOnce(&mut Hub) -> R) -> R {
         let mut hub = self.hub.borrow_mut();
-        hub.metrics.mesh_staged = self.router.staged_total();
-        hub.metrics.mesh_shed = self.router.shed();
-        if let Some(writer) = &self.writer {
-            hub.metrics.send_batches = writer.batches();
-            hub.metrics.send_batched = writer.sends();
-        }
         let result = f(&mut hub);
         self.carry_out(hub);
         result
@@ -172,6 +166,25 @@ impl CoreCtx {
         if !self.shutdown.is_triggered() {
             self.shutdown.trigger();
             self.with_hub(|hub| hub.close_all(1001, crate::metrics::CloseReason::Shutdown));
+        }
+    }
+}
+
+/// The mesh and sender counters of one core, as `/metrics` reads them.
+struct Transport {
+    /// Staged and shed cross-core messages.
+    router: Rc<Router>,
+    /// Batches and sends of the batched sender; None with BATCHED_SENDS=false.
+    writer: Option<Rc<BatchSender>>,
+}
+
+impl TransportCounters for Transport {
+    fn fill(&self, snapshot: &mut CoreSnapshot) {
+        snapshot.mesh_staged = self.router.staged_total();
+        snapshot.mesh_shed = self.router.shed();
+        if let Some(writer) = &self.writer {
+            snapshot.send_batches = writer.batches();
+            snapshot.send_batched = writer.sends();
         }
     }
 }
@@ -403,6 +416,10 @@ async fn core_main(
         hub.set_flush(writer.clone());
         glommio::spawn_local(writer.clone().run()).detach();
     }
+    hub.set_transport(Rc::new(Transport {
+        router: router.clone(),
+        writer: writer.clone(),
+    }));
     let ctx = Rc::new(CoreCtx {
         hub: RefCell::new(hub),
         router: router.clone(),

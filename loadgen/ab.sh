@@ -21,35 +21,13 @@ mkdir -p "$out"
 cargo build --release -q -p loadgen
 lg=target/release/loadgen
 
-pid=""
-addr=""
-start_server() {
-    local bin=$1 log="$out/server.log"
-    env JWT_SECRET=budget PORT=0 HOST=127.0.0.1 RATE_LIMIT_MAX_MESSAGES=1000000000 LOG_LEVEL=warn \
-        "$bin" >"$log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do
-        grep -q "listening on" "$log" && break
-        sleep 0.1
-    done
-    addr=$(sed -n 's/^chatd listening on //p' "$log")
-    [ -n "$addr" ] || { cat "$log"; exit 1; }
-}
-stop_server() {
-    kill -TERM "$pid"
-    wait "$pid" || true
-}
+secret=budget
+. loadgen/servers.sh
 run() {
     local name=$1
     shift
     echo "== $name: loadgen $*" >>"$out/commands.txt"
     "$lg" "$@" --json >"$out/$name.json" 2>"$out/$name.progress"
-}
-wait_timewait() {
-    for _ in $(seq 1 90); do
-        [ "$(ss -tan state time-wait | wc -l)" -lt 1000 ] && return
-        sleep 1
-    done
 }
 
 {

@@ -14,24 +14,8 @@ mkdir -p "$out"
 cargo build --release -p chatd -p loadgen >/dev/null
 lg=target/release/loadgen
 
-pid=""
-addr=""
-start_server() {
-    local log="$out/server.log"
-    env JWT_SECRET=budget PORT=0 HOST=127.0.0.1 CORES=2 RATE_LIMIT_MAX_MESSAGES=1000000000 \
-        LOG_LEVEL=warn "$@" target/release/chatd >"$log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do
-        grep -q "listening on" "$log" && break
-        sleep 0.1
-    done
-    addr=$(sed -n 's/^chatd listening on //p' "$log")
-    [ -n "$addr" ] || { cat "$log"; exit 1; }
-}
-stop_server() {
-    kill -TERM "$pid"
-    wait "$pid" || true
-}
+secret=budget
+. loadgen/servers.sh
 run() {
     local name=$1
     shift
@@ -92,12 +76,12 @@ for round in $(seq 1 "$rounds"); do
         python3 -c "import json;r=json.load(open('$out/r$round-paced-5000-r$rate.json'));print('   %.3f us sender CPU per send, %.0f sends/s' % (r['cpu_us_per_send'], r['sends_per_s']))" | tee -a "$out/summary.txt"
     done
     for batched in true false; do
-        start_server BATCHED_SENDS=$batched
+        start_server target/release/chatd CORES=2 BATCHED_SENDS=$batched
         url="ws://$addr/ws"
         run "r$round-burst-5000-batched-$batched" burst --url "$url" --secret budget --members 5000 --window 64 \
             --duration 10 --warmup 2 --server-pid "$pid"
         stop_server
-        start_server BATCHED_SENDS=$batched
+        start_server target/release/chatd CORES=2 BATCHED_SENDS=$batched
         url="ws://$addr/ws"
         for rate in 4 8 16 32; do
             run "r$round-fanout-100x50-r$rate-batched-$batched" fanout --url "$url" --secret budget --rooms 100 \
@@ -112,29 +96,17 @@ done
 # rising rates, a fresh server per rate, up to where the load generator can
 # no longer deliver what it offers.
 for rate in 8 12 16 20 24 28 32 64 200 400; do
-    start_server
+    start_server target/release/chatd CORES=2
     url="ws://$addr/ws"
     run "sweep-fanout-100x50-r$rate" fanout --url "$url" --secret budget --rooms 100 --members 50 --senders 1 \
         --msg-rate "$rate" --duration 10 --warmup 2 --processes 2 --server-pid "$pid"
     stop_server
 done
 
-# Connections closed by the runs above sit in TIME_WAIT for 60 s (the server
-# closes first, as RFC 6455 asks). The 15,000 left by one connect run cut the
-# next run's rate by 11-25% (12,713 / 11,908 / 13,588 connections/s after
-# they expired, 11,354 / 9,779 / 10,192 straight after; BENCHMARKS.md), so
-# the connection items start once they are gone.
-wait_timewait() {
-    for _ in $(seq 1 90); do
-        [ "$(ss -tan state time-wait | wc -l)" -lt 1000 ] && return
-        sleep 1
-    done
-    echo "   (still $(ss -tan state time-wait | wc -l) TIME_WAIT sockets after 90 s; measuring anyway)" |
-        tee -a "$out/summary.txt"
-}
-
+# The connection items start once the previous runs' TIME_WAIT sockets are
+# gone (see wait_timewait in servers.sh).
 wait_timewait
-start_server
+start_server target/release/chatd CORES=2
 url="ws://$addr/ws"
 run idle-19000 connect --url "$url" --secret budget --connections 19000 --rate 5000 --room-size 1 --hold 35 \
     --processes 2 --server-pid "$pid"
@@ -143,7 +115,7 @@ stop_server
 # Item 4: offered above the target, so the figure is the rate reached.
 for attempt in 1 2 3; do
     wait_timewait
-    start_server
+    start_server target/release/chatd CORES=2
     url="ws://$addr/ws"
     run "connect-15000-$attempt" connect --url "$url" --secret budget --connections 15000 --rate 15000 \
         --room-size 1 --hold 1 --processes 2 --server-pid "$pid"

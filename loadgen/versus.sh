@@ -26,24 +26,8 @@ mkdir -p "$out"
 rm -f "$out"/r*-*.json
 lg=target/release/loadgen
 
-pid=""
-addr=""
-start_server() {
-    local bin=$1 log="$out/server.log"
-    env JWT_SECRET=versus PORT=0 HOST=127.0.0.1 RATE_LIMIT_MAX_MESSAGES=1000000000 LOG_LEVEL=warn \
-        "$bin" >"$log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do
-        grep -q "listening on" "$log" && break
-        sleep 0.1
-    done
-    addr=$(sed -n 's/^chatd listening on //p' "$log")
-    [ -n "$addr" ] || { cat "$log"; exit 1; }
-}
-stop_server() {
-    kill -TERM "$pid"
-    wait "$pid" || true
-}
+secret=versus
+. loadgen/servers.sh
 # One scenario against a fresh server: run NAME LOADGEN_ARGS...
 run() {
     local name=$1 bin=$2
@@ -53,13 +37,6 @@ run() {
     "$lg" "$@" --url "ws://$addr/ws" --secret versus --server-pid "$pid" --json \
         >"$out/$name.json" 2>"$out/$name.progress"
     stop_server
-}
-# 15,000 closed connections leave as many sockets in TIME_WAIT for a minute.
-wait_timewait() {
-    for _ in $(seq 1 90); do
-        [ "$(ss -tan state time-wait | wc -l)" -lt 1000 ] && return
-        sleep 1
-    done
 }
 
 {

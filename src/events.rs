@@ -231,14 +231,19 @@ mod tests {
                 tx.broker(Event::EchoesLost).await;
             }
         });
-        let sender = tx.clone();
-        let waiting = std::thread::spawn(move || runtime().block_on(sender.broker(Event::Resync)));
-        // The sender cannot finish until a place is returned.
+        use std::future::Future as _;
+        // Polled by hand: the send must wait while the Redis share is full,
+        // and finish once the core has taken one event.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut send = std::pin::pin!(tx.broker(Event::Resync));
+        assert!(send.as_mut().poll(&mut cx).is_pending());
+        assert!(send.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(rx.len(), BROKER_EVENTS);
         assert!(matches!(
             rx.try_recv(),
             Some(BackendEvent::Broker(Event::EchoesLost))
         ));
-        waiting.join().unwrap();
+        assert!(send.as_mut().poll(&mut cx).is_ready());
         assert_eq!(rx.len(), BROKER_EVENTS);
         let mut last = None;
         while let Some(event) = rx.try_recv() {

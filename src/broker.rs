@@ -264,24 +264,31 @@ pub fn local_id(generated: Ulid, last: Option<Ulid>) -> Ulid {
     }
 }
 
+/// A plain message of ann's in room `r`, handed over at `now` (tests of the
+/// brokers).
+#[cfg(test)]
+pub(crate) fn test_inflight(now: Instant) -> Inflight {
+    Inflight {
+        room: Arc::from("r"),
+        user: Identity {
+            user_id: Arc::from("ann"),
+            username: Arc::from("Ann"),
+        },
+        content: "hi".into(),
+        masked: false,
+        client_msg_id: None,
+        conn: ConnId::new(0, 1),
+        received_at: now,
+        sent_at: now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn inflight() -> Inflight {
-        Inflight {
-            room: Arc::from("r"),
-            user: Identity {
-                user_id: Arc::from("ann"),
-                username: Arc::from("Ann"),
-            },
-            content: "hi".into(),
-            masked: false,
-            client_msg_id: None,
-            conn: ConnId::new(0, 1),
-            received_at: Instant::now(),
-            sent_at: Instant::now(),
-        }
+        test_inflight(Instant::now())
     }
 
     #[test]

@@ -548,24 +548,11 @@ pub fn ws_payload(frame: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Identity;
     use crate::health::{BackendHealth, State};
     use crate::shard::ConnId;
 
     fn inflight(now: Instant) -> Inflight {
-        Inflight {
-            room: Arc::from("r"),
-            user: Identity {
-                user_id: Arc::from("ann"),
-                username: Arc::from("Ann"),
-            },
-            content: "hi".into(),
-            masked: false,
-            client_msg_id: None,
-            conn: ConnId::new(0, 1),
-            received_at: now,
-            sent_at: now,
-        }
+        crate::broker::test_inflight(now)
     }
 
     #[test]

@@ -16,6 +16,13 @@
 //! which is the one way a duplicate can get through, and only under more distinct sends per
 //! window than the store was sized for. Entries are ordered in a FIFO by the time their window
 //! starts, so [`Dedupe::sweep`] and eviction take the oldest first in O(1) amortised.
+//!
+//! A user's entries can move to another core's store with the user's rate-limit log
+//! (`crate::lease`): [`Dedupe::take_user`] removes them (an index by user finds them without a
+//! scan) and [`Dedupe::put_user`] adds them with their window starts unchanged. Moved-in entries
+//! join the back of the FIFO although they may be older than entries ahead of them; a lookup
+//! checks each entry's own window, so this only delays their reclaim by the sweep, by at most one
+//! window.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -95,6 +102,9 @@ pub struct Dedupe<W> {
     fifo: VecDeque<(Arc<str>, u64)>,
     /// Next sequence number to hand out.
     next_seq: u64,
+    /// The keys of each user's live entries: what [`Dedupe::take_user`] moves without scanning
+    /// every entry. Kept in step with `entries` (a key is listed once while it is live).
+    by_user: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Scratch buffer for encoding lookup keys, reused so lookups do not allocate.
     key_buf: String,
     /// Entries dropped at the capacity bound before their window ended.
@@ -110,6 +120,7 @@ impl<W> Dedupe<W> {
             capacity: capacity.max(1),
             entries: HashMap::new(),
             fifo: VecDeque::new(),
+            by_user: HashMap::new(),
             next_seq: 0,
             key_buf: String::new(),
             forgotten_early: 0,
@@ -145,6 +156,7 @@ impl<W> Dedupe<W> {
                             waiters: Vec::new(),
                         },
                         now,
+                        false,
                     );
                     return Begin::New;
                 }
@@ -157,6 +169,7 @@ impl<W> Dedupe<W> {
                 waiters: Vec::new(),
             },
             now,
+            true,
         );
         Begin::New
     }
@@ -196,12 +209,12 @@ impl<W> Dedupe<W> {
                     unreachable!("matched pending above");
                 };
                 // Re-queued under the completion time: the window runs from acceptance.
-                self.insert(key, done, now);
+                self.insert(key, done, now, false);
                 waiters
             }
             None => {
                 let key: Arc<str> = Arc::from(self.key_buf.as_str());
-                self.insert(key, done, now);
+                self.insert(key, done, now, true);
                 Vec::new()
             }
         }
@@ -222,11 +235,17 @@ impl<W> Dedupe<W> {
             return Vec::new();
         }
         // Its FIFO entry becomes stale and is skipped later.
-        match self.entries.remove(self.key_buf.as_str()) {
-            Some(Entry {
-                state: State::Pending { waiters },
-                ..
-            }) => waiters,
+        match self.entries.remove_entry(self.key_buf.as_str()) {
+            Some((
+                key,
+                Entry {
+                    state: State::Pending { waiters },
+                    ..
+                },
+            )) => {
+                self.unindex(&key);
+                waiters
+            }
             _ => Vec::new(),
         }
     }
@@ -243,7 +262,9 @@ impl<W> Dedupe<W> {
                         // The FIFO is in window-start order: everything behind is younger.
                         break;
                     }
-                    self.entries.remove(key);
+                    let key = Arc::clone(key);
+                    self.entries.remove(&key);
+                    self.unindex(&key);
                     dropped += 1;
                 }
                 _ => {} // stale
@@ -279,9 +300,35 @@ impl<W> Dedupe<W> {
         key
     }
 
+    /// Removes every entry of `user` (pending ones with their waiters) for
+    /// [`Dedupe::put_user`] on another core's store.
+    pub fn take_user(&mut self, user: &str) -> UserWindow<W> {
+        let keys = self.by_user.remove(user).unwrap_or_default();
+        let mut moved = Vec::with_capacity(keys.len());
+        for key in keys {
+            // Its FIFO entry becomes stale and is skipped later.
+            if let Some(entry) = self.entries.remove(&key) {
+                moved.push((key, entry.state, entry.since));
+            }
+        }
+        UserWindow(moved)
+    }
+
+    /// Adds a user's entries taken from another store, each with its own window start. A key
+    /// already here (it cannot be: one store holds a user at a time) keeps its entry.
+    pub fn put_user(&mut self, window: UserWindow<W>) {
+        for (key, state, since) in window.0 {
+            if self.entries.contains_key(&key) {
+                continue;
+            }
+            self.insert(key, state, since, true);
+        }
+    }
+
     /// Inserts (or replaces) `key` with a fresh FIFO position stamped `now`, evicting the oldest
-    /// entry first if a new key would exceed the capacity.
-    fn insert(&mut self, key: Arc<str>, state: State<W>, now: Instant) {
+    /// entry first if a new key would exceed the capacity. `fresh`: the key is not in the user
+    /// index yet (a re-insert of a key just removed from `entries` keeps its index entry).
+    fn insert(&mut self, key: Arc<str>, state: State<W>, now: Instant, fresh: bool) {
         if !self.entries.contains_key(&key) {
             while self.entries.len() >= self.capacity {
                 if !self.evict_oldest() {
@@ -291,6 +338,10 @@ impl<W> Dedupe<W> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if fresh {
+            let user: Arc<str> = Arc::from(user_of(&key));
+            self.by_user.entry(user).or_default().push(Arc::clone(&key));
+        }
         self.fifo.push_back((Arc::clone(&key), seq));
         self.entries.insert(
             key,
@@ -307,17 +358,58 @@ impl<W> Dedupe<W> {
         }
     }
 
+    /// Drops `key` from its user's index (the entry itself is already gone).
+    fn unindex(&mut self, key: &Arc<str>) {
+        let user = user_of(key);
+        if let Some(keys) = self.by_user.get_mut(user) {
+            if let Some(i) = keys.iter().position(|k| k == key) {
+                keys.swap_remove(i);
+            }
+            if keys.is_empty() {
+                self.by_user.remove(user);
+            }
+        }
+    }
+
     /// Forgets the oldest live entry (skipping stale FIFO entries); false if there is none.
     fn evict_oldest(&mut self) -> bool {
         while let Some((key, seq)) = self.fifo.pop_front() {
             if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
                 self.entries.remove(&key);
+                self.unindex(&key);
                 self.forgotten_early += 1;
                 return true;
             }
         }
         false
     }
+}
+
+/// One user's entries on their way between two stores (see the module doc).
+#[derive(Debug)]
+pub struct UserWindow<W>(Vec<(Arc<str>, State<W>, Instant)>);
+
+impl<W> UserWindow<W> {
+    /// How many entries move.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the user had no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The user part of a key made by [`encode_key`].
+fn user_of(key: &str) -> &str {
+    let (len, rest) = key
+        .split_once(':')
+        .expect("encoded keys have a length prefix");
+    let len: usize = len
+        .parse()
+        .expect("encoded keys have a numeric length prefix");
+    &rest[..len]
 }
 
 /// Whether a window that started at `since` has ended at `now`.
@@ -346,6 +438,47 @@ mod tests {
 
     fn room(name: &str) -> Arc<str> {
         Arc::from(name)
+    }
+
+    #[test]
+    fn a_users_window_moves_whole_and_keeps_its_window_starts() {
+        let t0 = Instant::now();
+        let mut a: Dedupe<u32> = Dedupe::new(DEDUPE_WINDOW, 100);
+        let mut b: Dedupe<u32> = Dedupe::new(DEDUPE_WINDOW, 100);
+        let id = Ulid::from_parts(7, 0);
+        a.begin("ann", "done", 1, t0);
+        a.complete("ann", "done", id, room("r"), t0);
+        a.begin("ann", "pending", 1, t0 + secs(1));
+        assert_eq!(a.begin("ann", "pending", 2, t0 + secs(1)), Begin::Waiting);
+        a.begin("bob", "his", 3, t0);
+        let moved = a.take_user("ann");
+        assert_eq!(moved.len(), 2);
+        assert_eq!(a.len(), 1, "bob's entry stays");
+        assert_eq!(
+            a.begin("ann", "done", 4, t0 + secs(2)),
+            Begin::New,
+            "gone here"
+        );
+        b.put_user(moved);
+        assert_eq!(
+            b.begin("ann", "done", 5, t0 + secs(2)),
+            Begin::Duplicate {
+                message_id: id,
+                room_id: room("r")
+            }
+        );
+        // The pending entry kept its waiter.
+        assert_eq!(
+            b.complete("ann", "pending", id, room("r"), t0 + secs(3)),
+            vec![2]
+        );
+        // The window still runs from the original completion at t0.
+        assert_eq!(b.begin("ann", "done", 6, t0 + DEDUPE_WINDOW), Begin::New);
+        assert!(b.take_user("nobody").is_empty());
+        // The index follows aborts and sweeps: nothing stale moves.
+        b.abort("ann", "done");
+        b.sweep(t0 + secs(3) + DEDUPE_WINDOW);
+        assert!(b.take_user("ann").is_empty());
     }
 
     #[test]

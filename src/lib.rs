@@ -24,9 +24,12 @@
 //!  hub/ (one core's state machine, time passed in)            hub/mod.rs
 //!    a connection's frames: parse (protocol.rs), budgets
 //!      (ratelimit.rs), length and room checks                  hub/session.rs
-//!    message -> user's owner core: dedupe (dedupe.rs),
-//!      rate limit (ratelimit.rs), presence counts              hub/user_owner.rs
-//!    -> room's owner core: moderation on folded text          hub/room_owner.rs,
+//!    message -> rate limit (ratelimit.rs) on the core holding
+//!      the user's log: its owner, or the one core with all of
+//!      the user's connections under a lease (lease.rs);
+//!      presence counts at the user's owner                     hub/user_owner.rs
+//!    -> room's owner core: dedupe (dedupe.rs),
+//!      moderation on folded text                               hub/room_owner.rs,
 //!      (moderation.rs, moderation/normalize.rs), id from the     moderation.rs
 //!      broker, history, encode once, fan-out:
 //!        local members + one copy per other core with members
@@ -78,6 +81,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod lanes;
+pub mod lease;
 pub mod metrics;
 pub mod moderation;
 pub mod openapi;

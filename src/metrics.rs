@@ -188,6 +188,12 @@ pub struct CoreSnapshot {
     pub presence_online: u64,
     /// See `presence_online`.
     pub presence_offline: u64,
+    /// Rate-limit logs lent by this core (as users' owner) to the core
+    /// holding all of a user's connections (`crate::lease`).
+    pub leases_granted: u64,
+    /// Messages this core sent to their user's owner to be counted (it
+    /// did not hold the user's log): the cross-core hop the lease saves.
+    pub publish_forwarded: u64,
     /// Error frames sent, by code.
     pub errors: HashMap<ErrorCode, u64>,
     /// Messages accepted per room owned by this core (at most
@@ -226,6 +232,8 @@ impl Default for CoreSnapshot {
             typing_throttled: 0,
             presence_online: 0,
             presence_offline: 0,
+            leases_granted: 0,
+            publish_forwarded: 0,
             errors: HashMap::new(),
             room_messages: HashMap::new(),
             room_messages_overflow: 0,
@@ -292,6 +300,8 @@ impl CoreSnapshot {
         self.typing_throttled += other.typing_throttled;
         self.presence_online += other.presence_online;
         self.presence_offline += other.presence_offline;
+        self.leases_granted += other.leases_granted;
+        self.publish_forwarded += other.publish_forwarded;
         for (k, v) in &other.errors {
             *self.errors.entry(*k).or_insert(0) += v;
         }
@@ -405,6 +415,24 @@ impl CoreSnapshot {
             out,
             "chat_presence_updates_total{{status=\"offline\"}} {}",
             self.presence_offline
+        );
+        header(
+            &mut out,
+            "chat_rate_limit_leases_total",
+            "Rate-limit logs lent to the core holding all of a user's connections.",
+            "counter",
+        );
+        let _ = writeln!(out, "chat_rate_limit_leases_total {}", self.leases_granted);
+        header(
+            &mut out,
+            "chat_publish_forwarded_total",
+            "Messages sent to their user's owner core to be counted (no lease held).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "chat_publish_forwarded_total {}",
+            self.publish_forwarded
         );
         header(
             &mut out,

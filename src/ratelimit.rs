@@ -145,6 +145,27 @@ impl RateLimiter {
         before - self.logs.len()
     }
 
+    /// Removes `user`'s log and returns its times, oldest first: the log
+    /// moves to another core's limiter (`crate::lease`), never copied, so
+    /// the user's limit stays exact.
+    pub fn take_log(&mut self, user: &str) -> Vec<Instant> {
+        self.logs.remove(user).map(Vec::from).unwrap_or_default()
+    }
+
+    /// Installs a log taken from another core's limiter with
+    /// [`RateLimiter::take_log`], replacing any log `user` had here.
+    pub fn put_log(&mut self, user: &str, log: Vec<Instant>) {
+        if log.is_empty() {
+            self.logs.remove(user);
+            return;
+        }
+        let mut log = VecDeque::from(log);
+        while log.len() > self.max as usize {
+            log.pop_front();
+        }
+        self.logs.insert(user.into(), log);
+    }
+
     /// Number of users currently holding a log.
     pub fn tracked_users(&self) -> usize {
         self.logs.len()
@@ -463,6 +484,33 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_moved_log_keeps_counting_where_it_left_off() {
+        let t0 = Instant::now();
+        let mut owner = RateLimiter::new(3, WINDOW);
+        let mut member = RateLimiter::new(3, WINDOW);
+        owner.check_and_record("ann", t0);
+        owner.check_and_record("ann", t0 + ms(10));
+        member.put_log("ann", owner.take_log("ann"));
+        assert_eq!(owner.tracked_users(), 0, "moved, not copied");
+        assert_eq!(
+            member.check_and_record("ann", t0 + ms(20)),
+            Decision::Allowed { remaining: 0 }
+        );
+        assert_eq!(
+            member.check_and_record("ann", t0 + ms(30)),
+            Decision::Limited {
+                retry_after: WINDOW - ms(30)
+            }
+        );
+        owner.put_log("ann", member.take_log("ann"));
+        assert!(!owner.is_allowed("ann", t0 + ms(40)));
+        assert!(owner.is_allowed("ann", t0 + WINDOW));
+        // An empty log installs nothing.
+        owner.put_log("bob", Vec::new());
+        assert_eq!(owner.tracked_users(), 1);
     }
 
     #[test]

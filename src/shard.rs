@@ -21,6 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::Identity;
+use crate::dedupe::UserWindow;
 use crate::metrics::{CloseReason, CoreSnapshot};
 use crate::protocol::MessageId;
 
@@ -200,12 +201,34 @@ pub enum ShardMsg {
     Joined(Box<JoinAnswer>),
     /// To a room's owner: a member on the sending core left (or closed).
     Leave { room: Arc<str>, user: Arc<str> },
-    /// To the user's owner: rate limit and dedupe a message.
+    /// To the user's owner: count a message against the user's rate limit
+    /// (the sending core does not hold the user's log).
     Publish(Box<Publish>),
-    /// To the room's owner: moderate, order, store and fan out a message.
+    /// To the room's owner: dedupe, moderate, order, store and fan out a
+    /// message.
     Sequence(Box<Publish>),
-    /// From the room's owner to the user's owner: the outcome of a publish
-    /// that carried a `clientMsgId` (None: refused, forget it).
+    /// From the user's owner: this core holds all of the user's
+    /// connections; here is the user's rate-limit log (`crate::lease`).
+    LeaseGrant {
+        user: Arc<str>,
+        log: Vec<Instant>,
+        window: UserWindow<ConnId>,
+    },
+    /// From the user's owner: keep forwarding the user's messages to it.
+    LeaseDenied { user: Arc<str> },
+    /// From the user's owner: send the user's log back.
+    LeaseRevoke { user: Arc<str> },
+    /// To the user's owner: the user's log, back from its lease.
+    LeaseReturn {
+        user: Arc<str>,
+        log: Vec<Instant>,
+        window: UserWindow<ConnId>,
+    },
+    /// From a room's owner, to the core that holds the user's `clientMsgId`
+    /// window (tried first on the sending connection's core, which holds
+    /// it under a lease; otherwise passed on towards the holder): how a
+    /// publish that carried a `clientMsgId` ended (None: refused, forget
+    /// it).
     Published {
         user: Arc<str>,
         client_msg_id: Box<str>,

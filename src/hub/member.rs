@@ -66,7 +66,7 @@ impl Hub {
                 joined.push(room);
             }
         }
-        self.user_offline(user, joined, now);
+        self.user_offline(user, joined, self.core, now);
     }
 
     /// Joins `client` to `room`, or answers a repeated join again.

@@ -12,9 +12,11 @@
 //!   message once as a complete WebSocket frame, delivers it to local
 //!   members and sends one copy to each other core with members. Counts
 //!   the room's users across cores for `memberCount` and presence.
-//! - **User owner** (`shard_for(user)`): the user's rate limit, dedupe
-//!   window and live connection count (online on the first, offline after
-//!   the last).
+//! - **User owner** (`shard_for(user)`): the user's rate limit (lent to
+//!   the one core holding all of the user's connections when there is one:
+//!   `crate::lease`) and live connection count (online on the first,
+//!   offline after the last). The user's `clientMsgId` window moves with
+//!   the log.
 //! - **Member core**: where a connection runs. Keeps the local member list of
 //!   every room it has members in and hands frames to their outbound queues.
 //!
@@ -57,13 +59,14 @@ use crate::config::Settings;
 use crate::dedupe::{Dedupe, DEDUPE_WINDOW};
 use crate::events::BackendEvent;
 use crate::history::{History, MemoryHistory};
+use crate::lease::{LocalLease, Placement};
 use crate::metrics::{CloseReason, CoreSnapshot, TransportCounters};
 use crate::moderation::{AuditAction, AuditSink, MemoryAudit, Moderator};
 use crate::presence::{MemoryPresence, PresenceStore, Status};
 use crate::protocol::{self, ErrorCode, MessageId};
 use crate::ratelimit::{BudgetRates, KeyedThrottle, LogSampler, RateLimiter, LOG_SAMPLER_USERS};
 use crate::redis::worker::Event;
-use crate::shard::{shard_for, Answer, ConnId, FrameKind, Query, ShardMsg};
+use crate::shard::{shard_for, Answer, ConnId, FrameKind, Publish, Query, ShardMsg};
 use crate::ws;
 
 #[cfg(test)]
@@ -251,10 +254,21 @@ pub struct Hub {
     clients: HashMap<ConnId, Rc<Client>>,
     /// Presence of the users this core owns.
     presence: Box<dyn PresenceStore>,
-    /// Per-user message limit for users this core owns.
+    /// Per-user message logs: of the users this core owns whose log is at
+    /// home, and of the users whose log this core holds under a lease.
     limiter: RateLimiter,
-    /// `clientMsgId` window for users this core owns; waiters are connections
-    /// that sent a duplicate while the first send was in flight.
+    /// User owner: where the log of each owned user with live connections
+    /// (or a log away) is, and the messages waiting for it to come home.
+    /// Bounded by the owned users with connections; removed when idle.
+    placements: HashMap<Arc<str>, Placement<Box<Publish>>>,
+    /// Member core: the lease state of each user with connections here
+    /// whom another core owns (forwarding, awaiting an answer, holding
+    /// the log). Removed with the user's last connection here.
+    leases: HashMap<Arc<str>, LocalLease<Box<Publish>>>,
+    /// `clientMsgId` window of the users whose log this core holds (owned
+    /// and at home, or leased here): it moves with the log. Waiters are
+    /// connections that sent a duplicate while the first send was in
+    /// flight.
     dedupe: Dedupe<ConnId>,
     /// Message ids: monotonic on this core, hence per room.
     ids: ulid::Generator,
@@ -326,6 +340,8 @@ impl Hub {
                 settings.rate_limit_max_messages as u32,
                 settings.rate_limit_window(),
             ),
+            placements: HashMap::new(),
+            leases: HashMap::new(),
             dedupe: Dedupe::new(DEDUPE_WINDOW, DEDUPE_CAPACITY / cores),
             ids: ulid::Generator::new(),
             history: Box::new(Hub::memory_history(settings, cores)),
@@ -592,11 +608,19 @@ impl Hub {
             ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
             ShardMsg::Publish(p) => self.publish_user_owner(p, now, wall),
             ShardMsg::Sequence(p) => self.accept_at_owner(*p, now, wall),
+            ShardMsg::LeaseGrant { user, log, window } => {
+                self.lease_granted(user, log, window, now, wall)
+            }
+            ShardMsg::LeaseDenied { user } => self.lease_denied(user),
+            ShardMsg::LeaseRevoke { user } => self.lease_revoked(user),
+            ShardMsg::LeaseReturn { user, log, window } => {
+                self.lease_returned(user, log, window, now, wall)
+            }
             ShardMsg::Published {
                 user,
                 client_msg_id,
                 outcome,
-            } => self.published(user, client_msg_id, outcome, now),
+            } => self.on_published(user, client_msg_id, outcome, now),
             ShardMsg::Relay {
                 room,
                 frame,
@@ -619,7 +643,7 @@ impl Hub {
                 frame,
                 exclude,
             } => self.typing_owner(room, user, frame, exclude, now),
-            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, now),
+            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, from, now),
             ShardMsg::Query { req, query } => self.answer_query(from, req, query, now),
             ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
             ShardMsg::Adopt(_) | ShardMsg::Shutdown => {

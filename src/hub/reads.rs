@@ -122,7 +122,7 @@ impl Hub {
         self.metrics.message(Outcome::Unavailable);
         self.error_to(conn, ErrorCode::Unavailable, UNAVAILABLE_TEXT, None, now);
         if let Some(cmid) = client_msg_id {
-            self.published(user, cmid, None, now);
+            self.published(user, cmid, None, conn, now);
         }
     }
 

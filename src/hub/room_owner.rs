@@ -175,7 +175,7 @@ impl Hub {
                 let text = format!("message refused by moderation: {reason}");
                 self.error_to(conn, ErrorCode::MessageBlocked, &text, None, now);
                 if let Some(cmid) = client_msg_id {
-                    self.published(user.user_id, cmid, None, now);
+                    self.published(user.user_id, cmid, None, conn, now);
                 }
                 return;
             }
@@ -246,7 +246,7 @@ impl Hub {
                     "the message could not be accepted: the Redis queue is full; retry later";
                 self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
                 if let Some(cmid) = msg.client_msg_id {
-                    self.published(msg.user.user_id, cmid, None, now);
+                    self.published(msg.user.user_id, cmid, None, msg.conn, now);
                 }
             }
         }
@@ -295,7 +295,7 @@ impl Hub {
         {
             let ack = protocol::encode_ack(&cmid, id, &room);
             self.send_to_conn(conn, Bytes::from(ws::encode_text(&ack)), now);
-            self.published(message.user_id, cmid, Some((id, room)), now);
+            self.published(message.user_id, cmid, Some((id, room)), conn, now);
         }
     }
 
@@ -451,7 +451,7 @@ impl Hub {
                 let text = "the message could not be confirmed by Redis in time and was not accepted; retry";
                 self.error_to(msg.conn, ErrorCode::Unavailable, text, None, now);
                 if let Some(cmid) = msg.client_msg_id {
-                    self.published(msg.user.user_id, cmid, None, now);
+                    self.published(msg.user.user_id, cmid, None, msg.conn, now);
                 }
             }
         }

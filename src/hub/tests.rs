@@ -276,6 +276,141 @@ fn the_message_limit_counts_a_users_sends_at_the_owner_core_from_every_core() {
     );
 }
 
+#[test]
+fn a_user_alone_on_a_core_is_counted_there_and_publishes_without_a_hop() {
+    let mut w = World::new(2, &[]);
+    let room = owned_by(1, 2, "room");
+    let ann = owned_by(0, 2, "ann"); // owned by core 0, connected on core 1
+    let bob = owned_by(1, 2, "bob");
+    let bob = w.open(1, &bob, &room, None);
+    let a1 = w.open(1, &ann, &room, None);
+    // Sent before the owner's answer: held back, then counted on core 1.
+    w.say(&a1, &room, "early-1");
+    w.say(&a1, &room, "early-2");
+    w.pump();
+    assert_eq!(w.hubs[0].metrics.leases_granted, 1);
+    for i in 0..5 {
+        w.say(&a1, &room, &format!("m{i}"));
+        assert!(
+            w.hubs[1].outbox_mut().is_empty(),
+            "rate limit, dedupe and fan-out all ran on core 1"
+        );
+    }
+    assert_eq!(
+        contents(&frames(&bob, w.now)),
+        ["early-1", "early-2", "m0", "m1", "m2", "m3", "m4"]
+    );
+    assert_eq!(w.hubs[1].metrics.publish_forwarded, 0);
+}
+
+#[test]
+fn the_limit_stays_exact_while_the_log_moves_between_cores() {
+    let mut w = World::new(2, &[]);
+    let room = owned_by(1, 2, "room");
+    let home = owned_by(0, 2, "home");
+    let ann = owned_by(0, 2, "ann");
+    let bob = w.open(1, "bob", &room, None);
+    let a1 = w.open(1, &ann, &room, None);
+    w.pump();
+    for i in 0..20 {
+        w.say(&a1, &room, &format!("lease-{i}"));
+    }
+    // A second connection on the owner (in a room the owner owns, so it is
+    // in it at once) revokes the lease. Until the revoke arrives core 1
+    // still counts; core 0's sends wait for the log to come home.
+    let a0 = w.open(0, &ann, &home, None);
+    for i in 0..5 {
+        w.say(&a1, &room, &format!("late-{i}"));
+    }
+    for i in 0..10 {
+        w.say(&a0, &home, &format!("owner-{i}"));
+    }
+    w.pump();
+    assert_eq!(contents(&frames(&bob, w.now)).len(), 25);
+    let a0_got = frames(&a0, w.now);
+    assert_eq!(
+        contents(&a0_got),
+        ["owner-0", "owner-1", "owner-2", "owner-3", "owner-4"],
+        "exactly the limit, 30, across the move"
+    );
+    let refused = of_type(&a0_got, "error");
+    assert_eq!(refused.len(), 5);
+    assert!(refused.iter().all(|e| e["code"] == "rate_limited"));
+    assert_eq!(w.hubs[1].metrics.publish_forwarded, 0);
+    // Both closed, then back on core 1 alone: the lease carries the full
+    // log, so a reconnect does not reset the window.
+    w.close(&a0, CloseReason::Client);
+    w.close(&a1, CloseReason::Client);
+    w.pump();
+    w.advance(Duration::from_secs(1));
+    let again = w.open(1, &ann, &room, None);
+    w.pump();
+    frames(&again, w.now);
+    w.say(&again, &room, "still limited");
+    w.pump();
+    let got = frames(&again, w.now);
+    assert_eq!(types(&got), ["error"]);
+    assert_eq!(got[0]["code"], "rate_limited");
+    assert_eq!(got[0]["retryAfterMs"], 59_000);
+    assert_eq!(w.hubs[1].metrics.publish_forwarded, 0);
+}
+
+#[test]
+fn a_retry_is_caught_after_the_users_window_moved_with_the_lease() {
+    let mut w = World::new(2, &[]);
+    let room = owned_by(1, 2, "room");
+    let home = owned_by(0, 2, "home");
+    let ann = owned_by(0, 2, "ann");
+    let a1 = w.open(1, &ann, &room, None);
+    w.pump();
+    frames(&a1, w.now);
+    let send = |content: &str, room: &str| {
+        json!({"type": "message", "roomId": room, "content": content, "clientMsgId": "c-1"})
+            .to_string()
+    };
+    w.text(&a1, &send("first", &room));
+    let got = frames(&a1, w.now);
+    assert_eq!(
+        types(&got),
+        ["message", "ack"],
+        "counted and sent on core 1"
+    );
+    let original = got[1]["messageId"].clone();
+    // A connection on the owner brings the window home with the log; the
+    // retry from there, even to another room, gets the original id.
+    let a0 = w.open(0, &ann, &home, None);
+    w.pump();
+    frames(&a0, w.now);
+    w.text(&a0, &send("retry", &home));
+    w.pump();
+    let got = frames(&a0, w.now);
+    assert_eq!(types(&got), ["ack"]);
+    assert_eq!(got[0]["messageId"], original);
+    assert_eq!(got[0]["roomId"], *room);
+    assert!(
+        frames(&a1, w.now).is_empty(),
+        "nothing stored or sent again"
+    );
+}
+
+#[test]
+fn a_user_on_two_cores_is_counted_at_the_owner() {
+    let mut w = World::new(3, &[]);
+    let room = owned_by(2, 3, "room");
+    let ann = owned_by(0, 3, "ann");
+    let a1 = w.open(1, &ann, &room, None);
+    let a2 = w.open(2, &ann, &room, None);
+    w.pump();
+    w.say(&a1, &room, "from 1");
+    w.say(&a2, &room, "from 2");
+    w.pump();
+    // Core 1 held the lease until core 2's connection revoked it.
+    assert_eq!(w.hubs[0].metrics.leases_granted, 1);
+    assert_eq!(w.hubs[1].metrics.publish_forwarded, 1);
+    assert_eq!(w.hubs[2].metrics.publish_forwarded, 1);
+    assert_eq!(contents(&frames(&a1, w.now)), ["from 1", "from 2"]);
+}
+
 // ---- replay and `recovered` -------------------------------------------
 
 #[test]

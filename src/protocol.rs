@@ -1129,7 +1129,7 @@ pub enum ServerFrame {
     Refreshed {
         /// The new token's `exp` in Unix seconds; `null` when it has none (the connection no
         /// longer expires).
-        #[schema(nullable = true)]
+        #[schema(required = true, nullable = true)]
         exp: Option<u64>,
     },
     /// A refusal or failure.

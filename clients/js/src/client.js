@@ -857,6 +857,11 @@ export class ChatClient {
       // out first, the 4001 close reconnects with a fresh one.
       this.#refreshing = null;
       if (this.#renewable) this.#setRefreshTimer(REFRESH_RETRY_MS);
+    } else if (frame.code === 'rate_limited' && this.#refreshing !== null && !this.#outbox.inflight) {
+      // Over the server's refresh budget (no message is waiting for an
+      // answer, so the refusal is the refresh's): try when it says.
+      this.#refreshing = null;
+      this.#setRefreshTimer(frame.retryAfterMs ?? REFRESH_RETRY_MS);
     } else if (frame.code === 'room_limit') {
       // Answer to the oldest join still waiting.
       for (const [roomId, room] of this.#rooms) {

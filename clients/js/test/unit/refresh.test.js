@@ -130,6 +130,24 @@ test('a refused refresh is tried again after REFRESH_RETRY_MS', async () => {
   assert.equal(client.state, 'open');
 });
 
+test('a rate-limited refresh is tried again after retryAfterMs', async () => {
+  const first = jwt({ sub: 'ann', iat: NOW_S, exp: NOW_S + 3600 });
+  const { clock, sockets, client } = setup({ tokens: [first] });
+  client.connect();
+  await settle();
+  sockets[0].serverOpen('general');
+  clock.advance(3570_000);
+  await settle();
+  assert.equal(sockets[0].sentOfType('refresh').length, 1);
+  sockets[0].serverSend({ type: 'error', code: 'rate_limited', message: 'too many refresh frames', retryAfterMs: 2_500 });
+  clock.advance(2_499);
+  await settle();
+  assert.equal(sockets[0].sentOfType('refresh').length, 1);
+  clock.advance(1);
+  await settle();
+  assert.equal(sockets[0].sentOfType('refresh').length, 2);
+});
+
 test('every reconnect asks getToken for its token, and 4001 reconnects with a fresh one', async () => {
   const tokens = ['t1', 't2', 't3'].map((t) => jwt({ sub: 'ann', jti: t }));
   const { clock, sockets, client, calls, of } = setup({ tokens });

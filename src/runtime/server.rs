@@ -549,10 +549,7 @@ async fn wait_for_signal(ctx: Rc<CoreCtx>, signals: SignalSlot) {
 /// at least every [`EXPIRY_TICK`] (1 s), so a connection is closed at most
 /// a second after its token's `exp` plus the grace.
 async fn sweeper(ctx: Rc<CoreCtx>) {
-    let settings = &ctx.shared.settings;
-    let period = (settings.ping_interval().min(settings.write_stall_timeout()) / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let tick = period.min(EXPIRY_TICK);
+    let (tick, period) = sweep_periods(&ctx.shared.settings);
     let mut last_sweep = Instant::now();
     while !ctx.shutdown.is_triggered() {
         glommio::timer::sleep(tick).await;
@@ -565,6 +562,15 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
             ctx.with_hub(|hub| hub.expire_tokens(now));
         }
     }
+}
+
+/// How often the sweeper wakes (at most [`EXPIRY_TICK`], for token
+/// expiry) and how often it runs the full sweep (a quarter of the shortest
+/// of the ping interval and the write stall timeout, 50 ms to 5 s).
+fn sweep_periods(settings: &Settings) -> (Duration, Duration) {
+    let period = (settings.ping_interval().min(settings.write_stall_timeout()) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    (period.min(EXPIRY_TICK), period)
 }
 
 /// Accepts until shutdown.
@@ -876,4 +882,27 @@ fn check_upgrade(
         ))?),
     };
     Ok((verified, Arc::from(room), since, key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn settings(flags: &[&str]) -> Settings {
+        let args = std::iter::once("chatd").chain(flags.iter().copied());
+        crate::config::Cli::try_parse_from(args).unwrap().settings
+    }
+
+    #[test]
+    fn the_sweeper_looks_at_token_expiry_at_least_every_second() {
+        let ms = Duration::from_millis;
+        // Defaults: a full sweep every 5 s, token expiry every second.
+        assert_eq!(sweep_periods(&settings(&[])), (ms(1_000), ms(5_000)));
+        // Short timeouts: every wake is a full sweep.
+        let fast = settings(&["--ping-interval-ms", "800", "--idle-timeout-ms", "2000"]);
+        assert_eq!(sweep_periods(&fast), (ms(200), ms(200)));
+        let fastest = settings(&["--ping-interval-ms", "10", "--idle-timeout-ms", "2000"]);
+        assert_eq!(sweep_periods(&fastest), (ms(50), ms(50)));
+    }
 }

@@ -39,6 +39,18 @@ pub struct Identity {
     pub username: Arc<str>,
 }
 
+/// A verified token: whose it is and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Who the token belongs to.
+    pub identity: Identity,
+    /// The `exp` claim in whole Unix seconds (a fraction cut off, a value
+    /// past u64 saturated); None when the token has none. A connection
+    /// opened or refreshed with it is closed once it passes (plus
+    /// `TOKEN_EXPIRY_GRACE_MS`).
+    pub exp: Option<u64>,
+}
+
 /// Why a token was refused. The `Display` text is short and meant for the `error` field of a
 /// 401 JSON body, so it says what is wrong without echoing the token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,7 +85,8 @@ pub struct Verifier {
     key: DecodingKey,
     /// The one algorithm accepted; compared with the header before anything else.
     algorithm: Algorithm,
-    /// jsonwebtoken's checks: the algorithm again, `exp` and `nbf` with our leeway.
+    /// jsonwebtoken's checks: the algorithm and the signature. `exp` and `nbf` are checked
+    /// by [`Claims::identity`] against the wall clock the caller passes, not jsonwebtoken's.
     validation: Validation,
 }
 
@@ -117,10 +130,12 @@ impl Verifier {
     fn new(key: DecodingKey, algorithm: Algorithm) -> Verifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;
-        // `exp` is checked when present but not required (contract section 2).
+        // `exp` is checked when present but not required (contract section 2); both times
+        // are checked in `Claims::identity` against the clock the caller reads, so that a
+        // token verified on a core (a `refresh`) is judged at the time the core passes in.
         validation.required_spec_claims.clear();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         // No audience is configured; tokens minted for several services carry one and are fine.
         validation.validate_aud = false;
         Verifier {
@@ -135,15 +150,21 @@ impl Verifier {
         self.algorithm
     }
 
-    /// Checks `token` (the bare JWT, without `Bearer `) and says whose it is.
+    /// Checks `token` (the bare JWT, without `Bearer `) now and says whose it is.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_at(token, SystemTime::now()).map(|v| v.identity)
+    }
+
+    /// Checks `token` as of the wall-clock time `wall` (`exp` and `nbf` with
+    /// [`LEEWAY_SECS`]) and says whose it is and until when.
+    pub fn verify_at(&self, token: &str, wall: SystemTime) -> Result<Verified, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         self.check_algorithm(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(map_jwt_error)?;
-        data.claims.identity(unix_now_secs())
+        data.claims.verified(unix_secs(wall))
     }
 
     /// Refuses a token whose header names any algorithm but ours, before jsonwebtoken runs.
@@ -213,29 +234,32 @@ struct Claims {
     /// Third choice of display name (OpenID Connect).
     #[serde(default)]
     preferred_username: Option<Value>,
-    /// Expiry; jsonwebtoken checks a u64 and silently skips other numbers, checked in `identity`.
+    /// Expiry, checked in `verified` (any non-negative number).
     #[serde(default)]
     exp: Option<Value>,
-    /// Not-before; same caveat as `exp`.
+    /// Not-before, checked in `verified` like `exp`.
     #[serde(default)]
     nbf: Option<Value>,
 }
 
 impl Claims {
-    /// `now_secs`: the wall clock in Unix seconds, for the times jsonwebtoken did not check.
-    fn identity(self, now_secs: f64) -> Result<Identity, AuthError> {
+    /// `now_secs`: the wall clock in Unix seconds. Every form of number is checked here
+    /// (jsonwebtoken would check only a u64 and silently skip a fraction or a value past u64,
+    /// both valid JSON numbers).
+    fn verified(self, now_secs: f64) -> Result<Verified, AuthError> {
         let leeway = LEEWAY_SECS as f64;
+        let mut exp = None;
         for (name, value) in [("exp", &self.exp), ("nbf", &self.nbf)] {
             match value {
                 None | Some(Value::Null) => {}
-                // A u64 was checked against the clock by jsonwebtoken.
-                Some(Value::Number(n)) if n.is_u64() => {}
-                // jsonwebtoken skips a fraction or a value past u64 (both valid JSON numbers),
-                // so those are checked here.
                 Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t >= 0.0) => {
                     let t = n.as_f64().unwrap_or_default();
-                    if name == "exp" && t + leeway < now_secs {
-                        return Err(AuthError::Expired);
+                    if name == "exp" {
+                        if t + leeway < now_secs {
+                            return Err(AuthError::Expired);
+                        }
+                        // `as` saturates: 1e300 is u64::MAX, a fraction is cut off.
+                        exp = Some(n.as_u64().unwrap_or(t as u64));
                     }
                     if name == "nbf" && t > now_secs + leeway {
                         return Err(AuthError::Invalid("token not yet valid".to_owned()));
@@ -270,17 +294,17 @@ impl Claims {
             .map(|s| display_name(&s))
             .filter(|s| !s.is_empty());
         let user_id: Arc<str> = user_id.into();
-        Ok(Identity {
+        let identity = Identity {
             username: username.map_or_else(|| user_id.clone(), Arc::from),
             user_id,
-        })
+        };
+        Ok(Verified { identity, exp })
     }
 }
 
-/// The wall clock in Unix seconds (0 before 1970), as jsonwebtoken reads it.
-fn unix_now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// `wall` in Unix seconds (0 before 1970).
+fn unix_secs(wall: SystemTime) -> f64 {
+    wall.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
@@ -498,6 +522,42 @@ PlGEHZzrQC4ty6bRgWb2B+yxRfdXyeYYIBCOJzlpVXGev7DFpxRX/oY+8w==
         );
         let far = br#"{"sub":"u","exp":1e300}"#;
         assert_eq!(v.verify(&hs256_raw(far)), Ok(identity("u", "u")));
+    }
+
+    #[test]
+    fn verify_at_gives_exp_and_judges_at_the_given_time() {
+        let v = Verifier::hs256(SECRET);
+        let at = |secs: u64| UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let token = hs256(json!({"sub": "u", "exp": 2_000_000_000u64}));
+        assert_eq!(
+            v.verify_at(&token, at(1_999_999_000)),
+            Ok(Verified {
+                identity: identity("u", "u"),
+                exp: Some(2_000_000_000)
+            })
+        );
+        // Past exp, within the leeway, then beyond it.
+        assert!(v.verify_at(&token, at(2_000_000_000 + LEEWAY_SECS)).is_ok());
+        assert_eq!(
+            v.verify_at(&token, at(2_000_000_001 + LEEWAY_SECS)),
+            Err(AuthError::Expired)
+        );
+        let nbf = hs256(json!({"sub": "u", "nbf": 2_000_000_000u64}));
+        assert!(v.verify_at(&nbf, at(1_000_000_000)).is_err());
+        assert_eq!(v.verify_at(&nbf, at(2_000_000_000)).unwrap().exp, None);
+        // A fraction is cut off; a value past u64 saturates.
+        let fraction = hs256_raw(br#"{"sub":"u","exp":2000000000.9}"#);
+        assert_eq!(
+            v.verify_at(&fraction, at(1_000_000_000)).unwrap().exp,
+            Some(2_000_000_000)
+        );
+        let far = hs256_raw(br#"{"sub":"u","exp":1e300}"#);
+        assert_eq!(
+            v.verify_at(&far, at(1_000_000_000)).unwrap().exp,
+            Some(u64::MAX)
+        );
+        let none = hs256(json!({"sub": "u", "exp": null}));
+        assert_eq!(v.verify_at(&none, at(1_000_000_000)).unwrap().exp, None);
     }
 
     #[test]

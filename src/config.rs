@@ -51,6 +51,20 @@ fn positive(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Longest TOKEN_EXPIRY_GRACE_MS: a day. A longer grace would make `exp` meaningless.
+pub const MAX_TOKEN_EXPIRY_GRACE_MS: u64 = 86_400_000;
+
+/// Parses TOKEN_EXPIRY_GRACE_MS: 0 (close at `exp`) to [`MAX_TOKEN_EXPIRY_GRACE_MS`].
+fn grace_ms(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(v) if v <= MAX_TOKEN_EXPIRY_GRACE_MS => Ok(v),
+        Ok(v) => Err(format!(
+            "at most {MAX_TOKEN_EXPIRY_GRACE_MS} (a day), got {v}"
+        )),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
+}
+
 /// Parses a boolean the way operators write them.
 fn boolish(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -204,6 +218,9 @@ pub struct Settings {
     /// A connection with no traffic (not even a pong) for this long is closed, in milliseconds.
     #[arg(long, env = "IDLE_TIMEOUT_MS", value_name = "IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = positive)]
     pub idle_timeout_ms: u64,
+    /// A connection whose token carries `exp` is closed with 4001 this long after `exp` unless a `refresh` frame brought a newer token, in milliseconds (0 to 86400000).
+    #[arg(long, env = "TOKEN_EXPIRY_GRACE_MS", value_name = "TOKEN_EXPIRY_GRACE_MS", default_value_t = 25_000, value_parser = grace_ms)]
+    pub token_expiry_grace_ms: u64,
     /// Time allowed for the HTTP request head of a new connection, in milliseconds (slowloris bound).
     #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", value_name = "HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000, value_parser = positive)]
     pub handshake_timeout_ms: u64,
@@ -269,6 +286,11 @@ impl Settings {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// TOKEN_EXPIRY_GRACE_MS.
+    pub fn token_expiry_grace(&self) -> Duration {
+        Duration::from_millis(self.token_expiry_grace_ms)
     }
 
     /// Handshake timeout.
@@ -413,7 +435,22 @@ mod tests {
         assert_eq!(s.rate_limit_max_messages, 30);
         assert!(s.enable_moderation);
         assert_eq!(s.max_message_length, 1000);
+        assert_eq!(s.token_expiry_grace(), Duration::from_secs(25));
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn token_expiry_grace_is_bounded() {
+        let grace = |v: &str| {
+            let flag = format!("--token-expiry-grace-ms={v}");
+            parse(&[flag.as_str()]).map(|c| c.settings)
+        };
+        assert_eq!(grace("0").unwrap().token_expiry_grace_ms, 0);
+        assert_eq!(grace("86400000").unwrap().token_expiry_grace_ms, 86_400_000);
+        for bad in ["86400001", "-1", "soon", ""] {
+            let err = grace(bad).unwrap_err().to_string();
+            assert!(err.contains("TOKEN_EXPIRY_GRACE_MS"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@
 //!    reads answered later (Postgres rows)                     hub/reads.rs
 //!    tests: rules per topic, seeded simulation of N hubs       hub/tests.rs,
 //!      over a test mesh (testkit.rs)                             hub/simulation.rs
+//!    token expiry: deadlines per connection in 1 s buckets,
+//!      due ones closed with 4001 by the sweep, `refresh` moves  expiry.rs
 //!  connection state (rooms, queue, budgets)                   client.rs
 //!  backends, each a trait with a memory implementation:
 //!    Broker: ids, cluster counts, relays, presence mirror     broker.rs
@@ -76,6 +78,7 @@ pub mod client;
 pub mod config;
 pub mod dedupe;
 pub mod events;
+pub mod expiry;
 pub mod health;
 pub mod history;
 pub mod http;

@@ -70,17 +70,20 @@ pub enum CloseReason {
     Shutdown,
     /// The user already had MAX_CONNECTIONS_PER_USER connections open.
     TooManyConnections,
+    /// The token's `exp` plus TOKEN_EXPIRY_GRACE_MS passed without a `refresh` (close 4001).
+    TokenExpired,
 }
 
 impl CloseReason {
     /// Every reason, in rendering order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Client,
         CloseReason::SlowConsumer,
         CloseReason::Idle,
         CloseReason::Protocol,
         CloseReason::Shutdown,
         CloseReason::TooManyConnections,
+        CloseReason::TokenExpired,
     ];
 
     /// Label value.
@@ -92,6 +95,7 @@ impl CloseReason {
             CloseReason::Protocol => "protocol",
             CloseReason::Shutdown => "shutdown",
             CloseReason::TooManyConnections => "too_many_connections",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 }

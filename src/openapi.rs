@@ -356,11 +356,15 @@ mod paths {
     /// - The first frame the client receives is `room_joined` for the
     ///   initial room (`ServerRoomJoinedFrame`).
     /// - Client to server (`ClientFrame`): `message`, `join_room`,
-    ///   `leave_room`, `typing`, `history`, `ping`; see the `Client*Frame`
-    ///   schemas.
+    ///   `leave_room`, `typing`, `history`, `ping`, `refresh`; see the
+    ///   `Client*Frame` schemas.
     /// - Server to client (`ServerFrame`): `message`, `ack`, `presence`,
     ///   `room_joined`, `room_left`, `typing_indicator`, `history`, `pong`,
-    ///   `error`; see the `Server*Frame` schemas.
+    ///   `refreshed`, `error`; see the `Server*Frame` schemas.
+    /// - A token with `exp` expires the connection: it is closed with close
+    ///   code 4001 ("token expired") once `exp` plus
+    ///   `TOKEN_EXPIRY_GRACE_MS` (25 s) has passed, unless a `refresh` frame
+    ///   brought a valid newer token of the same user first.
     /// - A `join_room` (or `/ws?since=`) with `since` is answered with
     ///   `room_joined` carrying `recovered`, then the replay (at most 1,000
     ///   `message` frames, paced by the client's reading), then live frames.
@@ -651,6 +655,17 @@ pub enum ClientFrameDoc {
     },
     /// Application-level ping; answered with `pong`.
     Ping,
+    /// A newer token for this connection, sent before the current one's
+    /// `exp` (plus `TOKEN_EXPIRY_GRACE_MS`) passes, when the connection
+    /// would be closed with 4001. Answered with `refreshed` and the new
+    /// expiry; a token that is bad, expired or names another user gets an
+    /// `error` of code `invalid_token` and the connection keeps its current
+    /// expiry. At most 3 at once, then one per 10 s (`rate_limited`).
+    Refresh {
+        /// The new JWT, at most 8192 bytes.
+        #[schema(max_length = 8192)]
+        token: String,
+    },
 }
 
 /// The body of `/healthz`.
@@ -812,6 +827,14 @@ mod tests {
                 },
             ),
             (ClientFrameDoc::Ping, ClientFrame::Ping),
+            (
+                ClientFrameDoc::Refresh {
+                    token: "a.b.c".into(),
+                },
+                ClientFrame::Refresh {
+                    token: "a.b.c".into(),
+                },
+            ),
         ];
         for (documented, expected) in &cases {
             assert_eq!(&round_trip(documented), expected, "{documented:?}");
@@ -837,6 +860,7 @@ mod tests {
             ("ClientTypingFrame", r#"{"type":"typing","isTyping":false}"#),
             ("ClientHistoryFrame", r#"{"type":"history","roomId":"r"}"#),
             ("ClientPingFrame", r#"{"type":"ping"}"#),
+            ("ClientRefreshFrame", r#"{"type":"refresh","token":"t"}"#),
         ] {
             let frame: serde_json::Map<String, Value> = serde_json::from_str(minimal).unwrap();
             let mut required: Vec<&str> = schemas[name]["required"]
@@ -879,6 +903,7 @@ mod tests {
                     "typing",
                     "history",
                     "ping",
+                    "refresh",
                 ][..],
             ),
             (
@@ -892,6 +917,7 @@ mod tests {
                     "typing_indicator",
                     "history",
                     "pong",
+                    "refreshed",
                     "error",
                 ][..],
             ),

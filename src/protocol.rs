@@ -92,11 +92,14 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the server's side.
     Internal,
+    /// A `refresh` token that is bad, expired or names another user (contract section 8); the
+    /// connection keeps its current expiry.
+    InvalidToken,
 }
 
 impl ErrorCode {
     /// Every code, in the contract's order; for metrics that pre-register one series per code.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InvalidMessage,
         ErrorCode::NotInRoom,
         ErrorCode::MessageTooLong,
@@ -105,6 +108,7 @@ impl ErrorCode {
         ErrorCode::RoomLimit,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::InvalidToken,
     ];
 
     /// The code as it appears on the wire, e.g. `"rate_limited"`.
@@ -118,6 +122,7 @@ impl ErrorCode {
             ErrorCode::RoomLimit => "room_limit",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::InvalidToken => "invalid_token",
         }
     }
 }
@@ -173,7 +178,16 @@ pub enum ClientFrame<'a> {
     },
     /// Application-level ping, answered with `pong`.
     Ping,
+    /// A newer token for the connection (contract section 8), answered with `refreshed`.
+    Refresh {
+        /// The JWT, at most [`MAX_TOKEN_LEN`] bytes; verified by the hub, not here.
+        token: Cow<'a, str>,
+    },
 }
+
+/// Longest `token` of a `refresh` frame, in bytes. Tokens are a few hundred bytes; the bound
+/// keeps a frame from making the verifier decode tens of kilobytes of base64.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 impl ClientFrame<'_> {
     /// The same frame with owned strings, independent of the parse buffer.
@@ -214,6 +228,9 @@ impl ClientFrame<'_> {
                 limit,
             },
             ClientFrame::Ping => ClientFrame::Ping,
+            ClientFrame::Refresh { token } => ClientFrame::Refresh {
+                token: owned(token),
+            },
         }
     }
 }
@@ -511,6 +528,9 @@ struct RawFrame<'a> {
     /// Page size of a `history` frame.
     #[serde(borrow, default)]
     limit: Option<Field<'a>>,
+    /// The new JWT of a `refresh` frame.
+    #[serde(borrow, default)]
+    token: Option<Field<'a>>,
 }
 
 impl<'a> RawFrame<'a> {
@@ -579,6 +599,15 @@ impl<'a> RawFrame<'a> {
                 })
             }
             "ping" => Ok(ClientFrame::Ping),
+            "refresh" => {
+                let token = string_field(self.token, "token")?.ok_or_else(|| missing("token"))?;
+                if token.len() > MAX_TOKEN_LEN {
+                    return Err(FrameError(format!(
+                        "field `token` must be at most {MAX_TOKEN_LEN} bytes"
+                    )));
+                }
+                Ok(ClientFrame::Refresh { token })
+            }
             other => Err(FrameError(format!(
                 "unknown frame type {:?}",
                 truncate(other, MAX_ECHO_LEN)
@@ -730,6 +759,9 @@ enum OutFrame<'a> {
         is_typing: bool,
     },
     Pong,
+    Refreshed {
+        exp: Option<u64>,
+    },
     #[serde(rename_all = "camelCase")]
     Error {
         code: ErrorCode,
@@ -836,6 +868,13 @@ pub fn encode_typing(user_id: &str, username: &str, room_id: &str, is_typing: bo
 /// Encodes the `pong` frame answering a `ping`.
 pub fn encode_pong() -> Vec<u8> {
     to_json(&OutFrame::Pong, 16)
+}
+
+/// Encodes the `refreshed` frame answering a `refresh`: `{"type":"refreshed","exp":..}`, the
+/// new token's `exp` in Unix seconds, or `null` when it has none (the connection no longer
+/// expires).
+pub fn encode_refreshed(exp: Option<u64>) -> Vec<u8> {
+    to_json(&OutFrame::Refreshed { exp }, 48)
 }
 
 /// Encodes the `error` frame; `retryAfterMs` appears only when `retry_after_ms` is `Some`.
@@ -1086,6 +1125,13 @@ pub enum ServerFrame {
     },
     /// Answer to a `ping`.
     Pong,
+    /// Answer to a `refresh`: the connection now expires with the new token.
+    Refreshed {
+        /// The new token's `exp` in Unix seconds; `null` when it has none (the connection no
+        /// longer expires).
+        #[schema(required = true, nullable = true)]
+        exp: Option<u64>,
+    },
     /// A refusal or failure.
     #[serde(rename_all = "camelCase")]
     Error {
@@ -1379,6 +1425,40 @@ mod tests {
             parse(" \n\t{\"type\" : \"ping\"} \r\n"),
             Ok(ClientFrame::Ping)
         );
+    }
+
+    #[test]
+    fn parses_refresh() {
+        assert_eq!(
+            parse(r#"{"type":"refresh","token":"a.b.c"}"#),
+            Ok(ClientFrame::Refresh {
+                token: "a.b.c".into()
+            })
+        );
+        // An empty token is the verifier's to refuse (`invalid_token`).
+        assert_eq!(
+            parse(r#"{"type":"refresh","token":""}"#),
+            Ok(ClientFrame::Refresh { token: "".into() })
+        );
+        refused(r#"{"type":"refresh"}"#, "missing field `token`");
+        refused(
+            r#"{"type":"refresh","token":null}"#,
+            "missing field `token`",
+        );
+        refused(
+            r#"{"type":"refresh","token":5}"#,
+            "field `token` must be a string, got a number",
+        );
+        let long = format!(
+            r#"{{"type":"refresh","token":"{}"}}"#,
+            "a".repeat(MAX_TOKEN_LEN + 1)
+        );
+        refused(&long, "field `token` must be at most 8192 bytes");
+        let longest = format!(
+            r#"{{"type":"refresh","token":"{}"}}"#,
+            "a".repeat(MAX_TOKEN_LEN)
+        );
+        assert!(parse(&longest).is_ok());
     }
 
     #[test]
@@ -1739,7 +1819,8 @@ mod tests {
                 "rate_limited",
                 "room_limit",
                 "unavailable",
-                "internal"
+                "internal",
+                "invalid_token"
             ]
         );
         for code in ErrorCode::ALL {
@@ -1917,6 +1998,26 @@ mod tests {
     fn encodes_pong() {
         assert_eq!(encode_pong(), br#"{"type":"pong"}"#);
         assert_eq!(decode(&encode_pong()), ServerFrame::Pong);
+    }
+
+    #[test]
+    fn encodes_refreshed() {
+        assert_eq!(
+            encode_refreshed(Some(1_800_000_000)),
+            br#"{"type":"refreshed","exp":1800000000}"#
+        );
+        assert_eq!(
+            encode_refreshed(None),
+            br#"{"type":"refreshed","exp":null}"#
+        );
+        assert_eq!(
+            decode(&encode_refreshed(Some(7))),
+            ServerFrame::Refreshed { exp: Some(7) }
+        );
+        assert_eq!(
+            decode(&encode_refreshed(None)),
+            ServerFrame::Refreshed { exp: None }
+        );
     }
 
     #[test]

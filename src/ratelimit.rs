@@ -15,8 +15,8 @@
 //! connection.
 //!
 //! [`ConnBudgets`] holds one [`TokenBucket`] per frame class of a connection (`join_room` and
-//! `leave_room` share one, `history` has one, `typing` one), so a single connection cannot turn a
-//! flood of cheap frames into owner-core or backend work. [`KeyedThrottle`] is the bounded map of
+//! `leave_room` share one, `history` has one, `typing` one, `refresh` one), so a single
+//! connection cannot turn a flood of cheap frames into owner-core, backend or JWT work. [`KeyedThrottle`] is the bounded map of
 //! buckets the room owner keeps per (user, room) for typing, across the user's connections.
 //! [`LogSampler`] decides which connection / rate-limit events get a log line: at most one per
 //! user per window, at most a configured number per second, in bounded memory.
@@ -294,7 +294,19 @@ pub enum FrameClass {
     History,
     /// `typing`.
     Typing,
+    /// `refresh`: a JWT verification each ([`REFRESH_BURST`], then one per
+    /// [`REFRESH_INTERVAL`]).
+    Refresh,
 }
+
+/// `refresh` frames a connection may send at once. A token is refreshed
+/// once per lifetime; a few spare cover a client retrying after a refusal.
+pub const REFRESH_BURST: u32 = 3;
+
+/// One more `refresh` per this long once the burst is spent: verifying a
+/// token costs CPU (microseconds for HS256, tens of them for RS256), so a
+/// connection cannot turn a frame flood into signature checks.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One connection's budgets, one bucket per frame class.
 #[derive(Debug, Clone, Copy)]
@@ -305,6 +317,8 @@ pub struct ConnBudgets {
     history: TokenBucket,
     /// `typing`.
     typing: TokenBucket,
+    /// `refresh` (a fixed budget, not a setting).
+    refresh: TokenBucket,
 }
 
 impl ConnBudgets {
@@ -314,6 +328,7 @@ impl ConnBudgets {
             rooms: TokenBucket::per_second(rates.rooms, now),
             history: TokenBucket::per_second(rates.history, now),
             typing: TokenBucket::per_second(rates.typing, now),
+            refresh: TokenBucket::new(REFRESH_BURST, REFRESH_INTERVAL, now),
         }
     }
 
@@ -323,6 +338,7 @@ impl ConnBudgets {
             FrameClass::Rooms => self.rooms.check(now),
             FrameClass::History => self.history.check(now),
             FrameClass::Typing => self.typing.check(now),
+            FrameClass::Refresh => self.refresh.check(now),
         }
     }
 }
@@ -752,6 +768,14 @@ mod tests {
         }
         assert_eq!(c.check(FrameClass::Typing, t0), Err(ms(200)));
         assert!(c.check(FrameClass::Rooms, t0 + ms(500)).is_ok());
+        // `refresh`: 3 at once, then one per 10 s.
+        for _ in 0..REFRESH_BURST {
+            assert!(c.check(FrameClass::Refresh, t0).is_ok());
+        }
+        assert_eq!(c.check(FrameClass::Refresh, t0), Err(ms(10_000)));
+        assert_eq!(c.check(FrameClass::Refresh, t0 + ms(9_000)), Err(ms(1_000)));
+        assert!(c.check(FrameClass::Refresh, t0 + ms(10_000)).is_ok());
+        assert!(c.check(FrameClass::Refresh, t0 + ms(10_000)).is_err());
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Adoption {
     fd: RawFd,
     /// Who the token says is connecting.
     pub identity: Identity,
+    /// The token's `exp` (Unix seconds): when the connection expires.
+    pub exp: Option<u64>,
     /// The initial room (already validated).
     pub room: Arc<str>,
     /// `since` from the query string, for recovery of the initial room.
@@ -150,6 +152,7 @@ impl Adoption {
     pub fn new(
         fd: RawFd,
         identity: Identity,
+        exp: Option<u64>,
         room: Arc<str>,
         since: Option<MessageId>,
         ws_key: Box<str>,
@@ -158,6 +161,7 @@ impl Adoption {
         Adoption {
             fd,
             identity,
+            exp,
             room,
             since,
             ws_key,

@@ -152,7 +152,7 @@ fn node_test(paths: &[&str], min_pass: u64) {
 
 #[test]
 fn js_client_unit_and_integration_tests() {
-    node_test(&["test/unit/", "test/integration/"], 52);
+    node_test(&["test/unit/", "test/integration/"], 64);
 }
 
 #[test]

@@ -37,7 +37,7 @@ const AUTHENTICATED: [&str; 4] = [
 ];
 
 /// The error codes of contract section 4.
-const ERROR_CODES: [&str; 8] = [
+const ERROR_CODES: [&str; 9] = [
     "invalid_message",
     "not_in_room",
     "message_too_long",
@@ -46,20 +46,22 @@ const ERROR_CODES: [&str; 8] = [
     "room_limit",
     "unavailable",
     "internal",
+    "invalid_token",
 ];
 
 /// Client frame types and the components that describe them.
-const CLIENT_FRAMES: [(&str, &str); 6] = [
+const CLIENT_FRAMES: [(&str, &str); 7] = [
     ("message", "ClientMessageFrame"),
     ("join_room", "ClientJoinRoomFrame"),
     ("leave_room", "ClientLeaveRoomFrame"),
     ("typing", "ClientTypingFrame"),
     ("history", "ClientHistoryFrame"),
     ("ping", "ClientPingFrame"),
+    ("refresh", "ClientRefreshFrame"),
 ];
 
 /// Server frame types and the components that describe them.
-const SERVER_FRAMES: [(&str, &str); 9] = [
+const SERVER_FRAMES: [(&str, &str); 10] = [
     ("message", "ServerMessageFrame"),
     ("ack", "ServerAckFrame"),
     ("presence", "ServerPresenceFrame"),
@@ -68,6 +70,7 @@ const SERVER_FRAMES: [(&str, &str); 9] = [
     ("typing_indicator", "ServerTypingIndicatorFrame"),
     ("history", "ServerHistoryFrame"),
     ("pong", "ServerPongFrame"),
+    ("refreshed", "ServerRefreshedFrame"),
     ("error", "ServerErrorFrame"),
 ];
 
@@ -302,7 +305,7 @@ fn every_frame_has_a_component_schema() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    assert_eq!(codes.len(), 8, "{codes:?}");
+    assert_eq!(codes.len(), ERROR_CODES.len(), "{codes:?}");
     assert_eq!(
         codes.iter().copied().collect::<BTreeSet<_>>(),
         BTreeSet::from(ERROR_CODES)
@@ -565,6 +568,18 @@ fn websocket_frames_match_their_documented_schemas() {
     record(&checker, &mut seen, recv(&checker, &mut ann, "room_left"));
     send(&mut ann, json!({"type": "ping"}));
     record(&checker, &mut seen, recv(&checker, &mut ann, "pong"));
+    send(
+        &mut ann,
+        json!({"type": "refresh", "token": server.token("ann")}),
+    );
+    record(&checker, &mut seen, recv(&checker, &mut ann, "refreshed"));
+    send(
+        &mut ann,
+        json!({"type": "refresh", "token": chatd::auth::mint_hs256(common::SECRET.as_bytes(), "ann", None, None)}),
+    );
+    let unbounded = recv(&checker, &mut ann, "refreshed");
+    assert_eq!(unbounded["exp"], Value::Null, "{unbounded}");
+    record(&checker, &mut seen, unbounded);
     send(&mut ann, json!({"type": "message", "content": " "}));
     record(&checker, &mut seen, recv(&checker, &mut ann, "error"));
     ben.close();

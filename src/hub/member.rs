@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -49,12 +49,55 @@ impl Hub {
         client
     }
 
+    /// [`Hub::open`] for a token whose `exp` (Unix seconds) is known:
+    /// with one, the connection is closed with 4001 once `exp` plus
+    /// TOKEN_EXPIRY_GRACE_MS passes, unless a `refresh` moves it. `wall` is
+    /// the wall clock at `now` (the deadline is kept as an `Instant`).
+    pub fn open_expiring(
+        &mut self,
+        identity: Identity,
+        exp: Option<u64>,
+        room: Arc<str>,
+        since: Option<MessageId>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Rc<Client> {
+        let client = self.open(identity, room, since, now);
+        self.set_token_expiry(client.id, exp, now, wall);
+        client
+    }
+
+    /// Sets when connection `conn` (on this core) expires, from its
+    /// token's `exp`: none when the token has no `exp` (or one beyond any
+    /// clock), else `exp` plus the grace, already due when that has passed.
+    pub(super) fn set_token_expiry(
+        &mut self,
+        conn: ConnId,
+        exp: Option<u64>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        match exp.and_then(|exp| token_deadline(exp, self.limits.token_expiry_grace, now, wall)) {
+            Some(deadline) => self.expiry.insert(conn, deadline),
+            None => {
+                self.expiry.remove(conn);
+            }
+        }
+    }
+
+    /// When connection `conn`'s token expires (its `exp` plus the grace),
+    /// if it does.
+    pub fn token_deadline(&self, conn: ConnId) -> Option<Instant> {
+        self.expiry.deadline(conn)
+    }
+
     /// Removes a closed connection: leaves its rooms and, if it was the
     /// user's last, announces the user offline there.
     pub fn closed(&mut self, client: &Rc<Client>, reason: CloseReason, now: Instant) {
         if self.clients.remove(&client.id).is_none() {
             return;
         }
+        self.expiry.remove(client.id);
         self.metrics.closed(reason);
         let user = client.identity.user_id.clone();
         let mut joined = Vec::new();
@@ -309,5 +352,24 @@ impl Hub {
         if let Some(client) = self.clients.get(&conn) {
             client.request_close(code, reason);
         }
+    }
+}
+
+/// The moment, on the clock of `now`, at which a token with `exp` (Unix
+/// seconds) plus `grace` has passed, `wall` being the wall clock at `now`;
+/// `now` itself when it already has. None when it lies beyond what the
+/// clocks can hold (the token then never expires in practice).
+pub(super) fn token_deadline(
+    exp: u64,
+    grace: Duration,
+    now: Instant,
+    wall: SystemTime,
+) -> Option<Instant> {
+    let end = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))?
+        .checked_add(grace)?;
+    match end.duration_since(wall) {
+        Ok(left) => now.checked_add(left),
+        Err(_) => Some(now),
     }
 }

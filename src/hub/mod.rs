@@ -53,11 +53,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+use crate::auth::Verifier;
 use crate::broker::{self, Arrival, Broker, MemoryBroker, PendingJoin};
 use crate::client::{Client, Flush};
 use crate::config::Settings;
 use crate::dedupe::{Dedupe, DEDUPE_WINDOW};
 use crate::events::BackendEvent;
+use crate::expiry::ExpiryWheel;
 use crate::history::{History, MemoryHistory};
 use crate::lease::{LocalLease, Placement};
 use crate::metrics::{CloseReason, CoreSnapshot, TransportCounters};
@@ -71,6 +73,8 @@ use crate::ws;
 
 #[cfg(test)]
 mod backend_tests;
+#[cfg(test)]
+mod expiry_tests;
 mod member;
 #[cfg(test)]
 mod mesh_tests;
@@ -98,6 +102,8 @@ pub const DEDUPE_CAPACITY: usize = 1_000_000;
 pub const AUDIT_MEMORY: usize = 10_000;
 /// Close code for a connection idle past the timeout.
 pub const IDLE_CLOSE: u16 = 1001;
+/// Close code for a connection whose token expired (contract section 8).
+pub const TOKEN_EXPIRED_CLOSE: u16 = 4001;
 /// Close code for a connection over MAX_CONNECTIONS_PER_USER (policy violation).
 pub const TOO_MANY_CONNECTIONS_CLOSE: u16 = 1008;
 /// (user, room) typing buckets a room-owner core keeps; when full of busy
@@ -126,6 +132,9 @@ pub struct Limits {
     pub budgets: BudgetRates,
     /// MAX_CONNECTIONS_PER_USER.
     pub max_connections_per_user: u32,
+    /// TOKEN_EXPIRY_GRACE_MS: how long after its token's `exp` a connection
+    /// is closed with 4001.
+    pub token_expiry_grace: Duration,
 }
 
 impl Limits {
@@ -140,6 +149,7 @@ impl Limits {
             idle_timeout: s.idle_timeout(),
             budgets: s.budget_rates(),
             max_connections_per_user: s.max_connections_per_user as u32,
+            token_expiry_grace: s.token_expiry_grace(),
         }
     }
 }
@@ -316,6 +326,13 @@ pub struct Hub {
     /// Which rate-limited sends of users this core owns get a "Rate limit
     /// exceeded" line (one per user per rate-limit window).
     rate_log: LogSampler,
+    /// When each local connection's token expires (`exp` plus the grace);
+    /// the sweep closes the due ones with 4001. One entry per connection
+    /// whose token has `exp`, removed on close.
+    expiry: ExpiryWheel,
+    /// Checks the tokens of `refresh` frames (the runtime sets the one the
+    /// upgrades use); None: every refresh is refused with `invalid_token`.
+    verifier: Option<Verifier>,
 }
 
 impl Hub {
@@ -363,7 +380,14 @@ impl Hub {
                 LOG_SAMPLER_USERS,
                 now,
             ),
+            expiry: ExpiryWheel::new(now),
+            verifier: None,
         }
+    }
+
+    /// Sets the verifier of `refresh` frames (the one `/ws` upgrades use).
+    pub fn set_verifier(&mut self, verifier: Verifier) {
+        self.verifier = Some(verifier);
     }
 
     /// Sends the fan-outs of connections opened from now on through
@@ -654,9 +678,22 @@ impl Hub {
 
     // ---- housekeeping --------------------------------------------------
 
-    /// Periodic work: pings quiet connections, closes idle and stalled ones,
-    /// and forgets expired limiter and dedupe state.
+    /// Closes, with 4001, every connection whose token expired (its `exp`
+    /// plus TOKEN_EXPIRY_GRACE_MS) by `now`. Part of [`Hub::sweep`]; cheap
+    /// enough (the due buckets only) for the runtime to call more often.
+    pub fn expire_tokens(&mut self, now: Instant) {
+        for conn in self.expiry.expired(now) {
+            if let Some(client) = self.clients.get(&conn) {
+                client.request_close(TOKEN_EXPIRED_CLOSE, CloseReason::TokenExpired);
+            }
+        }
+    }
+
+    /// Periodic work: pings quiet connections, closes idle and stalled ones
+    /// and those whose token expired, and forgets expired limiter and
+    /// dedupe state.
     pub fn sweep(&mut self, now: Instant) {
+        self.expire_tokens(now);
         let ping = Bytes::from(ws::encode_ping(b""));
         for client in self.clients.values() {
             if client.close_request().is_some() {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use super::Hub;
+use crate::auth::AuthError;
 use crate::client::Client;
 use crate::metrics::Outcome;
 use crate::protocol::{self, ClientFrame, ErrorCode};
@@ -127,7 +128,38 @@ impl Hub {
                 self.history_for_client(client, Arc::from(&*room_id), before, after, limit, now);
             }
             ClientFrame::Ping => client.push_own(&protocol::encode_pong(), now),
+            ClientFrame::Refresh { token } => {
+                if let Err(wait) = client.charge(FrameClass::Refresh, now) {
+                    return self.rate_limited(client, "refresh", wait, now);
+                }
+                self.refresh(client, &token, now, wall);
+            }
         }
+    }
+
+    /// A `refresh` frame (contract section 8): a valid token of the same
+    /// user moves the connection's expiry to the new `exp` (none without
+    /// one) and is answered `refreshed`; any other gets `invalid_token` and
+    /// the connection keeps its current expiry. Only the expiry changes:
+    /// the connection keeps the display name it opened with.
+    fn refresh(&mut self, client: &Client, token: &str, now: Instant, wall: SystemTime) {
+        let verified = match &self.verifier {
+            Some(verifier) => verifier.verify_at(token, wall),
+            None => Err(AuthError::Invalid("refresh is not available".into())),
+        };
+        let verified = match verified {
+            Ok(v) if v.identity.user_id == client.identity.user_id => v,
+            Ok(_) => {
+                let text = "invalid token: it names another user than this connection's";
+                return self.send_error(client, ErrorCode::InvalidToken, text, None, now);
+            }
+            Err(e) => {
+                let text = format!("invalid token: {e}");
+                return self.send_error(client, ErrorCode::InvalidToken, &text, None, now);
+            }
+        };
+        self.set_token_expiry(client.id, verified.exp, now, wall);
+        client.push_own(&protocol::encode_refreshed(verified.exp), now);
     }
 
     /// Answers a frame over its connection budget: `rate_limited` with the

@@ -28,6 +28,9 @@ use crate::shard::{shard_for, ConnId};
 /// predictable in assertions.
 pub(super) const WALL_EPOCH_SECS: u64 = 1_800_000_000;
 
+/// The HS256 secret the test hubs verify `refresh` tokens with.
+pub(super) const TEST_SECRET: &[u8] = b"hub-test-secret";
+
 /// The settings' defaults with `flags` (as on the command line) on top.
 pub(super) fn settings(flags: &[&str]) -> Settings {
     let args = std::iter::once("chatd").chain(flags.iter().copied());
@@ -141,7 +144,11 @@ impl World {
     pub fn with_settings(cores: usize, settings: &Settings) -> World {
         let t0 = Instant::now();
         let hubs = (0..cores)
-            .map(|core| Hub::new(core, cores, settings, None, t0))
+            .map(|core| {
+                let mut hub = Hub::new(core, cores, settings, None, t0);
+                hub.set_verifier(crate::auth::Verifier::hs256(TEST_SECRET));
+                hub
+            })
             .collect();
         World { hubs, t0, now: t0 }
     }
@@ -168,6 +175,27 @@ impl World {
     ) -> Rc<Client> {
         let now = self.now;
         self.hubs[core].open(identity(user), Arc::from(room), since, now)
+    }
+
+    /// Opens `user`'s connection on `core` as a token with `exp` (Unix
+    /// seconds on the world's wall clock) would.
+    pub fn open_exp(
+        &mut self,
+        core: usize,
+        user: &str,
+        room: &str,
+        exp: Option<u64>,
+    ) -> Rc<Client> {
+        let (now, wall) = (self.now, self.wall());
+        self.hubs[core].open_expiring(identity(user), exp, Arc::from(room), None, now, wall)
+    }
+
+    /// Runs every hub's periodic sweep at the current moment.
+    pub fn sweep(&mut self) {
+        let now = self.now;
+        for hub in &mut self.hubs {
+            hub.sweep(now);
+        }
     }
 
     /// Hands `client` one text frame, on the core it runs on.

@@ -61,6 +61,8 @@ enum Wake {
 pub struct Start {
     /// Who the token says is connecting.
     pub identity: Identity,
+    /// The token's `exp` (Unix seconds): when the connection expires.
+    pub exp: Option<u64>,
     /// The initial room (validated).
     pub room: Arc<str>,
     /// Recovery point for the initial room, from `?since=`.
@@ -76,6 +78,7 @@ pub struct Start {
 pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
     let Start {
         identity,
+        exp,
         room,
         since,
         ws_key,
@@ -91,8 +94,8 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
     if let Some(bytes) = ctx.shared.settings.socket_send_buffer {
         set_send_buffer(stream.as_raw_fd(), bytes);
     }
-    let now = Instant::now();
-    let client = ctx.with_hub(|hub| hub.open(identity, room, since, now));
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let client = ctx.with_hub(|hub| hub.open_expiring(identity, exp, room, since, now, wall));
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut early = early;
     let ended = match early.is_empty() {
@@ -301,6 +304,7 @@ async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
         CloseReason::Shutdown => "server shutting down",
         CloseReason::Protocol => "protocol error",
         CloseReason::TooManyConnections => "too many connections for this user",
+        CloseReason::TokenExpired => "token expired",
         CloseReason::Client => "",
     };
     {

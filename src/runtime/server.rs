@@ -21,9 +21,10 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::{Identity, Verifier};
+use crate::auth::{Verified, Verifier};
 use crate::config::Settings;
 use crate::events::{self, EventQueue, EventSender};
+use crate::expiry::EXPIRY_TICK;
 use crate::health::BackendHealth;
 use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
 use crate::hub::{Hub, AUDIT_MEMORY};
@@ -396,6 +397,7 @@ async fn core_main(
             .expect("validated at start-up")
     });
     let mut hub = Hub::new(core, cores, &shared.settings, moderator, Instant::now());
+    hub.set_verifier(shared.verifier.clone());
     // The backends, chosen once here; each is given this core's index,
     // the lane its commands, writes and reads go on.
     if let Some(link) = &shared.redis {
@@ -508,6 +510,7 @@ fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
             }
             let start = connection::Start {
                 identity: adoption.identity.clone(),
+                exp: adoption.exp,
                 room: adoption.room.clone(),
                 since: adoption.since,
                 ws_key: std::mem::take(&mut adoption.ws_key),
@@ -540,17 +543,34 @@ async fn wait_for_signal(ctx: Rc<CoreCtx>, signals: SignalSlot) {
     ctx.begin_shutdown();
 }
 
-/// Pings, idle and stall checks, limiter and dedupe expiry.
+/// Pings, idle and stall checks, limiter and dedupe expiry, and token
+/// expiry. The full sweep runs every quarter of the shortest timeout
+/// (50 ms to 5 s); token expiry, which looks at the due buckets only, runs
+/// at least every [`EXPIRY_TICK`] (1 s), so a connection is closed at most
+/// a second after its token's `exp` plus the grace.
 async fn sweeper(ctx: Rc<CoreCtx>) {
-    let settings = &ctx.shared.settings;
+    let (tick, period) = sweep_periods(&ctx.shared.settings);
+    let mut last_sweep = Instant::now();
+    while !ctx.shutdown.is_triggered() {
+        glommio::timer::sleep(tick).await;
+        let now = Instant::now();
+        if now.saturating_duration_since(last_sweep) + tick / 2 >= period {
+            last_sweep = now;
+            ctx.with_hub(|hub| hub.sweep(now));
+            ctx.connection_log.borrow_mut().sweep(now);
+        } else {
+            ctx.with_hub(|hub| hub.expire_tokens(now));
+        }
+    }
+}
+
+/// How often the sweeper wakes (at most [`EXPIRY_TICK`], for token
+/// expiry) and how often it runs the full sweep (a quarter of the shortest
+/// of the ping interval and the write stall timeout, 50 ms to 5 s).
+fn sweep_periods(settings: &Settings) -> (Duration, Duration) {
     let period = (settings.ping_interval().min(settings.write_stall_timeout()) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
-    while !ctx.shutdown.is_triggered() {
-        glommio::timer::sleep(period).await;
-        let now = Instant::now();
-        ctx.with_hub(|hub| hub.sweep(now));
-        ctx.connection_log.borrow_mut().sweep(now);
-    }
+    (period.min(EXPIRY_TICK), period)
 }
 
 /// Accepts until shutdown.
@@ -749,7 +769,8 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
             return;
         }
     };
-    let (identity, room, since, key) = reply;
+    let (verified, room, since, key) = reply;
+    let Verified { identity, exp } = verified;
     let sampled = ctx
         .connection_log
         .borrow_mut()
@@ -772,6 +793,7 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
         // than kept for the life of the connection.
         let start = connection::Start {
             identity,
+            exp,
             room,
             since,
             ws_key: key.into_boxed_str(),
@@ -790,7 +812,7 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
             .await;
         return;
     }
-    let adoption = Adoption::new(fd, identity, room, since, key.into_boxed_str(), early);
+    let adoption = Adoption::new(fd, identity, exp, room, since, key.into_boxed_str(), early);
     ctx.router.send(home, ShardMsg::Adopt(Box::new(adoption)));
 }
 
@@ -800,7 +822,7 @@ type Refusal = (u16, String, Vec<(&'static str, String)>);
 fn check_upgrade(
     ctx: &CoreCtx,
     request: &HttpRequest,
-) -> Result<(Identity, Arc<str>, Option<MessageId>, String), Refusal> {
+) -> Result<(Verified, Arc<str>, Option<MessageId>, String), Refusal> {
     let (upgrade_ok, version_ok) = (request.is_websocket_upgrade, request.websocket_version_ok);
     if ctx.shutdown.is_triggered() {
         return Err((503, "server is shutting down".into(), vec![]));
@@ -836,10 +858,10 @@ fn check_upgrade(
             vec![],
         ));
     };
-    let identity = ctx
+    let verified = ctx
         .shared
         .verifier
-        .verify(&token)
+        .verify_at(&token, SystemTime::now())
         .map_err(|e| (401, format!("invalid token: {e}"), vec![]))?;
     let room = http::query_param(&request.query, "roomId")
         .map(|r| r.into_owned())
@@ -859,5 +881,28 @@ fn check_upgrade(
             vec![],
         ))?),
     };
-    Ok((identity, Arc::from(room), since, key.to_string()))
+    Ok((verified, Arc::from(room), since, key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn settings(flags: &[&str]) -> Settings {
+        let args = std::iter::once("chatd").chain(flags.iter().copied());
+        crate::config::Cli::try_parse_from(args).unwrap().settings
+    }
+
+    #[test]
+    fn the_sweeper_looks_at_token_expiry_at_least_every_second() {
+        let ms = Duration::from_millis;
+        // Defaults: a full sweep every 5 s, token expiry every second.
+        assert_eq!(sweep_periods(&settings(&[])), (ms(1_000), ms(5_000)));
+        // Short timeouts: every wake is a full sweep.
+        let fast = settings(&["--ping-interval-ms", "800", "--idle-timeout-ms", "2000"]);
+        assert_eq!(sweep_periods(&fast), (ms(200), ms(200)));
+        let fastest = settings(&["--ping-interval-ms", "10", "--idle-timeout-ms", "2000"]);
+        assert_eq!(sweep_periods(&fastest), (ms(50), ms(50)));
+    }
 }

@@ -18,6 +18,10 @@
 //   `clientMsgId` per message, and sends again after a drop with the same
 //   id: the server stores a message once.
 // - Typing frames are throttled (typing.js).
+// - With `getToken`, the token is renewed before its `exp` on the open
+//   connection (a `refresh` frame), and every reconnect asks for a fresh
+//   one. A connection closed 4001 (token expired) is reconnected only with
+//   a token from `getToken`; one closed 4003 (banned) is never reconnected.
 //
 // Plain ES module with no dependencies: browsers load it as it is, and Node
 // 20 uses it with the `ws` package passed as `WebSocket`.
@@ -40,6 +44,12 @@ export const HISTORY_MAX_LIMIT = 200;
  * where it stopped), so recovery always ends.
  */
 export const GAP_MAX_PAGES = 50;
+/** Longest lead of a token refresh before the token's `exp`, ms (a shorter-lived token refreshes earlier in its life: see `refreshLeadMs`). */
+export const REFRESH_LEAD_MS = 30_000;
+/** Share of a token's lifetime left when it is refreshed, if that is less than `refreshLeadMs`. */
+export const REFRESH_LIFETIME_SHARE = 0.2;
+/** Wait before trying again after a refused or failed refresh, ms (the server allows one per 10 s once its burst of 3 is spent). */
+export const REFRESH_RETRY_MS = 10_000;
 
 /** Connection states, in the order a connection normally goes through them. */
 export const ConnectionState = Object.freeze({
@@ -147,8 +157,13 @@ export class ChatClient {
   #state = ConnectionState.IDLE;
   /** @type {{ws: string, http: string}} */
   #url;
-  /** @type {string | (() => string | Promise<string>)} */
+  /** @type {string | (() => string | Promise<string>)} `getToken`, else `token` */
   #tokenSource;
+  /** `token` given next to `getToken`: used for the first connection only, then `getToken`. */
+  #firstToken = null;
+  /** Token sent in a `refresh` and not answered yet. */
+  #refreshing = null;
+  #refreshLeadMs;
   /** Token of the current or last connection. */
   #token = '';
   /** @type {any} */
@@ -189,7 +204,7 @@ export class ChatClient {
   /** @type {{status: number, error: string} | undefined} a refused upgrade's status, when the WebSocket implementation reported it */
   #refusalStatus = undefined;
   #closedByUser = false;
-  #timers = { reconnect: null, ack: null, ping: null, pong: null, retry: null };
+  #timers = { reconnect: null, ack: null, ping: null, pong: null, retry: null, refresh: null };
   /** When the scheduled reconnect fires (ms), or null. */
   #reconnectAt = null;
   #ackTimeoutMs;
@@ -203,10 +218,15 @@ export class ChatClient {
    */
   constructor(options) {
     const o = options ?? {};
-    if (typeof o.token !== 'string' && typeof o.token !== 'function') {
-      throw new TypeError('ChatClient: `token` (a JWT, or a function returning one) is required');
+    if (o.getToken !== undefined && typeof o.getToken !== 'function') {
+      throw new TypeError('ChatClient: `getToken` must be a function returning a JWT (or a promise of one)');
     }
-    this.#tokenSource = o.token;
+    if (o.getToken === undefined && typeof o.token !== 'string' && typeof o.token !== 'function') {
+      throw new TypeError('ChatClient: `token` (a JWT, or a function returning one) or `getToken` is required');
+    }
+    this.#tokenSource = o.getToken ?? o.token;
+    if (o.getToken !== undefined && typeof o.token === 'string' && o.token !== '') this.#firstToken = o.token;
+    this.#refreshLeadMs = o.refreshLeadMs ?? REFRESH_LEAD_MS;
     this.#url = endpoint(o.url);
     this.#WebSocket = o.WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== 'function') {
@@ -281,7 +301,7 @@ export class ChatClient {
    * Subscribes to an event; returns the unsubscribe function.
    * Events: one per server frame type (`message`, `ack`, `presence`,
    * `room_joined`, `room_left`, `typing_indicator`, `history`, `pong`,
-   * `error`), `frame` (every frame, before dedupe), and `state`, `open`,
+   * `refreshed`, `error`), `frame` (every frame, before dedupe), and `state`, `open`,
    * `close`, `auth_failed`, `refused`, `send_failed`, and `recovery` (how the
    * paging of a join answered `recovered: false` ended).
    */
@@ -356,9 +376,20 @@ export class ChatClient {
     }
   }
 
-  /** Resolves the token (a string, or a function called before every attempt). */
+  /** Whether a fresh token can be asked for (`getToken`, or `token` given as a function). */
+  get #renewable() {
+    return typeof this.#tokenSource === 'function';
+  }
+
+  /** Resolves the token (a string, or a function called before every attempt and refresh). */
   async #resolveToken() {
-    const t = typeof this.#tokenSource === 'function' ? await this.#tokenSource() : this.#tokenSource;
+    let t;
+    if (this.#firstToken !== null) {
+      t = this.#firstToken;
+      this.#firstToken = null;
+    } else {
+      t = typeof this.#tokenSource === 'function' ? await this.#tokenSource() : this.#tokenSource;
+    }
     if (typeof t !== 'string' || t === '') throw new ChatError('auth_failed', 'the token function returned no token');
     return t;
   }
@@ -428,6 +459,7 @@ export class ChatClient {
       this.#sendJoin(roomId);
     }
     this.#schedulePing();
+    this.#scheduleRefresh(tokenClaims(this.#token)?.exp);
   }
 
   #sendJoin(roomId) {
@@ -469,6 +501,20 @@ export class ChatClient {
     }
     this.#connectionGone();
     if (this.#closedByUser) return;
+    if (code === CloseCode.BANNED || (code === CloseCode.TOKEN_EXPIRED && !this.#renewable)) {
+      // Banned: never again by itself. Expired with no way to get a fresh
+      // token: the same token would be refused.
+      const banned = code === CloseCode.BANNED;
+      const state = banned ? ConnectionState.REFUSED : ConnectionState.AUTH_FAILED;
+      this.#setState(state);
+      this.#events.emit(state, {
+        status: undefined,
+        code,
+        error: reason || (banned ? 'banned' : 'token expired; no getToken to renew it'),
+      });
+      this.#events.emit('close', { code, reason, wasOpen, reconnect: false });
+      return;
+    }
     if (!wasOpen) {
       // Refused before the upgrade, or no server at all. Browsers hide the
       // HTTP status of a refused upgrade, so ask an authenticated route
@@ -546,7 +592,8 @@ export class ChatClient {
 
   /** Clears what belonged to the connection that just ended. */
   #connectionGone() {
-    for (const name of ['ack', 'ping', 'pong', 'retry']) this.#clearTimer(name);
+    for (const name of ['ack', 'ping', 'pong', 'retry', 'refresh']) this.#clearTimer(name);
+    this.#refreshing = null;
     this.#outbox.disconnected();
     for (const room of this.#rooms.values()) room.joined = false;
     for (const waiters of this.#historyWaiters.values()) {
@@ -596,6 +643,57 @@ export class ChatClient {
     }, this.#pingIntervalMs);
   }
 
+  // ---- token refresh ----------------------------------------------------------
+
+  /**
+   * Schedules the renewal of a token expiring at `exp` (Unix seconds):
+   * `refreshLeadMs` (30 s) before it, or with a fifth of its lifetime left
+   * when that is sooner (a 10 s token is renewed 2 s before `exp`). Nothing
+   * without `exp` or without a way to get a fresh token.
+   */
+  #scheduleRefresh(exp) {
+    this.#clearTimer('refresh');
+    if (!this.#renewable || typeof exp !== 'number' || !Number.isFinite(exp)) return;
+    const now = this.#clock.now();
+    const expMs = exp * 1000;
+    const iat = tokenClaims(this.#token)?.iat;
+    const issued = typeof iat === 'number' ? Math.min(iat * 1000, now) : now;
+    const lead = Math.min(this.#refreshLeadMs, Math.max(0, expMs - issued) * REFRESH_LIFETIME_SHARE);
+    this.#setRefreshTimer(Math.max(0, expMs - lead - now));
+  }
+
+  #setRefreshTimer(delayMs) {
+    this.#clearTimer('refresh');
+    this.#timers.refresh = this.#clock.setTimeout(() => {
+      this.#timers.refresh = null;
+      void this.#refresh();
+    }, delayMs);
+  }
+
+  /** Asks `getToken` for a fresh token and sends it in a `refresh` frame. */
+  async #refresh() {
+    const gen = this.#gen;
+    let token;
+    try {
+      token = await this.#resolveToken();
+    } catch (err) {
+      if (gen !== this.#gen || !this.isConnected) return;
+      this.#events.emit('error', { type: 'error', code: 'token_refresh_failed', message: String(err?.message ?? err) });
+      this.#setRefreshTimer(REFRESH_RETRY_MS);
+      return;
+    }
+    if (gen !== this.#gen || !this.isConnected) return;
+    if (this.#sendFrame({ type: 'refresh', token })) this.#refreshing = token;
+  }
+
+  /** `refreshed`: the connection now runs on the token sent; renew it in turn. */
+  #onRefreshed(frame) {
+    if (this.#refreshing !== null) this.#token = this.#refreshing;
+    this.#refreshing = null;
+    this.#scheduleRefresh(frame.exp);
+    this.#events.emit('refreshed', frame);
+  }
+
   // ---- incoming frames -------------------------------------------------------
 
   #onData(data) {
@@ -629,6 +727,8 @@ export class ChatClient {
         this.#clearTimer('pong');
         this.#schedulePing();
         return this.#events.emit('pong', frame);
+      case 'refreshed':
+        return this.#onRefreshed(frame);
       case 'error':
         return this.#onError(frame);
       default:
@@ -751,7 +851,18 @@ export class ChatClient {
 
   #onError(frame) {
     const now = this.#clock.now();
-    if (frame.code === 'room_limit') {
+    if (frame.code === 'invalid_token') {
+      // The refresh was refused; the connection keeps its old expiry. Try
+      // once more later (a fresh `getToken` call); if the old token runs
+      // out first, the 4001 close reconnects with a fresh one.
+      this.#refreshing = null;
+      if (this.#renewable) this.#setRefreshTimer(REFRESH_RETRY_MS);
+    } else if (frame.code === 'rate_limited' && this.#refreshing !== null && !this.#outbox.inflight) {
+      // Over the server's refresh budget (no message is waiting for an
+      // answer, so the refusal is the refresh's): try when it says.
+      this.#refreshing = null;
+      this.#setRefreshTimer(frame.retryAfterMs ?? REFRESH_RETRY_MS);
+    } else if (frame.code === 'room_limit') {
       // Answer to the oldest join still waiting.
       for (const [roomId, room] of this.#rooms) {
         if (!room.joined && roomId !== this.#rooms.keys().next().value) {

@@ -59,13 +59,21 @@ export interface ClientPingFrame {
   type: 'ping';
 }
 
+/** A newer token for this connection (before the current one's `exp` plus the server's grace); answered with `refreshed` or an `invalid_token` error. */
+export interface ClientRefreshFrame {
+  type: 'refresh';
+  /** The new JWT, of the same user. */
+  token: string;
+}
+
 export type ClientFrame =
   | ClientMessageFrame
   | ClientJoinRoomFrame
   | ClientLeaveRoomFrame
   | ClientTypingFrame
   | ClientHistoryFrame
-  | ClientPingFrame;
+  | ClientPingFrame
+  | ClientRefreshFrame;
 
 // ---- server to client frames (section 4) -----------------------------------------
 
@@ -143,6 +151,13 @@ export interface PongFrame {
   type: 'pong';
 }
 
+/** Answer to `refresh`: the connection now expires with the new token. */
+export interface RefreshedFrame {
+  type: 'refreshed';
+  /** The new token's `exp` (Unix seconds); null: the connection no longer expires. */
+  exp: number | null;
+}
+
 export type ErrorCode =
   | 'invalid_message'
   | 'not_in_room'
@@ -151,7 +166,8 @@ export type ErrorCode =
   | 'rate_limited'
   | 'room_limit'
   | 'unavailable'
-  | 'internal';
+  | 'internal'
+  | 'invalid_token';
 
 /** A refusal or failure. */
 export interface ErrorFrame {
@@ -171,6 +187,7 @@ export type ServerFrame =
   | TypingIndicatorFrame
   | HistoryFrame
   | PongFrame
+  | RefreshedFrame
   | ErrorFrame;
 
 // ---- HTTP answers (section 1) ------------------------------------------------------
@@ -233,8 +250,18 @@ export type WebSocketConstructor = new (url: string) => {
 };
 
 export interface ChatClientOptions {
-  /** A JWT, or a function returning one (called before every connection attempt). */
-  token: string | (() => string | Promise<string>);
+  /** A JWT, or a function returning one (called before every connection attempt); optional with `getToken`, whose first connection then uses it. */
+  token?: string | (() => string | Promise<string>);
+  /**
+   * Returns a fresh JWT (or a promise of one). Called for the token of every
+   * reconnect, and before the current token's `exp` to renew it on the open
+   * connection (a `refresh` frame; see `refreshLeadMs`). Without it (and with
+   * `token` a string), a connection closed 4001 (token expired) is not
+   * reconnected: `auth_failed` is emitted instead.
+   */
+  getToken?: () => string | Promise<string>;
+  /** Longest lead of the renewal before `exp`, ms (30000); a token with a shorter life is renewed with a fifth of its lifetime left. */
+  refreshLeadMs?: number;
   /** `ws://host/ws` (http(s) URLs are converted); default: `/ws` on the page's host. */
   url?: string;
   /** The first room (default `lobby`); ignored when `rooms` is given. */
@@ -275,6 +302,8 @@ export interface CloseEvent {
 export interface RefusalEvent {
   /** HTTP status of the refusal (401 for a bad token), when known. */
   status?: number;
+  /** The close code when the server closed an open connection for good: 4001 (token expired, no `getToken`) or 4003 (banned). */
+  code?: 4001 | 4003;
   error: string;
 }
 
@@ -312,7 +341,9 @@ export interface ChatClientEvents {
   typing_indicator: TypingIndicatorFrame;
   history: HistoryFrame;
   pong: PongFrame;
-  error: ErrorFrame | { type: 'error'; code: 'connect_failed'; message: string };
+  /** The server took the renewed token (see `getToken`). */
+  refreshed: RefreshedFrame;
+  error: ErrorFrame | { type: 'error'; code: 'connect_failed' | 'token_refresh_failed'; message: string };
   /** Every frame, before deduplication. */
   frame: ServerFrame;
   state: { state: ConnectionStateName; previous: ConnectionStateName };
@@ -370,6 +401,12 @@ export declare const HISTORY_MAX_LIMIT: number;
 /** Most `history` pages one gap recovery asks for. */
 export declare const GAP_MAX_PAGES: number;
 export declare function tokenClaims(token: string): Record<string, unknown> | null;
+/** Longest lead of a token renewal before `exp`, ms (30000). */
+export declare const REFRESH_LEAD_MS: number;
+/** Share of a token's lifetime left when it is renewed, if that is sooner than the lead (0.2). */
+export declare const REFRESH_LIFETIME_SHARE: number;
+/** Wait before trying a refused or failed renewal again, ms (10000). */
+export declare const REFRESH_RETRY_MS: number;
 
 // ---- policy building blocks (pure, time passed in) -----------------------------------
 
@@ -382,6 +419,12 @@ export declare const CloseCode: Readonly<{
   SERVICE_RESTART: 1012;
   TRY_AGAIN_LATER: 1013;
   NO_ANSWER: 4000;
+  /** Token expired: reconnected only with a token from `getToken`. */
+  TOKEN_EXPIRED: 4001;
+  /** Disconnected by an operator: reconnected with the backoff. */
+  DISCONNECTED: 4002;
+  /** Banned: never reconnected automatically. */
+  BANNED: 4003;
 }>;
 export declare const RECONNECT_DEFAULTS: Readonly<Required<ReconnectSettings>>;
 export declare function backoffDelay(attempt: number, settings: { baseMs: number; capMs: number }, random?: () => number): number;

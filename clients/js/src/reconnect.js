@@ -21,6 +21,12 @@ export const CloseCode = Object.freeze({
   TRY_AGAIN_LATER: 1013,
   /** Sent by this client when the server stopped answering (heartbeat or ack timeout). */
   NO_ANSWER: 4000,
+  /** The token's `exp` (plus the server's grace) passed: reconnect only with a fresh token. */
+  TOKEN_EXPIRED: 4001,
+  /** Disconnected by an operator: reconnects with the backoff. */
+  DISCONNECTED: 4002,
+  /** The user is banned: never reconnected automatically. */
+  BANNED: 4003,
 });
 
 /** Default reconnect settings (milliseconds). */

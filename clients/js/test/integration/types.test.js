@@ -24,6 +24,7 @@ const FRAMES = {
   ClientTypingFrame: 'ClientTypingFrame',
   ClientHistoryFrame: 'ClientHistoryFrame',
   ClientPingFrame: 'ClientPingFrame',
+  ClientRefreshFrame: 'ClientRefreshFrame',
   MessageFrame: 'ServerMessageFrame',
   AckFrame: 'ServerAckFrame',
   PresenceFrame: 'ServerPresenceFrame',
@@ -32,6 +33,7 @@ const FRAMES = {
   TypingIndicatorFrame: 'ServerTypingIndicatorFrame',
   HistoryFrame: 'ServerHistoryFrame',
   PongFrame: 'ServerPongFrame',
+  RefreshedFrame: 'ServerRefreshedFrame',
   ErrorFrame: 'ServerErrorFrame',
   RoomPresence: 'RoomPresence',
 };

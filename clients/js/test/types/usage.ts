@@ -12,6 +12,10 @@ client.on('state', ({ state }) => state === 'auth_failed');
 client.on('recovery', (e) => (e.complete ? e.messages : (e.after ?? e.since).length + (e.code ?? '').length));
 client.on('room_joined', (f) => f.recovered === false);
 client.on('history', (h) => (h.more ? h.messages.length : 0));
+const renewing = new ChatClient({ url: 'ws://localhost:8000/ws', getToken: async () => 'jwt', refreshLeadMs: 10_000 });
+renewing.on('refreshed', (f) => (f.exp === null ? 0 : f.exp));
+renewing.on('auth_failed', (e) => e.code === 4001);
+renewing.on('refused', (e) => e.code === 4003);
 const sent = client.send('hello', 'general');
 const id: string = sent.clientMsgId;
 sent.then((ack) => ack.messageId).catch((e: unknown) => e instanceof ChatError && e.code === 'queue_full');
@@ -35,6 +39,8 @@ function handle(frame: ServerFrame): string {
       return String(frame.messages.length);
     case 'pong':
       return 'pong';
+    case 'refreshed':
+      return String(frame.exp ?? 'never');
     case 'error':
       return frame.code === 'rate_limited' ? String(frame.retryAfterMs) : frame.message;
   }
@@ -47,6 +53,7 @@ const frames: ClientFrame[] = [
   { type: 'typing', isTyping: true },
   { type: 'history', roomId: 'general', after: '01HQZX3Y7K8M9N0P1Q2R3S4T5V' },
   { type: 'ping' },
+  { type: 'refresh', token: 'jwt' },
 ];
 
 // Wrong names and types are refused.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the load scenarios against chatd and a baseline server side by side, alternating
 # them round by round so both see the same machine noise, and prints one table of medians
-# (BENCHMARKS.md, "Against a tokio baseline", records the output). Loopback only; about
-# 4½ minutes per round.
+# (BENCHMARKS.md, "Against a tokio baseline", records the output), with the kernel's
+# send() floor measured in every round beside them. Loopback only; about 5½ minutes per
+# round.
 #
 #   [ROUNDS=3] [CHATD=target/release/chatd] [BASELINE=target/release/baseline] \
 #       loadgen/versus.sh [OUTPUT_DIR]
@@ -49,6 +50,20 @@ run() {
 
 rounds=${ROUNDS:-3}
 for round in $(seq 1 "$rounds"); do
+    # The kernel's floor in the same round: plain send() of one frame per call, back to
+    # back over 5,000 sockets and paced the way each fan-out sends (groups of one room's
+    # members at the scenario's message rate).
+    echo "== round $round: floor"
+    echo "== floor: loadgen floor --sockets 5000 --frames 500000" >>"$out/commands.txt"
+    "$lg" floor --sockets 5000 --frames 500000 --json >"$out/r$round-floor-back-to-back.json"
+    echo "== floor: loadgen floor --sockets 5000 --frames 125000 --group 50 --group-rate 500" \
+        >>"$out/commands.txt"
+    "$lg" floor --sockets 5000 --frames 125000 --group 50 --group-rate 500 --json \
+        >"$out/r$round-floor-fanout-100x50.json"
+    echo "== floor: loadgen floor --sockets 5000 --frames 1000000 --group 500 --group-rate 400" \
+        >>"$out/commands.txt"
+    "$lg" floor --sockets 5000 --frames 1000000 --group 500 --group-rate 400 --json \
+        >"$out/r$round-floor-fanout-10x500.json"
     for side in chatd baseline; do
         bin=$chatd
         [ "$side" = baseline ] && bin=$baseline
@@ -61,6 +76,9 @@ for round in $(seq 1 "$rounds"); do
         wait_timewait
         run "r$round-$side-idle-15000" "$bin" connect --connections 15000 --rate 5000 --hold 10 \
             --processes 2
+        wait_timewait
+        run "r$round-$side-connect-15000" "$bin" connect --connections 15000 --rate 15000 \
+            --room-size 1 --hold 1 --processes 2
     done
 done
 python3 loadgen/versus_table.py "$out" | tee -a "$out/summary.txt"

@@ -19,7 +19,13 @@ for path in sorted(glob.glob(os.path.join(out, "r*-*.json"))):
     s = r.get("server") or {}
     d = r.get("delivery") or {}
     c = r.get("connections") or {}
-    if scenario.startswith("idle"):
+    if scenario.startswith("connect"):
+        measures = [
+            ("connections per second", c.get("rate_per_s")),
+            ("us server CPU per connection", s.get("cpu_us_per_connection")),
+            ("p99 handshake latency, ms", (c.get("handshake_ms") or {}).get("p99_ms")),
+        ]
+    elif scenario.startswith("idle"):
         measures = [
             ("bytes RSS per connection", s.get("rss_bytes_per_connection")),
             ("us server CPU per connection", s.get("cpu_us_per_connection")),
@@ -77,3 +83,28 @@ for (scenario, unit), v in rows.items():
     ratio = "%.2f" % (statistics.median(a) / statistics.median(b)) if a and b and statistics.median(b) else "-"
     print("| %s | %s | %s | %s | %s | %s |"
           % (scenario, unit, fmt(v["chatd"]), fmt(v["baseline"]), ratio, fmt_bad(v["bad"])))
+
+
+# The kernel's floor, measured in the same rounds: sender CPU per plain send().
+floors = {}
+for path in sorted(glob.glob(os.path.join(out, "r*-floor-*.json"))):
+    m = re.match(r"r(\d+)-floor-(.+)\.json$", os.path.basename(path))
+    if m:
+        floors.setdefault(m.group(2), []).append(json.load(open(path)).get("cpu_us_per_send"))
+if floors:
+    print()
+    print("| floor (plain send(), same rounds) | us sender CPU per send: median (runs) "
+          "| chatd / floor | baseline / floor |")
+    print("| --- | --- | --- | --- |")
+    for name, values in floors.items():
+        values = [v for v in values if v is not None]
+        scenario = name if name.startswith("fanout") else None
+        row = rows.get((scenario, "us server CPU per delivery")) if scenario else None
+        ratios = ["-", "-"]
+        if row and values:
+            f = statistics.median(values)
+            for i, side in enumerate(("chatd", "baseline")):
+                got = [x for x in row[side] if x is not None]
+                if got:
+                    ratios[i] = "%.2f" % (statistics.median(got) / f)
+        print("| %s | %s | %s | %s |" % (name, fmt(values), ratios[0], ratios[1]))

@@ -92,11 +92,13 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the server's side.
     Internal,
+    /// The user may not do this now (section 8: a `message` from a banned user).
+    Forbidden,
 }
 
 impl ErrorCode {
     /// Every code, in the contract's order; for metrics that pre-register one series per code.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InvalidMessage,
         ErrorCode::NotInRoom,
         ErrorCode::MessageTooLong,
@@ -105,6 +107,7 @@ impl ErrorCode {
         ErrorCode::RoomLimit,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as it appears on the wire, e.g. `"rate_limited"`.
@@ -118,6 +121,7 @@ impl ErrorCode {
             ErrorCode::RoomLimit => "room_limit",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -731,6 +735,11 @@ enum OutFrame<'a> {
     },
     Pong,
     #[serde(rename_all = "camelCase")]
+    MessageDeleted {
+        room_id: &'a str,
+        message_id: &'a str,
+    },
+    #[serde(rename_all = "camelCase")]
     Error {
         code: ErrorCode,
         message: &'a str,
@@ -831,6 +840,17 @@ pub fn encode_typing(user_id: &str, username: &str, room_id: &str, is_typing: bo
         &frame,
         FRAME_OVERHEAD + user_id.len() + username.len() + room_id.len(),
     )
+}
+
+/// Encodes the `message_deleted` frame an operator's delete sends to the room's members
+/// (contract section 8): `{"type":"message_deleted","roomId":..,"messageId":..}`.
+pub fn encode_message_deleted(room_id: &str, message_id: MessageId) -> Vec<u8> {
+    let mut id = [0u8; ulid::ULID_LEN];
+    let frame = OutFrame::MessageDeleted {
+        room_id,
+        message_id: message_id.array_to_str(&mut id),
+    };
+    to_json(&frame, FRAME_OVERHEAD + room_id.len())
 }
 
 /// Encodes the `pong` frame answering a `ping`.
@@ -1739,7 +1759,8 @@ mod tests {
                 "rate_limited",
                 "room_limit",
                 "unavailable",
-                "internal"
+                "internal",
+                "forbidden"
             ]
         );
         for code in ErrorCode::ALL {
@@ -1749,6 +1770,16 @@ mod tests {
             );
             assert_eq!(code.to_string(), code.as_str());
         }
+    }
+
+    #[test]
+    fn message_deleted_frame() {
+        let json = encode_message_deleted("general", id(ID_A));
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "message_deleted", "roomId": "general", "messageId": ID_A})
+        );
     }
 
     fn sample_message() -> ChatMessage {

@@ -19,7 +19,7 @@ use crate::auth::Identity;
 use crate::client::Client;
 use crate::events::BackendEvent;
 use crate::history::{
-    memory_replay, History, HistoryStore, MemoryHistory, Page, Replaying, StoredMessage,
+    memory_replay, Deletion, History, HistoryStore, MemoryHistory, Page, Replaying, StoredMessage,
 };
 use crate::pg::{ReadFailed, ReadResult};
 use crate::protocol::{self, ChatMessage};
@@ -123,6 +123,27 @@ impl History for Scripted {
             Err(_) => memory_replay(&self.memory, room, since),
         }
     }
+
+    fn delete(&mut self, read: u64, room: &Arc<str>, id: Ulid) -> Deletion {
+        if let Some(removed) = self.memory.remove(room, id) {
+            return Deletion::Now(Some(removed));
+        }
+        let mut script = self.script.borrow_mut();
+        if !script.defer {
+            return Deletion::Now(None);
+        }
+        script.reads.push(read);
+        Deletion::Pending
+    }
+
+    fn delete_rows(
+        &mut self,
+        rows: ReadResult,
+        _room: &Arc<str>,
+        id: Ulid,
+    ) -> Result<Option<StoredMessage>, crate::pg::ReadFailed> {
+        Ok(rows?.into_iter().find(|m| m.id == id))
+    }
 }
 
 /// A one-core hub with the scripted history.
@@ -147,6 +168,7 @@ fn ann() -> Identity {
     Identity {
         user_id: Arc::from("ann"),
         username: Arc::from("Ann"),
+        admin: false,
     }
 }
 

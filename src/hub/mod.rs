@@ -71,6 +71,9 @@ mod backend_tests;
 mod member;
 #[cfg(test)]
 mod mesh_tests;
+mod operator;
+#[cfg(test)]
+mod operator_tests;
 mod reads;
 mod room_owner;
 #[cfg(test)]
@@ -85,6 +88,7 @@ mod tests;
 mod user_owner;
 
 pub use crate::pg::history::MAX_PG_READS;
+pub use operator::{wall_ms, Bans, BANNED_CLOSE, DISCONNECTED_CLOSE, MAX_BANS};
 pub use reads::UNAVAILABLE_TEXT;
 
 /// Most messages replayed by `join_room` with `since` (contract section 3).
@@ -302,6 +306,14 @@ pub struct Hub {
     /// Which rate-limited sends of users this core owns get a "Rate limit
     /// exceeded" line (one per user per rate-limit window).
     rate_log: LogSampler,
+    /// This core's copy of the ban list (`operator.rs`): read by upgrades
+    /// accepted here and by the message frames of this core's connections,
+    /// written only by the users' owner cores. At most [`MAX_BANS`].
+    bans: Bans,
+    /// Ban changes this core (their user's owner) sent to the other cores,
+    /// by ack id, until every core has applied them; bounded by the
+    /// operator requests in flight (every core answers each once).
+    ban_acks: HashMap<u64, operator::BanWait>,
 }
 
 impl Hub {
@@ -347,6 +359,8 @@ impl Hub {
                 LOG_SAMPLER_USERS,
                 now,
             ),
+            bans: Bans::default(),
+            ban_acks: HashMap::new(),
         }
     }
 
@@ -480,6 +494,8 @@ impl Hub {
                 let page = self.history.page(&room, before, after, limit);
                 Answer::Messages(page.into_iter().map(|m| m.json).collect())
             }
+            // Answered by `answer_query` (they change state at the owner).
+            Query::Delete { .. } | Query::Ban(_) => Answer::Unavailable,
         }
     }
 
@@ -620,6 +636,24 @@ impl Hub {
                 exclude,
             } => self.typing_owner(room, user, frame, exclude, now),
             ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, now),
+            ShardMsg::CloseUser { user, code, reason } => {
+                self.close_user_local(&user, code, reason)
+            }
+            ShardMsg::BanReplica {
+                user,
+                until_ms,
+                ack,
+            } => {
+                self.apply_ban(user, until_ms, operator::wall_ms(wall));
+                if let Some(ack) = ack {
+                    self.outbox.send(from, ShardMsg::BanApplied { ack });
+                }
+            }
+            ShardMsg::BanFromCluster { user, until_ms } => {
+                self.ban_from_cluster(user, until_ms, now, wall)
+            }
+            ShardMsg::BanApplied { ack } => self.ban_applied(ack, now),
+            ShardMsg::DeleteFromCluster { room, id } => self.delete_from_cluster(room, id, now),
             ShardMsg::Query { req, query } => self.answer_query(from, req, query, now),
             ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
             ShardMsg::Adopt(_) | ShardMsg::Shutdown => {

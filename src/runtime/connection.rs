@@ -301,6 +301,8 @@ async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
         CloseReason::Shutdown => "server shutting down",
         CloseReason::Protocol => "protocol error",
         CloseReason::TooManyConnections => "too many connections for this user",
+        CloseReason::Disconnected => "disconnected by an operator",
+        CloseReason::Banned => "banned",
         CloseReason::Client => "",
     };
     {

@@ -1106,6 +1106,16 @@ pub enum ServerFrame {
     },
     /// Answer to a `ping`.
     Pong,
+    /// An operator deleted a message of the room from its history: clients drop it from view.
+    #[serde(rename_all = "camelCase")]
+    MessageDeleted {
+        /// The room of the message.
+        room_id: String,
+        /// The deleted message.
+        #[serde(deserialize_with = "deserialize_message_id")]
+        #[schema(value_type = String, format = "ulid", example = "01HQZX3Y7K8M9N0P1Q2R3S4T5V")]
+        message_id: MessageId,
+    },
     /// A refusal or failure.
     #[serde(rename_all = "camelCase")]
     Error {

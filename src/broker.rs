@@ -172,6 +172,8 @@ pub enum Arrival {
     },
     /// Send this core's whole presence state ([`Broker::snapshot`]).
     Resync,
+    /// Another instance's operator action, to carry out here too.
+    Operator(crate::redis::envelope::Operator),
 }
 
 /// Cross-instance fan-out and sequencing, one per core (module doc).

@@ -601,3 +601,140 @@ fn a_ban_survives_a_restart() {
     );
     assert_eq!(audit[2][0].as_deref(), Some("unbanned"));
 }
+
+// ---- with Redis -----------------------------------------------------------
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// A random key prefix whose keys are deleted when it drops.
+struct Prefix {
+    /// The prefix.
+    name: String,
+}
+
+impl Prefix {
+    /// A prefix for `test`, or None (SKIP) when Redis is not reachable.
+    fn new(test: &str) -> Option<Prefix> {
+        let addr: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            common::skip("Redis is not reachable on 127.0.0.1:6379");
+            return None;
+        }
+        Some(Prefix {
+            name: format!("chatdtest:{test}:{:08x}:", rand::random::<u32>()),
+        })
+    }
+
+    /// The settings of an instance under this prefix.
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("REDIS_URL", SHARED_REDIS),
+            ("REDIS_PREFIX", self.name.as_str()),
+        ]
+    }
+
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(SHARED_REDIS)
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .unwrap()
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            let mut con = self.connection();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.name))
+                .query(&mut con)
+                .unwrap();
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL").arg(keys).query(&mut con).unwrap();
+            }
+        });
+    }
+}
+
+#[test]
+fn operator_actions_on_one_instance_reach_another() {
+    let Some(prefix) = Prefix::new("operator") else {
+        return;
+    };
+    let one = Server::start(&prefix.env());
+    let two = Server::start(&prefix.env());
+    let (mut eve, _) = two.connect("eve", "shared");
+    let (mut bob, _) = two.connect("bob", "shared");
+    let (mut ann, _) = one.connect("ann", "shared");
+    // Ann's message reaches Bob on the other instance; deleted on the first,
+    // it leaves the second's history and Bob is told.
+    ann.send(json!({"type": "message", "content": "oops"}));
+    let oops = ann.recv_type("message");
+    assert_eq!(bob.recv_type("message")["messageId"], oops["messageId"]);
+    let id = oops["messageId"].as_str().unwrap();
+    let path = format!("/api/chats/rooms/shared/messages/{id}");
+    assert_eq!(
+        request(one.addr, "DELETE", &path, Some(&admin()), None).0,
+        204
+    );
+    let deleted = json!({"type": "message_deleted", "roomId": "shared", "messageId": id});
+    assert_eq!(ann.recv_type("message_deleted"), deleted);
+    assert_eq!(bob.recv_type("message_deleted"), deleted);
+    assert!(history_contents(&two, "shared").is_empty());
+    // A ban on the first closes Eve's connection on the second with 4003,
+    // and the second refuses her upgrades.
+    let (status, _) = request(
+        one.addr,
+        "POST",
+        "/api/chats/users/eve/ban",
+        Some(&admin()),
+        Some(r#"{"durationSecs":3600}"#),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(eve.expect_close(), Some(4003));
+    let (status, body) = refused(&two, "eve", "shared");
+    assert_eq!(status, 403, "{body}");
+    // The ban is kept in Redis, expiring with the ban, for instances that
+    // start later: a third one refuses her too.
+    let mut con = prefix.connection();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}ban:eve", prefix.name))
+        .query(&mut con)
+        .unwrap();
+    assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{ttl}");
+    let three = Server::start(&prefix.env());
+    assert_eq!(refused(&three, "eve", "shared").0, 403);
+    // Lifted on the second: the key is gone and the first takes her again.
+    let (status, _) = request(
+        two.addr,
+        "DELETE",
+        "/api/chats/users/eve/ban",
+        Some(&admin()),
+        None,
+    );
+    assert_eq!(status, 204);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("{}ban:eve", prefix.name))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(exists, 0);
+    let back = common::poll(FRAME_TIMEOUT, || {
+        let url = format!(
+            "ws://{}/ws?token={}&roomId=shared",
+            one.addr,
+            one.token("eve")
+        );
+        Client::open(&url).ok()
+    });
+    assert!(back.is_some(), "eve still refused on the first instance");
+    // A disconnect on the second closes Ann's connection on the first with 4002.
+    let (status, _) = request(
+        two.addr,
+        "POST",
+        "/api/chats/users/ann/disconnect",
+        Some(&admin()),
+        None,
+    );
+    assert_eq!(status, 204);
+    assert_eq!(ann.expect_close(), Some(4002));
+}

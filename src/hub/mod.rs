@@ -776,6 +776,7 @@ impl Hub {
                     self.announce_offline(user, rooms, now);
                 }
             }
+            Arrival::Operator(action) => self.operator_from_cluster(action, now, wall),
             Arrival::Resync => {
                 let rooms = self
                     .owned

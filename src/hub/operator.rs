@@ -469,6 +469,34 @@ impl Hub {
         self.fan_out(room, frame, FrameKind::Message, None, now, now);
     }
 
+    /// Another instance's operator action (Redis), carried out here too:
+    /// its origin answered the request and wrote the audit record.
+    pub(super) fn operator_from_cluster(
+        &mut self,
+        action: crate::redis::envelope::Operator,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        use crate::redis::envelope::Operator;
+        match action {
+            Operator::Delete { r, i } => {
+                let id = protocol::parse_message_id(&i);
+                match id.filter(|_| protocol::valid_room_id(&r)) {
+                    Some(id) => self.delete_from_cluster(Arc::from(r), id, now),
+                    None => {
+                        tracing::warn!(room = %r, id = %i, "ignoring a malformed delete from another instance")
+                    }
+                }
+            }
+            Operator::Ban { u, t } => self.ban_from_cluster(Arc::from(u), t, now, wall),
+            Operator::Disconnect { u } => self.close_user_everywhere(
+                Arc::from(u),
+                DISCONNECTED_CLOSE,
+                CloseReason::Disconnected,
+            ),
+        }
+    }
+
     /// Room owner: another instance deleted message `id` of `room`: it
     /// goes from this instance's history too (a pending insert of it is
     /// dropped), and the members here are told.

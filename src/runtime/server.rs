@@ -117,6 +117,10 @@ pub struct Shared {
     /// between two scrapes. Locked only on the scrape path, never across an
     /// await.
     pub metrics_cache: std::sync::Mutex<crate::metrics::MetricsCache>,
+    /// The bans in force at start-up (Postgres's `chat_bans` and Redis's
+    /// ban keys), as (user, end in ms since the Unix epoch): every core's
+    /// copy of the ban list starts from them.
+    pub bans_at_start: Vec<(String, u64)>,
 }
 
 /// One core's context, shared by its tasks through an `Rc`.
@@ -273,7 +277,15 @@ pub fn run(
         ),
         None => None,
     };
+    let mut bans_at_start = Vec::new();
+    if let Some(pg) = &pg {
+        bans_at_start.extend(pg.bans_at_start.iter().cloned());
+    }
+    if let Some(redis) = &redis {
+        bans_at_start.extend(redis.bans_at_start.iter().cloned());
+    }
     let shared = Arc::new(Shared {
+        bans_at_start,
         settings,
         verifier,
         moderation_words,
@@ -411,9 +423,7 @@ async fn core_main(
         let memory = MemoryAudit::new(AUDIT_MEMORY);
         hub.set_audit(Box::new(PgAudit::new(memory, pg.clone(), core)));
     }
-    if let Some(pg) = &shared.pg {
-        hub.seed_bans(&pg.bans_at_start, SystemTime::now());
-    }
+    hub.seed_bans(&shared.bans_at_start, SystemTime::now());
     let writer = shared
         .settings
         .batched_sends

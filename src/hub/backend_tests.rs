@@ -360,3 +360,44 @@ fn a_history_that_does_not_admit_refuses_messages_unavailable() {
         "not stored"
     );
 }
+
+#[test]
+fn a_delete_older_than_memory_waits_for_the_rows_and_answers_by_them() {
+    let t0 = Instant::now();
+    let (mut hub, script) = hub(t0);
+    let client = hub.open(ann(), Arc::from("r"), None, t0);
+    frames(&client, t0);
+    script.borrow_mut().defer = true;
+    let delete = |n: u64| Query::Delete {
+        room: Arc::from("r"),
+        id: row(n).id,
+        actor: Arc::from("root"),
+        at_ms: 0,
+    };
+    // Found in the rows: deleted, and the room is told.
+    let Asked::Later(mut found) = hub.ask(0, delete(1), t0) else {
+        panic!("waits for the rows");
+    };
+    let read = script.borrow().reads[0];
+    let rows = Ok(vec![row(1)]);
+    hub.on_backend_event(BackendEvent::Rows { read, rows }, t0, wall());
+    assert!(matches!(found.try_recv(), Ok(Some(Answer::Done))));
+    let got = frames(&client, t0);
+    assert_eq!(got[0]["type"], "message_deleted");
+    assert_eq!(got[0]["messageId"], row(1).id.to_string());
+    // Not in the rows: not found, nobody told. A failed read: unavailable.
+    for (n, rows, done) in [(2, Ok(Vec::new()), false), (3, Err(ReadFailed), true)] {
+        let Asked::Later(mut rx) = hub.ask(0, delete(n), t0) else {
+            panic!("waits for the rows");
+        };
+        let read = *script.borrow().reads.last().unwrap();
+        hub.on_backend_event(BackendEvent::Rows { read, rows }, t0, wall());
+        let answer = rx.try_recv().unwrap().unwrap();
+        if done {
+            assert!(matches!(answer, Answer::Unavailable), "{answer:?}");
+        } else {
+            assert!(matches!(answer, Answer::NotFound), "{answer:?}");
+        }
+    }
+    assert!(frames(&client, t0).is_empty());
+}

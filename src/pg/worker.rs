@@ -686,6 +686,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_delete_drops_the_pending_insert_of_its_message_and_is_queued() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let inner = Inner {
+            buffered: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            stats: super::super::stats::PgStats::default(),
+            health: Arc::new(crate::health::BackendHealth::default()),
+        };
+        let (mut messages, mut audits, mut deletes, mut bans) = Default::default();
+        let mut queues = Queues {
+            messages: &mut messages,
+            audits: &mut audits,
+            deletes: &mut deletes,
+            bans: &mut bans,
+        };
+        let room: Arc<str> = Arc::from("r");
+        let row = |n: u64, room: &Arc<str>| MessageRow {
+            room_id: room.clone(),
+            id: Ulid::from_parts(n, 0),
+            user_id: Arc::from("u"),
+            sent_at_ms: n,
+            payload: Bytes::from_static(b"{}"),
+        };
+        let now = Instant::now();
+        let other: Arc<str> = Arc::from("other");
+        for item in [row(1, &room), row(2, &room), row(2, &other)] {
+            queues.push(WriteItem::Message(item), now, &inner);
+        }
+        // Three rows handed over by the cores.
+        inner.buffered.store(3, Ordering::Relaxed);
+        let delete = DeleteRow {
+            room_id: room.clone(),
+            id: Ulid::from_parts(2, 0),
+        };
+        queues.push(WriteItem::Delete(delete), now, &inner);
+        let left: Vec<(String, u64)> = messages
+            .iter()
+            .map(|p| (p.row.room_id.to_string(), p.row.id.timestamp_ms()))
+            .collect();
+        assert_eq!(left, [("r".to_string(), 1), ("other".to_string(), 2)]);
+        assert_eq!(
+            inner.buffered.load(Ordering::Relaxed),
+            2,
+            "the dropped row is no longer buffered"
+        );
+        // The delete itself is still written (the row may be in Postgres already).
+        assert_eq!(deletes.len(), 1);
+    }
+
+    #[test]
     fn nul_is_replaced_only_when_present() {
         assert!(matches!(pg_text("alice"), Cow::Borrowed("alice")));
         assert_eq!(pg_text("a\0b"), "a\u{FFFD}b");

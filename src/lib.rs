@@ -35,8 +35,11 @@
 //!      (bounded; slow consumer: typing dropped, then 1013)      outbound.rs
 //!      replay of a join with `since`, framed as the client reads  outbound.rs
 //!    reads answered later (Postgres rows)                     hub/reads.rs
+//!    operator API: publish, delete, bans (owner core + a copy  hub/operator.rs
+//!      per core), disconnects; admin routes in runtime/routes.rs
 //!    tests: rules per topic, seeded simulation of N hubs       hub/tests.rs,
-//!      over a test mesh (testkit.rs)                             hub/simulation.rs
+//!      over a test mesh (testkit.rs)                             hub/simulation.rs,
+//!                                                                hub/operator_tests.rs
 //!  connection state (rooms, queue, budgets)                   client.rs
 //!  backends, each a trait with a memory implementation:
 //!    Broker: ids, cluster counts, relays, presence mirror     broker.rs
@@ -46,7 +49,8 @@
 //!                                                             presence.rs, keys.rs, stats.rs
 //!    History: owned rooms' messages                           history.rs
 //!      Postgres (DATABASE_URL): memory cache + rows           pg/history.rs
-//!    AuditSink: moderation audit trail                        moderation.rs, pg/audit.rs
+//!    AuditSink: moderation and operator audit trail (a ban's   moderation.rs, pg/audit.rs
+//!      record also writes chat_bans)
 //!    PresenceStore: connection counts per user                presence.rs
 //!    Postgres thread: batches (size or interval), UNNEST      pg/mod.rs, pg/worker.rs,
 //!      insert with backoff, schema, merge with memory           pg/batch.rs, pg/migrate.rs,

@@ -129,6 +129,13 @@ export interface TypingIndicatorFrame {
   username?: string;
 }
 
+/** An operator deleted a message of the room from its history: drop it from view. */
+export interface MessageDeletedFrame {
+  type: 'message_deleted';
+  roomId: RoomId;
+  messageId: string;
+}
+
 /** Answer to a `history` frame: stored messages, oldest first. */
 export interface HistoryFrame {
   type: 'history';
@@ -151,7 +158,9 @@ export type ErrorCode =
   | 'rate_limited'
   | 'room_limit'
   | 'unavailable'
-  | 'internal';
+  | 'internal'
+  /** A `message` from a user an operator banned. */
+  | 'forbidden';
 
 /** A refusal or failure. */
 export interface ErrorFrame {
@@ -171,6 +180,7 @@ export type ServerFrame =
   | TypingIndicatorFrame
   | HistoryFrame
   | PongFrame
+  | MessageDeletedFrame
   | ErrorFrame;
 
 // ---- HTTP answers (section 1) ------------------------------------------------------
@@ -310,6 +320,8 @@ export interface ChatClientEvents {
   room_joined: RoomJoinedFrame;
   room_left: RoomLeftFrame;
   typing_indicator: TypingIndicatorFrame;
+  /** An operator deleted a message of a joined room. */
+  message_deleted: MessageDeletedFrame;
   history: HistoryFrame;
   pong: PongFrame;
   error: ErrorFrame | { type: 'error'; code: 'connect_failed'; message: string };

@@ -32,6 +32,7 @@ const FRAMES = {
   TypingIndicatorFrame: 'ServerTypingIndicatorFrame',
   HistoryFrame: 'ServerHistoryFrame',
   PongFrame: 'ServerPongFrame',
+  MessageDeletedFrame: 'ServerMessageDeletedFrame',
   ErrorFrame: 'ServerErrorFrame',
   RoomPresence: 'RoomPresence',
 };

@@ -11,6 +11,7 @@ client.on('close', (e) => (e.reconnect ? e.delayMs : e.code));
 client.on('state', ({ state }) => state === 'auth_failed');
 client.on('recovery', (e) => (e.complete ? e.messages : (e.after ?? e.since).length + (e.code ?? '').length));
 client.on('room_joined', (f) => f.recovered === false);
+client.on('message_deleted', (d) => d.roomId.length + d.messageId.length);
 client.on('history', (h) => (h.more ? h.messages.length : 0));
 const sent = client.send('hello', 'general');
 const id: string = sent.clientMsgId;
@@ -35,6 +36,8 @@ function handle(frame: ServerFrame): string {
       return String(frame.messages.length);
     case 'pong':
       return 'pong';
+    case 'message_deleted':
+      return frame.messageId;
     case 'error':
       return frame.code === 'rate_limited' ? String(frame.retryAfterMs) : frame.message;
   }

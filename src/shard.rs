@@ -329,9 +329,12 @@ impl ShardMsg {
     }
 
     /// Messages the mesh never drops, whatever its backlog: an adopted
-    /// socket (dropping it would leak the connection), a close request and
-    /// shutdown. At most one per connection or core, so they cannot grow a
-    /// queue without bound.
+    /// socket (dropping it would leak the connection), a close request,
+    /// shutdown, and the operator API's closes and ban changes (a lost ban
+    /// change would leave a core's copy of the ban list wrong, and a lost
+    /// ack the request unanswered). At most one per connection or core, or
+    /// per operator request and core, so they cannot grow a queue without
+    /// bound.
     pub fn is_control(&self) -> bool {
         matches!(
             self,

@@ -238,3 +238,31 @@ fn a_disconnect_closes_every_connection_of_the_user_with_4002() {
     // Not a ban: she may come back.
     assert!(w.hubs[0].banned_until("ann", w.wall()).is_none());
 }
+
+#[test]
+fn the_ban_list_is_bounded_and_forgets_ended_bans_to_make_room() {
+    use super::{Bans, MAX_BANS};
+    let mut bans = Bans::default();
+    assert_eq!(bans.until("anyone", 0), None);
+    for i in 0..MAX_BANS {
+        // Half end at 1,000 ms, half at 10,000 ms.
+        let end = if i % 2 == 0 { 1_000 } else { 10_000 };
+        bans.set(Arc::from(format!("u{i}")), Some(end), 0);
+    }
+    assert_eq!(bans.len(), MAX_BANS);
+    // Full: a new user has no room while every ban runs; a change of a
+    // banned user always has.
+    assert!(!bans.has_room("new", 500));
+    assert!(bans.has_room("u1", 500));
+    // Once half of them ended, pruning makes room.
+    assert!(bans.has_room("new", 1_000));
+    assert_eq!(bans.len(), MAX_BANS / 2);
+    bans.set(Arc::from("new"), Some(5_000), 1_000);
+    assert_eq!(bans.until("new", 1_000), Some(5_000));
+    assert_eq!(bans.until("new", 5_000), None, "ended at its end time");
+    // A ban already over when it arrives, and a lift, remove the entry.
+    bans.set(Arc::from("u1"), Some(900), 1_000);
+    assert_eq!(bans.until("u1", 1_000), None);
+    bans.set(Arc::from("u3"), None, 1_000);
+    assert_eq!(bans.len(), MAX_BANS / 2 - 1);
+}

@@ -92,7 +92,19 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         set_send_buffer(stream.as_raw_fd(), bytes);
     }
     let now = Instant::now();
-    let client = ctx.with_hub(|hub| hub.open(identity, room, since, now));
+    let client = ctx.with_hub(|hub| {
+        let client = hub.open(identity, room, since, now);
+        // Banned after the accepting core checked (its copy of the ban
+        // list was a moment behind this core's): closed like the user's
+        // other connections.
+        if hub
+            .banned_until(&client.identity.user_id, std::time::SystemTime::now())
+            .is_some()
+        {
+            client.request_close(crate::hub::BANNED_CLOSE, CloseReason::Banned);
+        }
+        client
+    });
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut early = early;
     let ended = match early.is_empty() {

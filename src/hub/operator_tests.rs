@@ -266,3 +266,62 @@ fn the_ban_list_is_bounded_and_forgets_ended_bans_to_make_room() {
     bans.set(Arc::from("u3"), None, 1_000);
     assert_eq!(bans.len(), MAX_BANS / 2 - 1);
 }
+
+#[test]
+fn another_instances_actions_are_carried_out_on_every_core_here() {
+    use crate::redis::envelope::Operator;
+    let mut w = World::new(2, &[]);
+    let room = owned_by(1, 2, "room");
+    let eve = owned_by(0, 2, "eve");
+    let a = w.open(0, "ann", &room, None);
+    let e1 = w.open(1, &eve, &room, None);
+    let d0 = w.open(0, "dan", &room, None);
+    w.pump();
+    w.say(&a, &room, "theirs");
+    w.pump();
+    let id = ids(&frames(&a, w.now))[0].clone();
+    frames(&e1, w.now);
+    let (now, wall) = (w.now, w.wall());
+    // Arrives on core 0 (not the room's owner): it goes there.
+    let delete = Operator::Delete {
+        r: room.to_string(),
+        i: id.clone(),
+    };
+    w.hubs[0].operator_from_cluster(delete, now, wall);
+    w.pump();
+    for member in [&a, &e1] {
+        assert_eq!(of_type(&frames(member, w.now), "message_deleted").len(), 1);
+    }
+    assert!(w.hubs[1].history.page(&room, None, None, 10).is_empty());
+    // Malformed ids are ignored.
+    let bad = Operator::Delete {
+        r: room.to_string(),
+        i: "nope".into(),
+    };
+    w.hubs[1].operator_from_cluster(bad, now, wall);
+    w.pump();
+    assert!(frames(&a, w.now).is_empty());
+    // A ban arriving on core 1 goes to Eve's owner (core 0), which copies it
+    // to every core: her connection on core 1 closes with 4003.
+    let ban = Operator::Ban {
+        u: eve.to_string(),
+        t: Some(wall_ms(wall) + 60_000),
+    };
+    w.hubs[1].operator_from_cluster(ban, now, wall);
+    w.pump();
+    assert_eq!(w.reap(), [(e1.id, BANNED_CLOSE)]);
+    assert!(w.hubs[1].banned_until(&eve, w.wall()).is_some());
+    // No audit record here: the instance that took the request wrote it.
+    assert_eq!(w.hubs[0].metrics.audit_operator, [0; 5]);
+    let lift = Operator::Ban {
+        u: eve.to_string(),
+        t: None,
+    };
+    w.hubs[1].operator_from_cluster(lift, now, wall);
+    w.pump();
+    assert!(w.hubs[1].banned_until(&eve, w.wall()).is_none());
+    let disconnect = Operator::Disconnect { u: "dan".into() };
+    w.hubs[1].operator_from_cluster(disconnect, now, wall);
+    w.pump();
+    assert_eq!(w.reap(), [(d0.id, DISCONNECTED_CLOSE)]);
+}

@@ -368,6 +368,7 @@ async fn run_core(
         let identity = Identity {
             username: user.clone(),
             user_id: user,
+            admin: false,
         };
         let now = Instant::now();
         let client = core.with_hub(|hub| hub.open(identity, room.clone(), None, now));

@@ -37,6 +37,9 @@ pub struct Identity {
     pub user_id: Arc<str>,
     /// Display name shown to others; falls back to the user id so it is never empty.
     pub username: Arc<str>,
+    /// The token grants the operator API (contract section 8): its `role` claim is `"admin"`
+    /// or its `roles` array contains `"admin"`. Checked by the operator routes only.
+    pub admin: bool,
 }
 
 /// A verified token: whose it is and until when.
@@ -240,6 +243,28 @@ struct Claims {
     /// Not-before, checked in `verified` like `exp`.
     #[serde(default)]
     nbf: Option<Value>,
+    /// A single role; `"admin"` grants the operator API.
+    #[serde(default)]
+    role: Option<Value>,
+    /// A list of roles; one equal to `"admin"` grants the operator API.
+    #[serde(default)]
+    roles: Option<Value>,
+}
+
+/// The role that grants the operator API.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Whether the `role` / `roles` claims grant [`ADMIN_ROLE`]. Only exact strings count: a
+/// differently cased name, a number or a nested value grants nothing.
+fn is_admin(role: Option<&Value>, roles: Option<&Value>) -> bool {
+    let single = matches!(role, Some(Value::String(r)) if r == ADMIN_ROLE);
+    let listed = match roles {
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|r| matches!(r, Value::String(r) if r == ADMIN_ROLE)),
+        _ => false,
+    };
+    single || listed
 }
 
 impl Claims {
@@ -297,6 +322,7 @@ impl Claims {
         let identity = Identity {
             username: username.map_or_else(|| user_id.clone(), Arc::from),
             user_id,
+            admin: is_admin(self.role.as_ref(), self.roles.as_ref()),
         };
         Ok(Verified { identity, exp })
     }
@@ -471,7 +497,27 @@ PlGEHZzrQC4ty6bRgWb2B+yxRfdXyeYYIBCOJzlpVXGev7DFpxRX/oY+8w==
         Identity {
             user_id: user_id.into(),
             username: username.into(),
+            admin: false,
         }
+    }
+
+    #[test]
+    fn admin_comes_from_role_or_roles() {
+        let admin = |claims: Value| verify(claims).unwrap().admin;
+        assert!(admin(json!({"sub": "a", "role": "admin"})));
+        assert!(admin(json!({"sub": "a", "roles": ["reader", "admin"]})));
+        assert!(admin(
+            json!({"sub": "a", "role": "user", "roles": ["admin"]})
+        ));
+        assert!(!admin(json!({"sub": "a"})));
+        assert!(!admin(json!({"sub": "a", "role": "Admin"})));
+        assert!(!admin(json!({"sub": "a", "role": ["admin"]})));
+        assert!(!admin(json!({"sub": "a", "roles": "admin"})));
+        assert!(!admin(json!({"sub": "a", "roles": [["admin"]], "role": 1})));
+        assert!(!admin(json!({"sub": "a", "roles": [], "role": null})));
+        // The identity is otherwise the same.
+        let id = verify(json!({"sub": "a", "username": "Ann", "role": "admin"})).unwrap();
+        assert_eq!((&*id.user_id, &*id.username), ("a", "Ann"));
     }
 
     fn b64(json: &Value) -> String {

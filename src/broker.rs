@@ -172,6 +172,8 @@ pub enum Arrival {
     },
     /// Send this core's whole presence state ([`Broker::snapshot`]).
     Resync,
+    /// Another instance's operator action, to carry out here too.
+    Operator(crate::redis::envelope::Operator),
 }
 
 /// Cross-instance fan-out and sequencing, one per core (module doc).
@@ -190,6 +192,16 @@ pub trait Broker {
     fn count_join(&mut self, join: PendingJoin) -> Counting;
     /// A typing or presence frame delivered here, for the other instances.
     fn relay(&self, room: &Arc<str>, kind: FrameKind, frame: &[u8]);
+    /// An operator deleted message `id` of `room` here: the other instances
+    /// remove it too and tell their members. Nobody else to tell by default.
+    fn delete(&self, _room: &Arc<str>, _id: MessageId) {}
+    /// An operator banned `user` until `until_ms` (None: lifted the ban) at
+    /// `at_ms`: the other instances apply it too, and it is kept for
+    /// instances that start later. Nobody else to tell by default.
+    fn ban(&self, _user: &Arc<str>, _until_ms: Option<u64>, _at_ms: u64) {}
+    /// An operator disconnected `user`: the other instances close the
+    /// user's connections too. Nobody else to tell by default.
+    fn disconnect(&self, _user: &Arc<str>) {}
     /// Own messages whose copies are overdue at `now`.
     fn sweep(&mut self, now: Instant) -> Vec<Overdue>;
     /// What one event of the broker's thread asks of the hub (None: only
@@ -273,6 +285,7 @@ pub(crate) fn test_inflight(now: Instant) -> Inflight {
         user: Identity {
             user_id: Arc::from("ann"),
             username: Arc::from("Ann"),
+            admin: false,
         },
         content: "hi".into(),
         masked: false,

@@ -192,6 +192,20 @@ impl MemoryHistory {
         log.range(start..).cloned().collect()
     }
 
+    /// Removes message `id` from `room` (an operator's delete); returns it, or None when the
+    /// room holds no such message. Its entry in the global order goes stale and is skipped
+    /// like an entry evicted by the room's bound.
+    pub fn remove(&mut self, room: &str, id: Ulid) -> Option<StoredMessage> {
+        let log = self.rooms.get_mut(room)?;
+        let pos = log.binary_search_by(|m| m.id.cmp(&id)).ok()?;
+        let msg = log.remove(pos)?;
+        if log.is_empty() {
+            self.rooms.remove(room);
+        }
+        self.live -= 1;
+        Some(msg)
+    }
+
     /// Id of the oldest stored message of `room`.
     pub fn first_id(&self, room: &str) -> Option<Ulid> {
         self.rooms.get(room)?.front().map(|m| m.id)
@@ -253,16 +267,14 @@ impl MemoryHistory {
         }
     }
 
-    /// Drops stale entries from the global order. An entry is live iff its room still holds a
-    /// message with an id at least that of the room's oldest (entries older than the front were
-    /// evicted per room).
+    /// Drops stale entries from the global order. An entry is live iff its room still holds
+    /// that message (older ones were evicted per room, others removed by a delete).
     fn compact(&mut self) {
         let rooms = &self.rooms;
         self.order.retain(|(room, id)| {
             rooms
                 .get(room)
-                .and_then(VecDeque::front)
-                .is_some_and(|front| *id >= front.id)
+                .is_some_and(|log| log.binary_search_by(|m| m.id.cmp(id)).is_ok())
         });
         debug_assert_eq!(self.order.len(), self.live);
     }
@@ -302,6 +314,18 @@ pub enum Page {
     Pending,
     /// The page needs the durable store and cannot have it (contract
     /// section 4: never a partial page presented as whole).
+    Unavailable,
+}
+
+/// What an operator's delete found, as the hub gets it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// Decided now: the removed message, or None when the room holds no such message.
+    Now(Option<StoredMessage>),
+    /// Only the durable store can tell: it was sent a read, and the outcome comes with its
+    /// rows ([`History::delete_rows`]).
+    Pending,
+    /// Only the durable store can tell, and it cannot be asked now.
     Unavailable,
 }
 
@@ -351,6 +375,18 @@ pub trait History: HistoryStore {
     /// The rows of a replay read that was [`Replaying::Pending`], merged
     /// with memory as it is now.
     fn replay_rows(&mut self, rows: ReadResult, room: &str, since: Ulid) -> Replay;
+    /// Removes message `id` of `room` (an operator's delete) from memory and from the durable
+    /// store, which never returns it again; `read` names the durable read it may start to learn
+    /// whether an id older than memory exists.
+    fn delete(&mut self, read: u64, room: &Arc<str>, id: Ulid) -> Deletion;
+    /// The rows of a delete's read that was [`Deletion::Pending`]: the removed message, None
+    /// when there is no such message, or Err when the read failed.
+    fn delete_rows(
+        &mut self,
+        rows: ReadResult,
+        room: &Arc<str>,
+        id: Ulid,
+    ) -> Result<Option<StoredMessage>, crate::pg::ReadFailed>;
 }
 
 /// The replay of a join with `since` from memory alone: the newest
@@ -410,6 +446,20 @@ impl History for MemoryHistory {
 
     fn replay_rows(&mut self, _rows: ReadResult, room: &str, since: Ulid) -> Replay {
         memory_replay(self, room, since)
+    }
+
+    fn delete(&mut self, _read: u64, room: &Arc<str>, id: Ulid) -> Deletion {
+        Deletion::Now(MemoryHistory::remove(self, room, id))
+    }
+
+    fn delete_rows(
+        &mut self,
+        _rows: ReadResult,
+        room: &Arc<str>,
+        id: Ulid,
+    ) -> Result<Option<StoredMessage>, crate::pg::ReadFailed> {
+        // Never asked (no read is ever pending).
+        Ok(MemoryHistory::remove(self, room, id))
     }
 }
 
@@ -569,6 +619,56 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.order.len() <= 2 * h.len() + COMPACT_SLACK);
         assert_eq!(h.evicted(), 9_998);
+    }
+
+    #[test]
+    fn remove_takes_one_message_and_keeps_the_bounds_right() {
+        let (mut h, room) = ten();
+        assert_eq!(h.remove("r", id(5)).map(|m| m.id), Some(id(5)));
+        assert_eq!(h.remove("r", id(5)), None, "already gone");
+        assert_eq!(h.remove("r", id(42)), None, "never stored");
+        assert_eq!(h.remove("nowhere", id(1)), None);
+        assert_eq!(h.len(), 9);
+        assert_eq!(
+            ids(&h.page("r", None, None, 50)),
+            vec![1, 2, 3, 4, 6, 7, 8, 9, 10]
+        );
+        assert_eq!(ids(&h.since("r", id(3), 50)), vec![4, 6, 7, 8, 9, 10]);
+        // The oldest removed: the next one is the room's first.
+        h.remove("r", id(1));
+        assert_eq!(h.first_id("r"), Some(id(2)));
+        // The total bound still evicts live messages only, oldest first.
+        let mut small = MemoryHistory::new(100, 3);
+        for n in 1..=3 {
+            small.append(&room, msg(n));
+        }
+        small.remove("r", id(2));
+        small.append(&room, msg(4));
+        assert_eq!(ids(&small.page("r", None, None, 10)), vec![1, 3, 4]);
+        small.append(&room, msg(5));
+        assert_eq!(ids(&small.page("r", None, None, 10)), vec![3, 4, 5]);
+        // Removing a room's last message forgets the room.
+        for n in [3, 4, 5] {
+            small.remove("r", id(n));
+        }
+        assert_eq!((small.len(), small.room_count()), (0, 0));
+    }
+
+    #[test]
+    fn compaction_drops_the_entries_of_removed_messages() {
+        let mut h = MemoryHistory::new(10_000, 100_000);
+        let a: Arc<str> = Arc::from("a");
+        for n in 1..=1_000 {
+            h.append(&a, msg(n));
+            if n % 2 == 0 {
+                h.remove("a", id(n - 1));
+            }
+        }
+        assert_eq!(h.len(), 500);
+        // Compaction ran (the order would hold 1,000 entries otherwise) and kept exactly the
+        // live ones (its debug assertion checks the count).
+        assert!(h.order.len() <= 2 * h.len() + COMPACT_SLACK);
+        assert_eq!(ids(&h.page("a", None, None, 2)), vec![998, 1000]);
     }
 
     #[test]

@@ -277,6 +277,13 @@ pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
     response(status, "application/json", body.as_bytes(), keep_alive, &[])
 }
 
+/// A `204 No Content` response: no body and, as RFC 9110 requires, no
+/// Content-Length.
+pub fn no_content(keep_alive: bool) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    format!("HTTP/1.1 204 No Content\r\nConnection: {connection}\r\n\r\n").into_bytes()
+}
+
 /// The standard reason phrase of the statuses this server uses
 /// ("Unknown" for others, which clients ignore anyway).
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -296,6 +303,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Content Too Large",
+        422 => "Unprocessable Content",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

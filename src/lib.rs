@@ -38,10 +38,14 @@
 //!      (bounded; slow consumer: typing dropped, then 1013)      outbound.rs
 //!      replay of a join with `since`, framed as the client reads  outbound.rs
 //!    reads answered later (Postgres rows)                     hub/reads.rs
-//!    tests: rules per topic, seeded simulation of N hubs       hub/tests.rs,
-//!      over a test mesh (testkit.rs)                             hub/simulation.rs
+//!    operator API: publish, delete, bans (owner core + a copy  hub/operator.rs
+//!      per core), disconnects; admin routes in runtime/routes.rs
 //!    token expiry: deadlines per connection in 1 s buckets,
 //!      due ones closed with 4001 by the sweep, `refresh` moves  expiry.rs
+//!    tests: rules per topic, seeded simulation of N hubs       hub/tests.rs,
+//!      over a test mesh (testkit.rs)                             hub/simulation.rs,
+//!                                                                hub/operator_tests.rs,
+//!                                                                hub/expiry_tests.rs
 //!  connection state (rooms, queue, budgets)                   client.rs
 //!  backends, each a trait with a memory implementation:
 //!    Broker: ids, cluster counts, relays, presence mirror     broker.rs
@@ -51,7 +55,8 @@
 //!                                                             presence.rs, keys.rs, stats.rs
 //!    History: owned rooms' messages                           history.rs
 //!      Postgres (DATABASE_URL): memory cache + rows           pg/history.rs
-//!    AuditSink: moderation audit trail                        moderation.rs, pg/audit.rs
+//!    AuditSink: moderation and operator audit trail (a ban's   moderation.rs, pg/audit.rs
+//!      record also writes chat_bans)
 //!    PresenceStore: connection counts per user                presence.rs
 //!    Postgres thread: batches (size or interval), UNNEST      pg/mod.rs, pg/worker.rs,
 //!      insert with backoff, schema, merge with memory           pg/batch.rs, pg/migrate.rs,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::moderation::AuditAction;
 use crate::protocol::ErrorCode;
 
 /// How a received chat message ended.
@@ -72,11 +73,15 @@ pub enum CloseReason {
     TooManyConnections,
     /// The token's `exp` plus TOKEN_EXPIRY_GRACE_MS passed without a `refresh` (close 4001).
     TokenExpired,
+    /// An operator disconnected the user (close code 4002).
+    Disconnected,
+    /// An operator banned the user (close code 4003).
+    Banned,
 }
 
 impl CloseReason {
     /// Every reason, in rendering order.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Client,
         CloseReason::SlowConsumer,
         CloseReason::Idle,
@@ -84,6 +89,8 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::TooManyConnections,
         CloseReason::TokenExpired,
+        CloseReason::Disconnected,
+        CloseReason::Banned,
     ];
 
     /// Label value.
@@ -96,6 +103,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::Disconnected => "operator_disconnect",
+            CloseReason::Banned => "banned",
         }
     }
 }
@@ -218,6 +227,8 @@ pub struct CoreSnapshot {
     pub audit_masked: u64,
     /// Audit records written for blocked messages.
     pub audit_blocked: u64,
+    /// Audit records of operator actions, in [`AuditAction::OPERATOR`] order.
+    pub audit_operator: [u64; 5],
     /// Microseconds from a message's receipt to its hand-off to the members'
     /// outbound queues, per delivering core.
     pub delivery_latency_us: Histogram<u64>,
@@ -247,6 +258,7 @@ impl Default for CoreSnapshot {
             send_batched: 0,
             audit_masked: 0,
             audit_blocked: 0,
+            audit_operator: [0; 5],
             delivery_latency_us: new_histogram(),
         }
     }
@@ -320,6 +332,9 @@ impl CoreSnapshot {
         self.send_batched += other.send_batched;
         self.audit_masked += other.audit_masked;
         self.audit_blocked += other.audit_blocked;
+        for (mine, theirs) in self.audit_operator.iter_mut().zip(other.audit_operator) {
+            *mine += theirs;
+        }
         // Same bounds on every core, so adding cannot fail.
         let _ = self.delivery_latency_us.add(&other.delivery_latency_us);
     }
@@ -505,7 +520,7 @@ impl CoreSnapshot {
         header(
             &mut out,
             "chat_audit_records_total",
-            "Moderation audit records written, by action.",
+            "Audit records written (moderation and operator actions), by action.",
             "counter",
         );
         let _ = writeln!(
@@ -518,6 +533,13 @@ impl CoreSnapshot {
             "chat_audit_records_total{{action=\"blocked\"}} {}",
             self.audit_blocked
         );
+        for (action, n) in AuditAction::OPERATOR.iter().zip(self.audit_operator) {
+            let _ = writeln!(
+                out,
+                "chat_audit_records_total{{action=\"{}\"}} {n}",
+                action.as_str()
+            );
+        }
         self.render_latency(&mut out);
         out.push_str(extra);
         out

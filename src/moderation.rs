@@ -449,13 +449,24 @@ fn is_word(segment: &str) -> bool {
     segment.chars().any(char::is_alphanumeric)
 }
 
-/// What happened to a moderated message, as written to the audit trail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an audit record says happened: moderation's decisions on a message, and the operator
+/// API's actions (contract section 8), which also name the acting admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditAction {
     /// Stored and broadcast with blocked words masked.
     Masked,
     /// Refused with `message_blocked`.
     Blocked,
+    /// An operator published the message (`POST /api/chats/rooms/{roomId}/messages`).
+    Published,
+    /// An operator deleted the message from history.
+    Deleted,
+    /// An operator banned the user (the record's `until_ms` says until when).
+    Banned,
+    /// An operator lifted the user's ban.
+    Unbanned,
+    /// An operator closed every connection of the user.
+    Disconnected,
 }
 
 impl AuditAction {
@@ -464,8 +475,22 @@ impl AuditAction {
         match self {
             AuditAction::Masked => "masked",
             AuditAction::Blocked => "blocked",
+            AuditAction::Published => "published",
+            AuditAction::Deleted => "deleted",
+            AuditAction::Banned => "banned",
+            AuditAction::Unbanned => "unbanned",
+            AuditAction::Disconnected => "disconnected",
         }
     }
+
+    /// The operator API's actions, in rendering order (their `/metrics` series).
+    pub const OPERATOR: [AuditAction; 5] = [
+        AuditAction::Published,
+        AuditAction::Deleted,
+        AuditAction::Banned,
+        AuditAction::Unbanned,
+        AuditAction::Disconnected,
+    ];
 }
 
 impl fmt::Display for AuditAction {
@@ -475,14 +500,16 @@ impl fmt::Display for AuditAction {
 }
 
 /// One audit trail entry (the original `auditMessage(messageId, userId, action)` plus room,
-/// reason and time).
+/// reason and time; for an operator action also the acting admin).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
-    /// Id of the message; a blocked message gets an id too so its record can be referenced.
+    /// Id of the message; a blocked message gets an id too so its record can be referenced. An
+    /// action on a user (ban, unban, disconnect) has no message: it gets a fresh id of its own,
+    /// so every record has a unique key.
     pub message_id: ulid::Ulid,
-    /// The sender's user id, from the verified token.
+    /// The sender's user id, from the verified token; for an action on a user, that user.
     pub user_id: Arc<str>,
-    /// Room the message was sent to.
+    /// Room the message was sent to; empty for an action on a user.
     pub room_id: Arc<str>,
     /// What moderation did.
     pub action: AuditAction,
@@ -490,6 +517,11 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     /// Wall-clock time of the decision, milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The admin who acted (the token's user id); None for moderation's own decisions.
+    pub actor: Option<Arc<str>>,
+    /// For [`AuditAction::Banned`]: when the ban ends, ms since the Unix epoch. A durable sink
+    /// also keeps the ban itself from this record (so it outlives a restart).
+    pub until_ms: Option<u64>,
 }
 
 /// Where audit records go (one sink per core, held by the hub). The default sink,
@@ -547,6 +579,8 @@ impl AuditSink for MemoryAudit {
             action = record.action.as_str(),
             reason = record.reason.as_deref(),
             at_ms = record.at_ms,
+            actor = record.actor.as_deref(),
+            until_ms = record.until_ms,
             "moderation audit"
         );
         if self.capacity == 0 {
@@ -922,6 +956,8 @@ mod tests {
             action,
             reason: None,
             at_ms: n,
+            actor: None,
+            until_ms: None,
         }
     }
 
@@ -949,5 +985,10 @@ mod tests {
     fn audit_action_names() {
         assert_eq!(AuditAction::Masked.as_str(), "masked");
         assert_eq!(AuditAction::Blocked.to_string(), "blocked");
+        let names: Vec<&str> = AuditAction::OPERATOR.iter().map(|a| a.as_str()).collect();
+        assert_eq!(
+            names,
+            ["published", "deleted", "banned", "unbanned", "disconnected"]
+        );
     }
 }

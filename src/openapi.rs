@@ -156,6 +156,11 @@ const DOCS_PAGE: &str = r#"<!DOCTYPE html>
         paths::openapi_json,
         paths::docs,
         paths::room_messages,
+        paths::operator_publish,
+        paths::operator_delete,
+        paths::operator_ban,
+        paths::operator_unban,
+        paths::operator_disconnect,
         paths::room_presence,
         paths::user_status,
         paths::websocket,
@@ -177,10 +182,13 @@ const DOCS_PAGE: &str = r#"<!DOCTYPE html>
         RoomPresence,
         UserStatus,
         ErrorBody,
+        OperatorMessage,
+        Ban,
     )),
     modifiers(&SecuritySchemes, &NameFrames),
     tags(
         (name = "chat", description = "Rooms, messages and presence over HTTP."),
+        (name = "operator", description = "The operator API: tokens whose `role` claim is `admin` (or whose `roles` array contains it). Every action writes an audit record naming the admin."),
         (name = "websocket", description = "The real-time chat connection."),
         (name = "service", description = "Health and metrics."),
         (name = "docs", description = "This document and its viewer."),
@@ -195,8 +203,8 @@ struct ApiDoc;
 mod paths {
     use utoipa::IntoParams;
 
-    use super::{ErrorBody, Health, RoomPresence, UserStatus};
-    use crate::protocol::{HistoryPage, DEFAULT_ROOM, HISTORY_DEFAULT_LIMIT};
+    use super::{Ban, ErrorBody, Health, OperatorMessage, RoomPresence, UserStatus};
+    use crate::protocol::{HistoryPage, ServerMessage, DEFAULT_ROOM, HISTORY_DEFAULT_LIMIT};
 
     /// Query of the history route.
     #[derive(IntoParams)]
@@ -307,6 +315,127 @@ mod paths {
     )]
     fn room_messages() {}
 
+    /// Publish into a room as an operator.
+    ///
+    /// The message goes through the room like a member's: moderation,
+    /// the room's order, history and every member (on every instance). The
+    /// answer is its `message` frame.
+    #[utoipa::path(
+        post,
+        path = "/api/chats/rooms/{roomId}/messages",
+        tag = "operator",
+        params(
+            ("roomId" = String, Path, description = "The room: 1 to 128 letters, digits, `_`, `-`, `.` or `:`.",
+             pattern = "^[A-Za-z0-9_.:-]{1,128}$", example = "general"),
+        ),
+        request_body = OperatorMessage,
+        responses(
+            (status = 201, description = "Published; the `message` frame the members got.", body = ServerMessage),
+            (status = 400, description = "Invalid `roomId` or body: not JSON, `content` missing, blank or longer than `MAX_MESSAGE_LENGTH`, invalid `userId`.", body = ErrorBody),
+            (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+            (status = 403, description = "The token does not carry the admin role.", body = ErrorBody),
+            (status = 413, description = "Body larger than 64 KiB.", body = ErrorBody),
+            (status = 422, description = "Refused by moderation (`code`: `message_blocked`).", body = ErrorBody),
+            (status = 503, description = "Not accepted: a backend's buffer is full, or it was not confirmed in time.", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn operator_publish() {}
+
+    /// Delete a message.
+    ///
+    /// Removes it from the history (memory and Postgres); the room's
+    /// members (on every instance) get
+    /// `{"type":"message_deleted","roomId":..,"messageId":..}`.
+    #[utoipa::path(
+        delete,
+        path = "/api/chats/rooms/{roomId}/messages/{messageId}",
+        tag = "operator",
+        params(
+            ("roomId" = String, Path, description = "The room: 1 to 128 letters, digits, `_`, `-`, `.` or `:`.",
+             pattern = "^[A-Za-z0-9_.:-]{1,128}$", example = "general"),
+            ("messageId" = String, Path, description = "The message id.", format = "ulid",
+             example = "01HQZX3Y7K8M9N0P1Q2R3S4T5V"),
+        ),
+        responses(
+            (status = 204, description = "Deleted."),
+            (status = 400, description = "Invalid `roomId` or `messageId`.", body = ErrorBody),
+            (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+            (status = 403, description = "The token does not carry the admin role.", body = ErrorBody),
+            (status = 404, description = "The room holds no such message.", body = ErrorBody),
+            (status = 503, description = "History is unavailable (Postgres down for a message older than memory); nothing was deleted.", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn operator_delete() {}
+
+    /// Ban a user.
+    ///
+    /// Closes every connection of the user, on every instance, with close
+    /// code 4003; until the ban ends the user's upgrades get `403` and
+    /// their `message` frames an `error` of code `forbidden`. A new ban
+    /// replaces the user's earlier one. Kept in Postgres (and Redis) when
+    /// configured, so it outlives a restart.
+    #[utoipa::path(
+        post,
+        path = "/api/chats/users/{userId}/ban",
+        tag = "operator",
+        params(
+            ("userId" = String, Path, description = "The user id (the `sub` claim of the user's tokens); 1 to 128 bytes.",
+             example = "user-456"),
+        ),
+        request_body = Ban,
+        responses(
+            (status = 204, description = "Banned; every core of this instance has applied it."),
+            (status = 400, description = "Invalid `userId` or body (`durationSecs` missing or out of range, `reason` too long).", body = ErrorBody),
+            (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+            (status = 403, description = "The token does not carry the admin role.", body = ErrorBody),
+            (status = 503, description = "Too many bans in force, or a core did not answer.", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn operator_ban() {}
+
+    /// Lift a user's ban.
+    #[utoipa::path(
+        delete,
+        path = "/api/chats/users/{userId}/ban",
+        tag = "operator",
+        params(
+            ("userId" = String, Path, description = "The user id; 1 to 128 bytes.", example = "user-456"),
+        ),
+        responses(
+            (status = 204, description = "Not banned (any more)."),
+            (status = 400, description = "Invalid `userId`.", body = ErrorBody),
+            (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+            (status = 403, description = "The token does not carry the admin role.", body = ErrorBody),
+            (status = 503, description = "A core did not answer.", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn operator_unban() {}
+
+    /// Disconnect a user.
+    ///
+    /// Closes every connection of the user, on every instance, with close
+    /// code 4002. The user may reconnect.
+    #[utoipa::path(
+        post,
+        path = "/api/chats/users/{userId}/disconnect",
+        tag = "operator",
+        params(
+            ("userId" = String, Path, description = "The user id; 1 to 128 bytes.", example = "user-456"),
+        ),
+        responses(
+            (status = 204, description = "The closes are under way."),
+            (status = 400, description = "Invalid `userId`.", body = ErrorBody),
+            (status = 401, description = "Missing or invalid bearer token.", body = ErrorBody),
+            (status = 403, description = "The token does not carry the admin role.", body = ErrorBody),
+        ),
+        security(("bearer" = []))
+    )]
+    fn operator_disconnect() {}
+
     /// Users online in a room.
     #[utoipa::path(
         get,
@@ -365,6 +494,9 @@ mod paths {
     ///   code 4001 ("token expired") once `exp` plus
     ///   `TOKEN_EXPIRY_GRACE_MS` (25 s) has passed, unless a `refresh` frame
     ///   brought a valid newer token of the same user first.
+    ///   `message_deleted`, `error`; see the `Server*Frame` schemas.
+    /// - Close codes of the operator API: `4002` disconnected by an
+    ///   operator, `4003` banned (clients must not reconnect on their own).
     /// - A `join_room` (or `/ws?since=`) with `since` is answered with
     ///   `room_joined` carrying `recovered`, then the replay (at most 1,000
     ///   `message` frames, paced by the client's reading), then live frames.
@@ -391,6 +523,7 @@ mod paths {
              headers(("Sec-WebSocket-Accept" = String, description = "The handshake answer (RFC 6455)."))),
             (status = 400, description = "Not a WebSocket upgrade request, or an invalid `roomId` or `since`.", body = ErrorBody),
             (status = 401, description = "Missing, malformed, badly signed or expired token.", body = ErrorBody),
+            (status = 403, description = "The user is banned (operator API) until the time the error names.", body = ErrorBody),
             (status = 426, description = "Unsupported WebSocket version.", body = ErrorBody,
              headers(("Sec-WebSocket-Version" = String, description = "`13`, the supported version."))),
             (status = 503, description = "The server is shutting down.", body = ErrorBody),
@@ -668,6 +801,36 @@ pub enum ClientFrameDoc {
     },
 }
 
+/// The body of the operator API's publish.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorMessage {
+    /// The text: not blank, at most `MAX_MESSAGE_LENGTH` characters.
+    #[schema(example = "Maintenance at noon.")]
+    pub content: String,
+    /// Who the message is from; `system` when absent (1 to 128 bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "system")]
+    pub user_id: Option<String>,
+    /// The name shown; `System` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "System")]
+    pub username: Option<String>,
+}
+
+/// The body of a ban.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ban {
+    /// How long the ban lasts, in seconds: 1 to 315360000 (ten years).
+    #[schema(minimum = 1, maximum = 315_360_000, example = 3600)]
+    pub duration_secs: u64,
+    /// Why, for the audit trail (at most 500 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "spam")]
+    pub reason: Option<String>,
+}
+
 /// The body of `/healthz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -918,6 +1081,7 @@ mod tests {
                     "history",
                     "pong",
                     "refreshed",
+                    "message_deleted",
                     "error",
                 ][..],
             ),
@@ -965,8 +1129,9 @@ mod tests {
         let doc = doc();
         let mut patterns = Vec::new();
         collect(&doc, &mut patterns);
-        // Path and query parameters of three routes, and five client frames.
-        assert_eq!(patterns.len(), 8, "{patterns:?}");
+        // Path and query parameters of five routes (history, presence, /ws, the
+        // operator's publish and delete), and five client frames.
+        assert_eq!(patterns.len(), 10, "{patterns:?}");
         let samples = [
             "general".to_string(),
             "a".into(),

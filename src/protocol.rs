@@ -95,11 +95,13 @@ pub enum ErrorCode {
     /// A `refresh` token that is bad, expired or names another user (contract section 8); the
     /// connection keeps its current expiry.
     InvalidToken,
+    /// The user may not do this now (section 8: a `message` from a banned user).
+    Forbidden,
 }
 
 impl ErrorCode {
     /// Every code, in the contract's order; for metrics that pre-register one series per code.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidMessage,
         ErrorCode::NotInRoom,
         ErrorCode::MessageTooLong,
@@ -109,6 +111,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::InvalidToken,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as it appears on the wire, e.g. `"rate_limited"`.
@@ -123,6 +126,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -763,6 +767,11 @@ enum OutFrame<'a> {
         exp: Option<u64>,
     },
     #[serde(rename_all = "camelCase")]
+    MessageDeleted {
+        room_id: &'a str,
+        message_id: &'a str,
+    },
+    #[serde(rename_all = "camelCase")]
     Error {
         code: ErrorCode,
         message: &'a str,
@@ -863,6 +872,17 @@ pub fn encode_typing(user_id: &str, username: &str, room_id: &str, is_typing: bo
         &frame,
         FRAME_OVERHEAD + user_id.len() + username.len() + room_id.len(),
     )
+}
+
+/// Encodes the `message_deleted` frame an operator's delete sends to the room's members
+/// (contract section 8): `{"type":"message_deleted","roomId":..,"messageId":..}`.
+pub fn encode_message_deleted(room_id: &str, message_id: MessageId) -> Vec<u8> {
+    let mut id = [0u8; ulid::ULID_LEN];
+    let frame = OutFrame::MessageDeleted {
+        room_id,
+        message_id: message_id.array_to_str(&mut id),
+    };
+    to_json(&frame, FRAME_OVERHEAD + room_id.len())
 }
 
 /// Encodes the `pong` frame answering a `ping`.
@@ -1131,6 +1151,16 @@ pub enum ServerFrame {
         /// longer expires).
         #[schema(required = true, nullable = true)]
         exp: Option<u64>,
+    },
+    /// An operator deleted a message of the room from its history: clients drop it from view.
+    #[serde(rename_all = "camelCase")]
+    MessageDeleted {
+        /// The room of the message.
+        room_id: String,
+        /// The deleted message.
+        #[serde(deserialize_with = "deserialize_message_id")]
+        #[schema(value_type = String, format = "ulid", example = "01HQZX3Y7K8M9N0P1Q2R3S4T5V")]
+        message_id: MessageId,
     },
     /// A refusal or failure.
     #[serde(rename_all = "camelCase")]
@@ -1820,7 +1850,8 @@ mod tests {
                 "room_limit",
                 "unavailable",
                 "internal",
-                "invalid_token"
+                "invalid_token",
+                "forbidden"
             ]
         );
         for code in ErrorCode::ALL {
@@ -1830,6 +1861,16 @@ mod tests {
             );
             assert_eq!(code.to_string(), code.as_str());
         }
+    }
+
+    #[test]
+    fn message_deleted_frame() {
+        let json = encode_message_deleted("general", id(ID_A));
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "message_deleted", "roomId": "general", "messageId": ID_A})
+        );
     }
 
     fn sample_message() -> ChatMessage {

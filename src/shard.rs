@@ -41,7 +41,29 @@ impl ConnId {
     pub fn core(self) -> usize {
         (self.0 >> 48) as usize
     }
+
+    /// Stands for HTTP request `req` of `core` waiting for the outcome of a message it
+    /// published (the operator API): the frames the message path sends "its connection" (the
+    /// accepted `message`, an error) answer the request instead. Its counter has
+    /// [`WAITER_BIT`] set, which no connection's counter ever reaches.
+    pub fn waiter(core: usize, req: u64) -> ConnId {
+        ConnId::new(core, WAITER_BIT | (req & (WAITER_BIT - 1)))
+    }
+
+    /// Whether this is a [`ConnId::waiter`], not a connection.
+    pub fn is_waiter(self) -> bool {
+        self.0 & WAITER_BIT != 0
+    }
+
+    /// The request id of a [`ConnId::waiter`].
+    pub fn waiter_req(self) -> u64 {
+        self.0 & (WAITER_BIT - 1)
+    }
 }
+
+/// The counter bit that marks a [`ConnId::waiter`] (2^47 connections on one core never
+/// happen; the request counter would need as many requests).
+pub const WAITER_BIT: u64 = 1 << 47;
 
 /// The core that owns `key` (a room id or a user id) among `cores` cores.
 ///
@@ -282,6 +304,35 @@ pub enum ShardMsg {
         user: Arc<str>,
         rooms: Vec<Arc<str>>,
     },
+    /// To every other core: close the local connections of `user` (the operator API's
+    /// disconnect, 4002; a ban's closes go with [`ShardMsg::BanReplica`]).
+    CloseUser {
+        user: Arc<str>,
+        code: u16,
+        reason: CloseReason,
+    },
+    /// From a user's owner core to every other core: `user` is banned until `until_ms`
+    /// (ms since the Unix epoch; None: the ban is lifted). Each core updates its copy of the
+    /// ban list, closes the user's local connections with 4003 on a ban, and answers
+    /// [`ShardMsg::BanApplied`] with `ack` when it is Some (the owner answers the HTTP
+    /// request once every core has applied it).
+    BanReplica {
+        user: Arc<str>,
+        until_ms: Option<u64>,
+        ack: Option<u64>,
+    },
+    /// To a user's owner core: a ban change from another instance (Redis), to be applied and
+    /// replicated to every core like a local one, without an audit record (its origin wrote
+    /// it) or a further broadcast.
+    BanFromCluster {
+        user: Arc<str>,
+        until_ms: Option<u64>,
+    },
+    /// To a room's owner core: another instance deleted message `id` of `room` (Redis): it
+    /// goes from this instance's history too, and the members here get `message_deleted`.
+    DeleteFromCluster { room: Arc<str>, id: MessageId },
+    /// To a user's owner core: core `from` applied the [`ShardMsg::BanReplica`] numbered `ack`.
+    BanApplied { ack: u64 },
     /// A question for another core; answered with `Answer` and the same `req`.
     Query { req: u64, query: Query },
     /// The answer to a `Query`.
@@ -305,13 +356,22 @@ impl ShardMsg {
     }
 
     /// Messages the mesh never drops, whatever its backlog: an adopted
-    /// socket (dropping it would leak the connection), a close request and
-    /// shutdown. At most one per connection or core, so they cannot grow a
-    /// queue without bound.
+    /// socket (dropping it would leak the connection), a close request,
+    /// shutdown, and the operator API's closes and ban changes (a lost ban
+    /// change would leave a core's copy of the ban list wrong, and a lost
+    /// ack the request unanswered). At most one per connection or core, or
+    /// per operator request and core, so they cannot grow a queue without
+    /// bound.
     pub fn is_control(&self) -> bool {
         matches!(
             self,
-            ShardMsg::Adopt(_) | ShardMsg::CloseConn { .. } | ShardMsg::Shutdown
+            ShardMsg::Adopt(_)
+                | ShardMsg::CloseConn { .. }
+                | ShardMsg::CloseUser { .. }
+                | ShardMsg::BanReplica { .. }
+                | ShardMsg::BanFromCluster { .. }
+                | ShardMsg::BanApplied { .. }
+                | ShardMsg::Shutdown
         )
     }
 }
@@ -332,6 +392,31 @@ pub enum Query {
         after: Option<MessageId>,
         limit: usize,
     },
+    /// The operator API's delete (asked of the room's owner): remove message `id` from the
+    /// history and tell the room; `actor` is the admin, for the audit record.
+    Delete {
+        room: Arc<str>,
+        id: MessageId,
+        actor: Arc<str>,
+        at_ms: u64,
+    },
+    /// The operator API's ban or unban (asked of the user's owner core).
+    Ban(Box<BanChange>),
+}
+
+/// A ban or its lifting, as the operator API asks it of the user's owner core.
+#[derive(Debug, Clone)]
+pub struct BanChange {
+    /// The user banned or unbanned.
+    pub user: Arc<str>,
+    /// When the ban ends, ms since the Unix epoch; None lifts the user's ban.
+    pub until_ms: Option<u64>,
+    /// The admin's reason, for the audit record.
+    pub reason: Option<String>,
+    /// The admin who acted, for the audit record.
+    pub actor: Arc<str>,
+    /// When the admin acted, ms since the Unix epoch (the audit record's time).
+    pub at_ms: u64,
 }
 
 /// Answers to [`Query`].
@@ -346,6 +431,15 @@ pub enum Answer {
     /// The store could not answer in full (a Postgres read shed or
     /// failed): the asker answers `unavailable`, never a partial page.
     Unavailable,
+    /// The operator action was carried out (a ban: applied on every core).
+    Done,
+    /// A delete found no such message in the room.
+    NotFound,
+    /// The operator action was refused, with the reason (e.g. the ban list is full).
+    Refused(String),
+    /// The WebSocket frame the message path sent a [`ConnId::waiter`]: the accepted
+    /// `message`, or an `error`.
+    Frame(Bytes),
 }
 
 #[cfg(test)]
@@ -374,6 +468,15 @@ mod tests {
             (0xaf63_dc4c_8601_ec8cu64 % (1 << 20)) as usize
         );
         assert_eq!(shard_for("anything", 1), 0);
+    }
+
+    #[test]
+    fn waiter_ids_are_not_connections() {
+        let w = ConnId::waiter(3, 42);
+        assert!(w.is_waiter());
+        assert_eq!((w.core(), w.waiter_req()), (3, 42));
+        assert!(!ConnId::new(3, 42).is_waiter());
+        assert_ne!(w, ConnId::new(3, 42));
     }
 
     #[test]

@@ -166,6 +166,17 @@ fn demo_page_in_headless_chromium() {
     node_test(&["test/browser/"], 2);
 }
 
+#[test]
+fn demo_page_drops_a_message_an_operator_deleted() {
+    if !chromium().exists() {
+        return skip(&format!(
+            "no Chromium at {} (apt-get install chromium)",
+            chromium().display()
+        ));
+    }
+    node_test(&["test/browser/deleted.test.js"], 1);
+}
+
 /// A raw GET: status, lower-cased headers, body.
 fn get(server: &Server, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut s = TcpStream::connect(server.addr).expect("connect");

@@ -36,8 +36,20 @@ const AUTHENTICATED: [&str; 4] = [
     "/ws",
 ];
 
+/// The operator API's routes (contract section 8), and their methods; the
+/// first also answers GET (history).
+const OPERATOR_ROUTES: [(&str, &[&str]); 4] = [
+    ("/api/chats/rooms/{roomId}/messages", &["get", "post"]),
+    (
+        "/api/chats/rooms/{roomId}/messages/{messageId}",
+        &["delete"],
+    ),
+    ("/api/chats/users/{userId}/ban", &["post", "delete"]),
+    ("/api/chats/users/{userId}/disconnect", &["post"]),
+];
+
 /// The error codes of contract section 4.
-const ERROR_CODES: [&str; 9] = [
+const ERROR_CODES: [&str; 10] = [
     "invalid_message",
     "not_in_room",
     "message_too_long",
@@ -47,6 +59,7 @@ const ERROR_CODES: [&str; 9] = [
     "unavailable",
     "internal",
     "invalid_token",
+    "forbidden",
 ];
 
 /// Client frame types and the components that describe them.
@@ -61,7 +74,7 @@ const CLIENT_FRAMES: [(&str, &str); 7] = [
 ];
 
 /// Server frame types and the components that describe them.
-const SERVER_FRAMES: [(&str, &str); 10] = [
+const SERVER_FRAMES: [(&str, &str); 11] = [
     ("message", "ServerMessageFrame"),
     ("ack", "ServerAckFrame"),
     ("presence", "ServerPresenceFrame"),
@@ -71,6 +84,7 @@ const SERVER_FRAMES: [(&str, &str); 10] = [
     ("history", "ServerHistoryFrame"),
     ("pong", "ServerPongFrame"),
     ("refreshed", "ServerRefreshedFrame"),
+    ("message_deleted", "ServerMessageDeletedFrame"),
     ("error", "ServerErrorFrame"),
 ];
 
@@ -102,10 +116,39 @@ fn document_paths_are_exactly_the_served_routes() {
     let doc = fetch_document(&server);
     let paths = doc["paths"].as_object().expect("paths");
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
-    assert_eq!(documented, BTreeSet::from(ROUTES));
+    let mut served = BTreeSet::from(ROUTES);
+    served.extend(OPERATOR_ROUTES.iter().map(|(path, _)| *path));
+    assert_eq!(documented, served);
 
     let token = server.token("reader");
+    for (path, methods) in OPERATOR_ROUTES {
+        let item = &paths[path];
+        let documented: BTreeSet<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| ["get", "post", "delete", "put", "patch"].contains(k))
+            .collect();
+        assert_eq!(documented, methods.iter().copied().collect(), "{path}");
+        for method in methods.iter().filter(|m| **m != "get") {
+            let op = &item[*method];
+            assert!(op["security"][0]["bearer"].is_array(), "{method} {path}");
+            for status in ["401", "403"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
     for (path, item) in paths {
+        if OPERATOR_ROUTES
+            .iter()
+            .any(|(p, m)| *p == path && !m.contains(&"get"))
+        {
+            continue;
+        }
         assert!(item["get"].is_object(), "{path} documents no GET");
         let response = fetch(server.addr, &sample(path), Some(token.as_str()));
         assert_ne!(response.status, 404, "{path} is documented but not served");
@@ -545,7 +588,9 @@ fn websocket_frames_match_their_documented_schemas() {
         &mut ann,
         json!({"type": "message", "roomId": "general", "content": "hi", "timestamp": "2024-01-01T12:00:00Z", "clientMsgId": "c-1"}),
     );
-    record(&checker, &mut seen, recv(&checker, &mut ann, "message"));
+    let hi = recv(&checker, &mut ann, "message");
+    let hi_id = hi["messageId"].as_str().unwrap().to_string();
+    record(&checker, &mut seen, hi);
     record(&checker, &mut seen, recv(&checker, &mut ann, "ack"));
     record(&checker, &mut seen, recv(&checker, &mut ben, "message"));
     send(
@@ -582,6 +627,27 @@ fn websocket_frames_match_their_documented_schemas() {
     record(&checker, &mut seen, unbounded);
     send(&mut ann, json!({"type": "message", "content": " "}));
     record(&checker, &mut seen, recv(&checker, &mut ann, "error"));
+    // An operator's delete (contract section 8).
+    let admin = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "root", "role": "admin"}),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "DELETE /api/chats/rooms/general/messages/{hi_id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    assert_eq!(common::parse_response(&raw).0, 204);
+    record(
+        &checker,
+        &mut seen,
+        recv(&checker, &mut ann, "message_deleted"),
+    );
     ben.close();
     record(&checker, &mut seen, recv(&checker, &mut ann, "presence"));
 

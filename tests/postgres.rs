@@ -251,21 +251,29 @@ fn migrations_by_two_instances_at_once_then_again() {
         assert!(complaints.is_empty(), "{complaints:?}");
     }
     assert_eq!(
-        column(&db.url, "SELECT version FROM schema_migrations"),
-        vec!["0001_history".to_string()]
+        column(
+            &db.url,
+            "SELECT version FROM schema_migrations ORDER BY version"
+        ),
+        vec!["0001_history".to_string(), "0002_operator".to_string()]
     );
     drop((a, b));
     // Applied again on an existing schema: a no-op.
     let third = Server::start(&env);
     assert_eq!(healthz(&third).0, 200);
-    assert_eq!(db.count("schema_migrations"), 1);
+    assert_eq!(db.count("schema_migrations"), 2);
     let tables = column(
         &db.url,
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
     );
     assert_eq!(
         tables,
-        vec!["chat_audit", "chat_messages", "schema_migrations"]
+        vec![
+            "chat_audit",
+            "chat_bans",
+            "chat_messages",
+            "schema_migrations"
+        ]
     );
 }
 

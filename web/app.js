@@ -163,6 +163,13 @@ function start(token, roomIds) {
       renderTyping();
     }
   });
+  client.on('message_deleted', (d) => {
+    // An operator deleted it: it leaves the room's list and the screen.
+    const r = roomState(d.roomId);
+    const before = r.messages.length;
+    r.messages = r.messages.filter((m) => m.messageId !== d.messageId);
+    if (r.messages.length !== before && d.roomId === current) renderMessages({});
+  });
   client.on('typing_indicator', (t) => {
     typing.update(t, Date.now());
     if (t.roomId === current) renderTyping();

@@ -19,7 +19,7 @@ use crate::auth::Identity;
 use crate::client::Client;
 use crate::events::BackendEvent;
 use crate::history::{
-    memory_replay, History, HistoryStore, MemoryHistory, Page, Replaying, StoredMessage,
+    memory_replay, Deletion, History, HistoryStore, MemoryHistory, Page, Replaying, StoredMessage,
 };
 use crate::pg::{ReadFailed, ReadResult};
 use crate::protocol::{self, ChatMessage};
@@ -123,6 +123,27 @@ impl History for Scripted {
             Err(_) => memory_replay(&self.memory, room, since),
         }
     }
+
+    fn delete(&mut self, read: u64, room: &Arc<str>, id: Ulid) -> Deletion {
+        if let Some(removed) = self.memory.remove(room, id) {
+            return Deletion::Now(Some(removed));
+        }
+        let mut script = self.script.borrow_mut();
+        if !script.defer {
+            return Deletion::Now(None);
+        }
+        script.reads.push(read);
+        Deletion::Pending
+    }
+
+    fn delete_rows(
+        &mut self,
+        rows: ReadResult,
+        _room: &Arc<str>,
+        id: Ulid,
+    ) -> Result<Option<StoredMessage>, crate::pg::ReadFailed> {
+        Ok(rows?.into_iter().find(|m| m.id == id))
+    }
 }
 
 /// A one-core hub with the scripted history.
@@ -147,6 +168,7 @@ fn ann() -> Identity {
     Identity {
         user_id: Arc::from("ann"),
         username: Arc::from("Ann"),
+        admin: false,
     }
 }
 
@@ -337,4 +359,45 @@ fn a_history_that_does_not_admit_refuses_messages_unavailable() {
         hub.history.since("r", Ulid::nil(), 10).is_empty(),
         "not stored"
     );
+}
+
+#[test]
+fn a_delete_older_than_memory_waits_for_the_rows_and_answers_by_them() {
+    let t0 = Instant::now();
+    let (mut hub, script) = hub(t0);
+    let client = hub.open(ann(), Arc::from("r"), None, t0);
+    frames(&client, t0);
+    script.borrow_mut().defer = true;
+    let delete = |n: u64| Query::Delete {
+        room: Arc::from("r"),
+        id: row(n).id,
+        actor: Arc::from("root"),
+        at_ms: 0,
+    };
+    // Found in the rows: deleted, and the room is told.
+    let Asked::Later(mut found) = hub.ask(0, delete(1), t0) else {
+        panic!("waits for the rows");
+    };
+    let read = script.borrow().reads[0];
+    let rows = Ok(vec![row(1)]);
+    hub.on_backend_event(BackendEvent::Rows { read, rows }, t0, wall());
+    assert!(matches!(found.try_recv(), Ok(Some(Answer::Done))));
+    let got = frames(&client, t0);
+    assert_eq!(got[0]["type"], "message_deleted");
+    assert_eq!(got[0]["messageId"], row(1).id.to_string());
+    // Not in the rows: not found, nobody told. A failed read: unavailable.
+    for (n, rows, done) in [(2, Ok(Vec::new()), false), (3, Err(ReadFailed), true)] {
+        let Asked::Later(mut rx) = hub.ask(0, delete(n), t0) else {
+            panic!("waits for the rows");
+        };
+        let read = *script.borrow().reads.last().unwrap();
+        hub.on_backend_event(BackendEvent::Rows { read, rows }, t0, wall());
+        let answer = rx.try_recv().unwrap().unwrap();
+        if done {
+            assert!(matches!(answer, Answer::Unavailable), "{answer:?}");
+        } else {
+            assert!(matches!(answer, Answer::NotFound), "{answer:?}");
+        }
+    }
+    assert!(frames(&client, t0).is_empty());
 }

@@ -302,7 +302,9 @@ impl Hub {
 
     /// A frame for one connection, wherever it runs.
     pub(super) fn send_to_conn(&mut self, conn: ConnId, frame: Bytes, now: Instant) {
-        if conn.core() == self.core {
+        if conn.core() == self.core && conn.is_waiter() {
+            self.answer_waiter(conn, frame, now);
+        } else if conn.core() == self.core {
             if let Some(client) = self.clients.get(&conn) {
                 client.push(frame, FrameKind::Message, now);
             }

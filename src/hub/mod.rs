@@ -78,6 +78,9 @@ mod expiry_tests;
 mod member;
 #[cfg(test)]
 mod mesh_tests;
+mod operator;
+#[cfg(test)]
+mod operator_tests;
 mod reads;
 mod room_owner;
 #[cfg(test)]
@@ -92,6 +95,7 @@ mod tests;
 mod user_owner;
 
 pub use crate::pg::history::MAX_PG_READS;
+pub use operator::{wall_ms, Bans, BANNED_CLOSE, DISCONNECTED_CLOSE, MAX_BANS};
 pub use reads::UNAVAILABLE_TEXT;
 
 /// Most messages replayed by `join_room` with `since` (contract section 3).
@@ -333,6 +337,14 @@ pub struct Hub {
     /// Checks the tokens of `refresh` frames (the runtime sets the one the
     /// upgrades use); None: every refresh is refused with `invalid_token`.
     verifier: Option<Verifier>,
+    /// This core's copy of the ban list (`operator.rs`): read by upgrades
+    /// accepted here and by the message frames of this core's connections,
+    /// written only by the users' owner cores. At most [`MAX_BANS`].
+    bans: Bans,
+    /// Ban changes this core (their user's owner) sent to the other cores,
+    /// by ack id, until every core has applied them; bounded by the
+    /// operator requests in flight (every core answers each once).
+    ban_acks: HashMap<u64, operator::BanWait>,
 }
 
 impl Hub {
@@ -382,6 +394,8 @@ impl Hub {
             ),
             expiry: ExpiryWheel::new(now),
             verifier: None,
+            bans: Bans::default(),
+            ban_acks: HashMap::new(),
         }
     }
 
@@ -520,6 +534,8 @@ impl Hub {
                 let page = self.history.page(&room, before, after, limit);
                 Answer::Messages(page.into_iter().map(|m| m.json).collect())
             }
+            // Answered by `answer_query` (they change state at the owner).
+            Query::Delete { .. } | Query::Ban(_) => Answer::Unavailable,
         }
     }
 
@@ -668,6 +684,24 @@ impl Hub {
                 exclude,
             } => self.typing_owner(room, user, frame, exclude, now),
             ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, from, now),
+            ShardMsg::CloseUser { user, code, reason } => {
+                self.close_user_local(&user, code, reason)
+            }
+            ShardMsg::BanReplica {
+                user,
+                until_ms,
+                ack,
+            } => {
+                self.apply_ban(user, until_ms, operator::wall_ms(wall));
+                if let Some(ack) = ack {
+                    self.outbox.send(from, ShardMsg::BanApplied { ack });
+                }
+            }
+            ShardMsg::BanFromCluster { user, until_ms } => {
+                self.ban_from_cluster(user, until_ms, now, wall)
+            }
+            ShardMsg::BanApplied { ack } => self.ban_applied(ack, now),
+            ShardMsg::DeleteFromCluster { room, id } => self.delete_from_cluster(room, id, now),
             ShardMsg::Query { req, query } => self.answer_query(from, req, query, now),
             ShardMsg::Answer { req, answer } => self.on_answer(req, answer, now),
             ShardMsg::Adopt(_) | ShardMsg::Shutdown => {
@@ -803,6 +837,7 @@ impl Hub {
                     self.announce_offline(user, rooms, now);
                 }
             }
+            Arrival::Operator(action) => self.operator_from_cluster(action, now, wall),
             Arrival::Resync => {
                 let rooms = self
                     .owned

@@ -75,6 +75,28 @@ pub(super) enum Wait {
         /// The page's limit, applied again to the merge of rows and memory.
         limit: usize,
     },
+    /// An operator's delete of a message older than memory: the rows say
+    /// whether it exists.
+    Delete {
+        /// Who gets the outcome (204 or 404).
+        origin: Origin,
+        /// Room id of the message.
+        room: Arc<str>,
+        /// The message to delete.
+        id: MessageId,
+        /// The admin, for the audit record.
+        actor: Arc<str>,
+        /// When the admin acted, ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// Another instance's delete of a message older than memory: removed
+    /// here if the rows hold it; nobody waits for the outcome.
+    Forget {
+        /// Room id of the message.
+        room: Arc<str>,
+        /// The deleted message.
+        id: MessageId,
+    },
     /// A join with `since`, answered once the older rows are in.
     Join {
         /// The member's core.
@@ -155,6 +177,13 @@ impl Hub {
                 };
                 self.deliver_answer(origin, answer, now);
             }
+            Query::Delete {
+                room,
+                id,
+                actor,
+                at_ms,
+            } => self.delete_at_owner(origin, room, id, actor, at_ms, now),
+            Query::Ban(change) => self.ban_at_owner(origin, *change, now),
             query => {
                 let answer = self.answer(query);
                 self.deliver_answer(origin, answer, now);
@@ -230,6 +259,16 @@ impl Hub {
                     None => Answer::Unavailable,
                 };
                 self.deliver_answer(origin, answer, now);
+            }
+            Wait::Delete {
+                origin,
+                room,
+                id,
+                actor,
+                at_ms,
+            } => self.delete_rows(origin, rows, room, id, actor, at_ms, now),
+            Wait::Forget { room, id } => {
+                let _ = self.history.delete_rows(rows, &room, id);
             }
             Wait::Join {
                 core,

@@ -287,6 +287,10 @@ impl Hub {
             self.metrics.message(Outcome::Accepted);
             self.metrics.room_message(&room);
         }
+        if let Some(waiter) = ack_to.as_ref().map(|a| a.conn).filter(|c| c.is_waiter()) {
+            // An operator's publish: the request gets the message frame.
+            self.send_to_conn(waiter, frame.clone(), now);
+        }
         self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
         if let Some(AckTo {
             conn,
@@ -311,6 +315,8 @@ impl Hub {
         match action {
             AuditAction::Masked => self.metrics.audit_masked += 1,
             AuditAction::Blocked => self.metrics.audit_blocked += 1,
+            // Operator actions are recorded by `record_operator`.
+            _ => {}
         }
         let record = AuditRecord {
             message_id,
@@ -319,6 +325,8 @@ impl Hub {
             action,
             reason,
             at_ms,
+            actor: None,
+            until_ms: None,
         };
         self.audit.record(record);
     }

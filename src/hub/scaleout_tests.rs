@@ -66,6 +66,7 @@ fn open(hub: &mut Hub, rx: &mut CommandReceiver, t0: Instant) -> Rc<Client> {
     let ann = Identity {
         user_id: Arc::from("ann"),
         username: Arc::from("Ann"),
+        admin: false,
     };
     let client = hub.open(ann, Arc::from("r"), None, t0);
     let mut join = None;

@@ -48,6 +48,14 @@ impl Hub {
                     );
                     return self.send_error(client, ErrorCode::NotInRoom, &text, None, now);
                 };
+                if let Some(until) = self.banned_until(&client.identity.user_id, wall) {
+                    // Its connections are being closed with 4003; a frame
+                    // already on its way is refused.
+                    self.metrics.message(Outcome::Invalid);
+                    let text =
+                        format!("you are banned until {}", protocol::format_timestamp(until));
+                    return self.send_error(client, ErrorCode::Forbidden, &text, None, now);
+                }
                 let max = self.max_message_chars();
                 if content.chars().count() > max {
                     self.metrics.message(Outcome::Invalid);

@@ -44,6 +44,7 @@ pub(super) fn identity(user: &str) -> Identity {
     Identity {
         user_id: Arc::from(user),
         username: Arc::from(user),
+        admin: false,
     }
 }
 

@@ -25,11 +25,15 @@ use std::sync::Arc;
 
 use ulid::Ulid;
 
+use std::collections::{HashSet, VecDeque};
+
 use super::merge::{self, Pick};
-use super::{MessageRow, PgHandle, ReadResult, ReadSpec, WriteItem};
+use super::{DeleteRow, MessageRow, PgHandle, ReadFailed, ReadResult, ReadSpec, WriteItem};
 use crate::events::EventSender;
 use crate::history::StoredMessage;
-use crate::history::{memory_replay, History, HistoryStore, MemoryHistory, Page, Replaying};
+use crate::history::{
+    memory_replay, Deletion, History, HistoryStore, MemoryHistory, Page, Replaying,
+};
 use crate::hub::MAX_REPLAY;
 use crate::protocol::ChatMessage;
 use crate::shard::Replay;
@@ -39,6 +43,12 @@ use crate::shard::Replay;
 /// `recovered:false`. So the hub's wait table stays bounded, and so do the
 /// replies on the core's event queue.
 pub const MAX_PG_READS: usize = 1024;
+
+/// Deleted message ids a core remembers, so rows read from Postgres before the delete reached
+/// it (a read in flight, a batch not yet flushed) are not merged back into an answer. Deletes
+/// are operator actions, rare; the oldest is forgotten beyond this, long after its delete was
+/// written.
+pub const DELETED_MEMORY: usize = 4096;
 
 /// One core's history with Postgres behind its memory (module doc).
 pub struct PgHistory {
@@ -53,6 +63,10 @@ pub struct PgHistory {
     events: EventSender,
     /// Reads sent and not yet answered; at most [`MAX_PG_READS`].
     in_flight: usize,
+    /// Ids deleted lately, filtered out of every read's rows; at most [`DELETED_MEMORY`].
+    deleted: HashSet<Ulid>,
+    /// The same ids, oldest first, to forget the oldest at the bound.
+    deleted_order: VecDeque<Ulid>,
 }
 
 impl PgHistory {
@@ -70,6 +84,37 @@ impl PgHistory {
             lane,
             events,
             in_flight: 0,
+            deleted: HashSet::new(),
+            deleted_order: VecDeque::new(),
+        }
+    }
+
+    /// Drops the rows of deleted messages from a read's result.
+    fn without_deleted(&self, rows: ReadResult) -> ReadResult {
+        let mut rows = rows?;
+        if !self.deleted.is_empty() {
+            rows.retain(|m| !self.deleted.contains(&m.id));
+        }
+        Ok(rows)
+    }
+
+    /// Deletes message `id` of `room` from Postgres (after any insert of it from this
+    /// core's lane) and remembers it so later reads never return it.
+    fn forget(&mut self, room: &Arc<str>, id: Ulid) {
+        self.handle.write(
+            self.lane,
+            WriteItem::Delete(DeleteRow {
+                room_id: room.clone(),
+                id,
+            }),
+        );
+        if self.deleted.insert(id) {
+            self.deleted_order.push_back(id);
+            if self.deleted_order.len() > DELETED_MEMORY {
+                if let Some(old) = self.deleted_order.pop_front() {
+                    self.deleted.remove(&old);
+                }
+            }
         }
     }
 
@@ -178,7 +223,7 @@ impl History for PgHistory {
         self.answered();
         // Memory alone did not cover the page (that is why it was read):
         // without the rows its part is not an answer.
-        let rows = rows.ok()?;
+        let rows = self.without_deleted(rows).ok()?;
         let memory = self.cache.page(room, before, after, limit);
         Some(merge::merge(rows, memory, limit, Pick::for_page(after)))
     }
@@ -207,7 +252,7 @@ impl History for PgHistory {
 
     fn replay_rows(&mut self, rows: ReadResult, room: &str, since: Ulid) -> Replay {
         self.answered();
-        let Ok(rows) = rows else {
+        let Ok(rows) = self.without_deleted(rows) else {
             // Memory's part, marked incomplete (module doc).
             return memory_replay(&self.cache, room, since);
         };
@@ -224,5 +269,51 @@ impl History for PgHistory {
             messages: messages.into_iter().map(|m| m.json).collect(),
             recovered: Some(recovered),
         }
+    }
+
+    fn delete(&mut self, read: u64, room: &Arc<str>, id: Ulid) -> Deletion {
+        if let Some(removed) = self.cache.remove(room, id) {
+            self.forget(room, id);
+            return Deletion::Now(Some(removed));
+        }
+        if self.deleted.contains(&id) {
+            return Deletion::Now(None);
+        }
+        // Memory holds every message of the room from its first one on: an id at or past it
+        // that memory lacks does not exist.
+        if self.cache.first_id(room).is_some_and(|first| first <= id) {
+            return Deletion::Now(None);
+        }
+        let spec = ReadSpec {
+            room: room.clone(),
+            after: Some(Ulid(id.0.saturating_sub(1))),
+            before: Some(Ulid(id.0.saturating_add(1))),
+            limit: 1,
+            pick: Pick::Oldest,
+        };
+        if self.start_read(read, spec) {
+            Deletion::Pending
+        } else {
+            Deletion::Unavailable
+        }
+    }
+
+    fn delete_rows(
+        &mut self,
+        rows: ReadResult,
+        room: &Arc<str>,
+        id: Ulid,
+    ) -> Result<Option<StoredMessage>, ReadFailed> {
+        self.answered();
+        let rows = self.without_deleted(rows)?;
+        // Stored meanwhile (a copy from another instance) or found in Postgres.
+        let found = self
+            .cache
+            .remove(room, id)
+            .or_else(|| rows.into_iter().find(|m| m.id == id));
+        if found.is_some() {
+            self.forget(room, id);
+        }
+        Ok(found)
     }
 }

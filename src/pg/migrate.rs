@@ -21,10 +21,16 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: "0001_history",
-    sql: include_str!("../../migrations/0001_history.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: "0001_history",
+        sql: include_str!("../../migrations/0001_history.sql"),
+    },
+    Migration {
+        version: "0002_operator",
+        sql: include_str!("../../migrations/0002_operator.sql"),
+    },
+];
 
 /// Advisory lock key serialising migrations across instances ("chatd" in
 /// ASCII, then 1).
@@ -121,6 +127,9 @@ mod tests {
         assert!(MIGRATIONS[0]
             .sql
             .contains("CREATE TABLE IF NOT EXISTS chat_audit"));
+        assert!(MIGRATIONS[1]
+            .sql
+            .contains("CREATE TABLE IF NOT EXISTS chat_bans"));
     }
 
     #[test]

@@ -96,6 +96,39 @@ pub enum PgError {
     Thread(String),
 }
 
+/// The bans still running (`chat_bans`), read once at start-up on a connection of its own
+/// (bounded by [`START_WAIT`]); empty, with a warning, when they cannot be read.
+fn load_bans(config: &tokio_postgres::Config) -> Vec<(String, u64)> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the bans from postgres");
+            return Vec::new();
+        }
+    };
+    let loaded = runtime
+        .block_on(async { tokio::time::timeout(START_WAIT, worker::load_bans(config)).await });
+    match loaded {
+        Ok(Ok(bans)) => {
+            if !bans.is_empty() {
+                tracing::info!(bans = bans.len(), "bans loaded from postgres");
+            }
+            bans
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the bans from postgres");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("reading the bans from postgres timed out");
+            Vec::new()
+        }
+    }
+}
+
 /// Parses DATABASE_URL (a `postgres://` URL or `key=value` pairs). The error
 /// names the variable and never echoes the value, which may hold a password.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
@@ -122,13 +155,51 @@ pub struct MessageRow {
     pub payload: Bytes,
 }
 
+/// A message an operator deleted, on its way out of `chat_messages`.
+#[derive(Debug, Clone)]
+pub struct DeleteRow {
+    /// Room id of the message.
+    pub room_id: Arc<str>,
+    /// The message's id.
+    pub id: Ulid,
+}
+
+/// A change to `chat_bans` (one row per banned user; loaded at start-up).
+#[derive(Debug, Clone)]
+pub enum BanRow {
+    /// `user` is banned until `until_ms` (ms since the Unix epoch), replacing any earlier ban.
+    Set {
+        /// The banned user.
+        user: Arc<str>,
+        /// When the ban ends.
+        until_ms: u64,
+        /// The admin's reason.
+        reason: Option<String>,
+        /// The admin who banned.
+        actor: Arc<str>,
+        /// When the ban was set.
+        at_ms: u64,
+    },
+    /// `user`'s ban is lifted.
+    Lift {
+        /// The user no longer banned.
+        user: Arc<str>,
+    },
+}
+
 /// A row for the writer.
 #[derive(Debug)]
 pub enum WriteItem {
     /// An accepted message.
     Message(MessageRow),
-    /// A moderation audit record.
+    /// An audit record (moderation or operator).
     Audit(AuditRecord),
+    /// An operator's delete: a pending insert of the same message is dropped instead of
+    /// written, and the row is deleted after every earlier insert (a message accepted by this
+    /// instance is written from the same core's lane, ahead of its delete).
+    Delete(DeleteRow),
+    /// A ban set or lifted; applied in the order given.
+    Ban(BanRow),
 }
 
 /// A history read: a room's messages with ids strictly between `after` and
@@ -247,6 +318,9 @@ pub struct PgHandle {
     /// Writer settings: `capacity` bounds admission ([`PgHandle::admit`]), `shutdown_timeout`
     /// bounds the wait in [`PgHandle::finish`].
     settings: WriterSettings,
+    /// The bans still running when the server started (`chat_bans`), as (user, end in ms
+    /// since the Unix epoch); empty when Postgres was not reachable then.
+    pub bans_at_start: Vec<(String, u64)>,
     /// The side thread and its final report (rows left unwritten), taken by
     /// [`PgHandle::finish`].
     thread: Mutex<
@@ -297,6 +371,7 @@ impl PgHandle {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let thread_inner = inner.clone();
+        let ban_config = config.clone();
         let thread = std::thread::Builder::new()
             .name("chatd-pg".into())
             .spawn(move || {
@@ -311,13 +386,18 @@ impl PgHandle {
                 )
             })
             .map_err(|e| PgError::Thread(e.to_string()))?;
+        let mut bans_at_start = Vec::new();
         match ready_rx.recv_timeout(START_WAIT) {
-            Ok(true) => tracing::info!("postgres connected, migrations applied"),
+            Ok(true) => {
+                tracing::info!("postgres connected, migrations applied");
+                bans_at_start = load_bans(&ban_config);
+            }
             _ => tracing::warn!(
-                "postgres not reachable at start-up; serving with history in memory and retrying (writes are buffered)"
+                "postgres not reachable at start-up; serving with history in memory and retrying (writes are buffered); bans stored there are not loaded"
             ),
         }
         Ok(PgHandle {
+            bans_at_start,
             writes,
             reads,
             inner,
@@ -365,8 +445,12 @@ impl PgHandle {
                 self.inner.buffered.fetch_sub(1, Ordering::Relaxed);
                 stats::bump(&self.inner.stats.rows_lost);
                 let (kind, id) = match item {
-                    WriteItem::Message(m) => ("message", m.id),
-                    WriteItem::Audit(a) => ("audit record", a.message_id),
+                    WriteItem::Message(m) => ("message", m.id.to_string()),
+                    WriteItem::Audit(a) => ("audit record", a.message_id.to_string()),
+                    WriteItem::Delete(d) => ("message delete", d.id.to_string()),
+                    WriteItem::Ban(BanRow::Set { user, .. } | BanRow::Lift { user }) => {
+                        ("ban change", user.to_string())
+                    }
                 };
                 tracing::error!(%id, kind, "postgres write queue refused a row; it will not be stored");
             }

@@ -76,6 +76,8 @@ pub struct PgStats {
     pub messages_written: AtomicU64,
     /// Moderation audit rows written to `chat_audit` (a retried row counts once it succeeds).
     pub audit_written: AtomicU64,
+    /// Operator changes applied: message deletes and ban changes (`chat_bans`).
+    pub operator_written: AtomicU64,
     /// Batch writes that failed (each is retried after a backoff).
     pub write_errors: AtomicU64,
     /// Batch writes that were retries of a failed one.
@@ -105,6 +107,7 @@ impl Default for PgStats {
             flush_us: AtomicHistogram::new(DURATION_BOUNDS_US),
             messages_written: AtomicU64::new(0),
             audit_written: AtomicU64::new(0),
+            operator_written: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             write_retries: AtomicU64::new(0),
             rows_rejected: AtomicU64::new(0),
@@ -174,9 +177,10 @@ impl PgStats {
         );
         let _ = writeln!(
             out,
-            "# HELP chat_pg_rows_written_total Rows written to Postgres, by table.\n# TYPE chat_pg_rows_written_total counter\nchat_pg_rows_written_total{{table=\"messages\"}} {}\nchat_pg_rows_written_total{{table=\"audit\"}} {}",
+            "# HELP chat_pg_rows_written_total Rows written to Postgres, by table.\n# TYPE chat_pg_rows_written_total counter\nchat_pg_rows_written_total{{table=\"messages\"}} {}\nchat_pg_rows_written_total{{table=\"audit\"}} {}\nchat_pg_rows_written_total{{table=\"operator\"}} {}",
             get(&self.messages_written),
-            get(&self.audit_written)
+            get(&self.audit_written),
+            get(&self.operator_written)
         );
         counter(
             out,

@@ -27,8 +27,8 @@ use super::batch::{Next, RETRY_BASE, RETRY_MAX};
 use super::migrate::{self, MigrateError};
 use super::stats::bump;
 use super::{
-    Inner, MessageRow, Pick, ReadFailed, ReadRequest, ReadSpec, WriteItem, WriterSettings,
-    READ_TIMEOUT,
+    BanRow, DeleteRow, Inner, MessageRow, Pick, ReadFailed, ReadRequest, ReadSpec, WriteItem,
+    WriterSettings, READ_TIMEOUT,
 };
 use crate::backoff::Backoff;
 use crate::health::State;
@@ -49,9 +49,19 @@ const INSERT_MESSAGES: &str =
     "INSERT INTO chat_messages (room_id, message_id, user_id, sent_at, payload) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
      ON CONFLICT DO NOTHING";
-const INSERT_AUDIT: &str = "INSERT INTO chat_audit (message_id, action, room_id, user_id, reason, at) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+const INSERT_AUDIT: &str = "INSERT INTO chat_audit (message_id, action, room_id, user_id, reason, at, actor, until) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::timestamptz[]) \
      ON CONFLICT DO NOTHING";
+const DELETE_MESSAGES: &str = "DELETE FROM chat_messages \
+     WHERE (room_id, message_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))";
+const SET_BAN: &str = "INSERT INTO chat_bans (user_id, until, reason, actor, created_at) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (user_id) DO UPDATE SET until = EXCLUDED.until, reason = EXCLUDED.reason, \
+     actor = EXCLUDED.actor, created_at = EXCLUDED.created_at";
+const LIFT_BAN: &str = "DELETE FROM chat_bans WHERE user_id = $1";
+/// The bans still running, loaded at start-up.
+pub(super) const LOAD_BANS: &str = "SELECT user_id, \
+     (extract(epoch FROM until) * 1000)::bigint FROM chat_bans WHERE until > now()";
 const READ_NEWEST: &str = "SELECT message_id, payload FROM chat_messages \
      WHERE room_id = $1 AND message_id > $2 AND message_id < $3 \
      ORDER BY message_id DESC LIMIT $4";
@@ -78,6 +88,12 @@ struct Conn {
     insert_messages: Statement,
     /// Batch insert into `chat_audit`.
     insert_audit: Statement,
+    /// Batch delete from `chat_messages`.
+    delete_messages: Statement,
+    /// Sets a user's ban.
+    set_ban: Statement,
+    /// Lifts a user's ban.
+    lift_ban: Statement,
     /// Newest-first page.
     read_newest: Statement,
     /// Oldest-first page.
@@ -151,6 +167,9 @@ async fn connect(config: &Config) -> Result<(Arc<Conn>, oneshot::Receiver<()>), 
     let conn = Conn {
         insert_messages: client.prepare(INSERT_MESSAGES).await?,
         insert_audit: client.prepare(INSERT_AUDIT).await?,
+        delete_messages: client.prepare(DELETE_MESSAGES).await?,
+        set_ban: client.prepare(SET_BAN).await?,
+        lift_ban: client.prepare(LIFT_BAN).await?,
         read_newest: client.prepare(READ_NEWEST).await?,
         read_oldest: client.prepare(READ_OLDEST).await?,
         client,
@@ -303,7 +322,7 @@ trait Row: Sized {
     /// Label for logs and metrics.
     const TABLE: &'static str;
     /// Id for logs.
-    fn id(&self) -> Ulid;
+    fn id(&self) -> String;
     /// One multi-row INSERT of `rows`.
     async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error>;
 }
@@ -311,8 +330,8 @@ trait Row: Sized {
 impl Row for MessageRow {
     const TABLE: &'static str = "messages";
 
-    fn id(&self) -> Ulid {
-        self.id
+    fn id(&self) -> String {
+        self.id.to_string()
     }
 
     async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error> {
@@ -338,8 +357,8 @@ impl Row for MessageRow {
 impl Row for AuditRecord {
     const TABLE: &'static str = "audit";
 
-    fn id(&self) -> Ulid {
-        self.message_id
+    fn id(&self) -> String {
+        self.message_id.to_string()
     }
 
     async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error> {
@@ -354,13 +373,102 @@ impl Row for AuditRecord {
             .collect();
         let reasons: Vec<Option<&str>> = reasons.iter().map(|r| r.as_deref()).collect();
         let times: Vec<SystemTime> = rows.iter().map(|p| system_time(p.row.at_ms)).collect();
+        let actors: Vec<Option<Cow<str>>> = rows
+            .iter()
+            .map(|p| p.row.actor.as_deref().map(pg_text))
+            .collect();
+        let actors: Vec<Option<&str>> = actors.iter().map(|a| a.as_deref()).collect();
+        let untils: Vec<Option<SystemTime>> = rows
+            .iter()
+            .map(|p| p.row.until_ms.map(system_time))
+            .collect();
         conn.client
             .execute(
                 &conn.insert_audit,
-                &[&ids, &actions, &rooms, &users, &reasons, &times],
+                &[
+                    &ids, &actions, &rooms, &users, &reasons, &times, &actors, &untils,
+                ],
             )
             .await
     }
+}
+
+impl Row for DeleteRow {
+    const TABLE: &'static str = "deletes";
+
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+
+    async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error> {
+        let rooms: Vec<&str> = rows.iter().map(|p| &*p.row.room_id).collect();
+        let ids: Vec<String> = rows.iter().map(|p| p.row.id.to_string()).collect();
+        conn.client
+            .execute(&conn.delete_messages, &[&rooms, &ids])
+            .await
+    }
+}
+
+impl Row for BanRow {
+    const TABLE: &'static str = "bans";
+
+    fn id(&self) -> String {
+        match self {
+            BanRow::Set { user, .. } | BanRow::Lift { user } => user.to_string(),
+        }
+    }
+
+    /// One statement per change, in order: a ban and its lifting must not swap. Rare (an
+    /// operator's action each), so no batching is needed.
+    async fn insert(conn: &Conn, rows: &[Pending<Self>]) -> Result<u64, tokio_postgres::Error> {
+        let mut n = 0;
+        for p in rows {
+            n += match &p.row {
+                BanRow::Set {
+                    user,
+                    until_ms,
+                    reason,
+                    actor,
+                    at_ms,
+                } => {
+                    let (user, actor) = (pg_text(user), pg_text(actor));
+                    let reason = reason.as_deref().map(pg_text);
+                    let (until, at) = (system_time(*until_ms), system_time(*at_ms));
+                    conn.client
+                        .execute(
+                            &conn.set_ban,
+                            &[&&*user, &until, &reason.as_deref(), &&*actor, &at],
+                        )
+                        .await?
+                }
+                BanRow::Lift { user } => {
+                    let user = pg_text(user);
+                    conn.client.execute(&conn.lift_ban, &[&&*user]).await?
+                }
+            };
+        }
+        Ok(n)
+    }
+}
+
+/// The bans still running, as (user, end in ms since the Unix epoch), read once at
+/// start-up on a connection of its own.
+pub(super) async fn load_bans(
+    config: &Config,
+) -> Result<Vec<(String, u64)>, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let rows = client.query(LOAD_BANS, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let user: String = r.get(0);
+            let until: i64 = r.get(1);
+            (user, until.max(0) as u64)
+        })
+        .collect())
 }
 
 /// Postgres refused the data itself (SQLSTATE classes 22 and 23): retrying
@@ -407,7 +515,8 @@ async fn flush_one<T: Row>(
     inner.buffered.fetch_sub(n, Ordering::Relaxed);
     let written = match T::TABLE {
         "messages" => &inner.stats.messages_written,
-        _ => &inner.stats.audit_written,
+        "audit" => &inner.stats.audit_written,
+        _ => &inner.stats.operator_written,
     };
     written.fetch_add(n as u64, Ordering::Relaxed);
     Ok(n)
@@ -424,6 +533,8 @@ async fn write_loop(
     let batch = settings.policy.batch_size;
     let mut messages: VecDeque<Pending<MessageRow>> = VecDeque::new();
     let mut audits: VecDeque<Pending<AuditRecord>> = VecDeque::new();
+    let mut deletes: VecDeque<Pending<DeleteRow>> = VecDeque::new();
+    let mut bans: VecDeque<Pending<BanRow>> = VecDeque::new();
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut deadline: Option<Instant> = None;
     loop {
@@ -432,9 +543,15 @@ async fn write_loop(
         let closing = inner.closing.load(Ordering::Acquire);
         let now = Instant::now();
         while let Ok(item) = rx.try_recv() {
-            push(&mut messages, &mut audits, item, now);
+            let mut queues = Queues {
+                messages: &mut messages,
+                audits: &mut audits,
+                deletes: &mut deletes,
+                bans: &mut bans,
+            };
+            queues.push(item, now, &inner);
         }
-        let pending = messages.len() + audits.len();
+        let pending = messages.len() + audits.len() + deletes.len() + bans.len();
         if closing {
             let end = *deadline.get_or_insert(now + settings.shutdown_timeout);
             if pending == 0 {
@@ -445,10 +562,15 @@ async fn write_loop(
             }
         }
         let conn = conn_rx.borrow_and_update().clone();
-        let oldest = match (messages.front(), audits.front()) {
-            (Some(m), Some(a)) => Some(m.at.min(a.at)),
-            (m, a) => m.map(|p| p.at).or(a.map(|p| p.at)),
-        };
+        let oldest = [
+            messages.front().map(|p| p.at),
+            audits.front().map(|p| p.at),
+            deletes.front().map(|p| p.at),
+            bans.front().map(|p| p.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let next = match &conn {
             // No connection: wait for the supervisor (or the next backoff tick).
             None if pending > 0 => Next::WaitUntil(now + RETRY_MAX),
@@ -461,8 +583,12 @@ async fn write_loop(
                 if backoff.failures() > 0 {
                     bump(&inner.stats.write_retries);
                 }
+                // Messages before their deletes: a delete that arrived after an insert
+                // already taken into a batch removes the row once written.
                 let result = async {
                     flush_one(&conn, &mut messages, batch, &inner).await?;
+                    flush_one(&conn, &mut deletes, batch, &inner).await?;
+                    flush_one(&conn, &mut bans, batch, &inner).await?;
                     flush_one(&conn, &mut audits, batch, &inner).await
                 }
                 .await;
@@ -476,7 +602,7 @@ async fn write_loop(
                         inner.health.postgres.set(State::Down);
                         let wait = backoff.failed(Instant::now());
                         if backoff.failures() == 1 {
-                            tracing::warn!(error = %e, buffered = messages.len() + audits.len(), "postgres write failed; retrying with backoff");
+                            tracing::warn!(error = %e, buffered = messages.len() + audits.len() + deletes.len() + bans.len(), "postgres write failed; retrying with backoff");
                         } else {
                             tracing::debug!(error = %e, ?wait, "postgres write failed again");
                         }
@@ -486,9 +612,17 @@ async fn write_loop(
             (Next::Idle, _) => {
                 tokio::select! {
                     item = rx.recv() => match item {
-                        Some(item) => push(&mut messages, &mut audits, item, Instant::now()),
+                        Some(item) => {
+                            let mut queues = Queues {
+                                messages: &mut messages,
+                                audits: &mut audits,
+                                deletes: &mut deletes,
+                                bans: &mut bans,
+                            };
+                            queues.push(item, Instant::now(), &inner);
+                        }
                         // Every sender is gone: nothing more can arrive.
-                        None => return messages.len() + audits.len(),
+                        None => return messages.len() + audits.len() + deletes.len() + bans.len(),
                     },
                     _ = inner.wake.notified() => {}
                 }
@@ -514,21 +648,93 @@ async fn write_loop(
     }
 }
 
-fn push(
-    messages: &mut VecDeque<Pending<MessageRow>>,
-    audits: &mut VecDeque<Pending<AuditRecord>>,
-    item: WriteItem,
-    at: Instant,
-) {
-    match item {
-        WriteItem::Message(row) => messages.push_back(Pending { at, row }),
-        WriteItem::Audit(row) => audits.push_back(Pending { at, row }),
+/// The writer's queues, one per kind of row.
+struct Queues<'a> {
+    /// Accepted messages, in acceptance order per lane.
+    messages: &'a mut VecDeque<Pending<MessageRow>>,
+    /// Audit records.
+    audits: &'a mut VecDeque<Pending<AuditRecord>>,
+    /// Operators' deletes, written after the messages.
+    deletes: &'a mut VecDeque<Pending<DeleteRow>>,
+    /// Ban changes, applied in order.
+    bans: &'a mut VecDeque<Pending<BanRow>>,
+}
+
+impl Queues<'_> {
+    /// Takes one row from a lane. A delete first drops a not-yet-written insert of its
+    /// message (so the message is never written), then is queued itself (the insert may
+    /// be in a batch already written, or come from another instance's writer).
+    fn push(&mut self, item: WriteItem, at: Instant, inner: &Inner) {
+        match item {
+            WriteItem::Message(row) => self.messages.push_back(Pending { at, row }),
+            WriteItem::Audit(row) => self.audits.push_back(Pending { at, row }),
+            WriteItem::Delete(row) => {
+                let before = self.messages.len();
+                self.messages
+                    .retain(|p| !(p.row.id == row.id && p.row.room_id == row.room_id));
+                let dropped = before - self.messages.len();
+                inner.buffered.fetch_sub(dropped, Ordering::Relaxed);
+                self.deletes.push_back(Pending { at, row });
+            }
+            WriteItem::Ban(row) => self.bans.push_back(Pending { at, row }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delete_drops_the_pending_insert_of_its_message_and_is_queued() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let inner = Inner {
+            buffered: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            stats: super::super::stats::PgStats::default(),
+            health: Arc::new(crate::health::BackendHealth::default()),
+        };
+        let (mut messages, mut audits, mut deletes, mut bans) = Default::default();
+        let mut queues = Queues {
+            messages: &mut messages,
+            audits: &mut audits,
+            deletes: &mut deletes,
+            bans: &mut bans,
+        };
+        let room: Arc<str> = Arc::from("r");
+        let row = |n: u64, room: &Arc<str>| MessageRow {
+            room_id: room.clone(),
+            id: Ulid::from_parts(n, 0),
+            user_id: Arc::from("u"),
+            sent_at_ms: n,
+            payload: Bytes::from_static(b"{}"),
+        };
+        let now = Instant::now();
+        let other: Arc<str> = Arc::from("other");
+        for item in [row(1, &room), row(2, &room), row(2, &other)] {
+            queues.push(WriteItem::Message(item), now, &inner);
+        }
+        // Three rows handed over by the cores.
+        inner.buffered.store(3, Ordering::Relaxed);
+        let delete = DeleteRow {
+            room_id: room.clone(),
+            id: Ulid::from_parts(2, 0),
+        };
+        queues.push(WriteItem::Delete(delete), now, &inner);
+        let left: Vec<(String, u64)> = messages
+            .iter()
+            .map(|p| (p.row.room_id.to_string(), p.row.id.timestamp_ms()))
+            .collect();
+        assert_eq!(left, [("r".to_string(), 1), ("other".to_string(), 2)]);
+        assert_eq!(
+            inner.buffered.load(Ordering::Relaxed),
+            2,
+            "the dropped row is no longer buffered"
+        );
+        // The delete itself is still written (the row may be in Postgres already).
+        assert_eq!(deletes.len(), 1);
+    }
 
     #[test]
     fn nul_is_replaced_only_when_present() {

@@ -9,6 +9,8 @@
 //!   moderated. Each instance builds its `message` frame from these fields.
 //! - `t` + instance + the `typing_indicator` frame's JSON.
 //! - `p` + instance + the `presence` frame's JSON.
+//! - `o` + instance + JSON [`Operator`]: an operator API action (on the
+//!   operator channel, not a room's).
 //!
 //! The room is the channel's, not repeated here. Pure encoding and decoding:
 //! no I/O.
@@ -72,6 +74,59 @@ pub fn relay(instance: &str, kind: FrameKind, json: &[u8]) -> Vec<u8> {
     out.extend_from_slice(instance.as_bytes());
     out.extend_from_slice(json);
     out
+}
+
+/// An operator API action other instances carry out too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Operator {
+    /// Message `i` of room `r` was deleted.
+    Delete {
+        /// Room id.
+        r: String,
+        /// Message id (26 characters).
+        i: String,
+    },
+    /// User `u` is banned until `t` (ms since the Unix epoch), or no longer
+    /// banned (`t` absent).
+    Ban {
+        /// User id.
+        u: String,
+        /// The ban's end; None: lifted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t: Option<u64>,
+    },
+    /// User `u` was disconnected.
+    Disconnect {
+        /// User id.
+        u: String,
+    },
+}
+
+/// An operator action for other instances.
+pub fn operator(instance: &str, action: &Operator) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + INSTANCE_LEN + 64);
+    out.push(b'o');
+    out.extend_from_slice(instance.as_bytes());
+    // Strings, numbers and a ULID (a string) always serialize.
+    serde_json::to_writer(&mut out, action).expect("operator actions serialize");
+    out
+}
+
+/// Decodes a payload of the operator channel: the publishing instance and
+/// the action.
+pub fn decode_operator(payload: &[u8]) -> Result<(&str, Operator), Malformed> {
+    let (&kind, rest) = payload.split_first().ok_or(Malformed("empty"))?;
+    if kind != b'o' {
+        return Err(Malformed("kind"));
+    }
+    if rest.len() < INSTANCE_LEN {
+        return Err(Malformed("short"));
+    }
+    let (instance, json) = rest.split_at(INSTANCE_LEN);
+    let instance = std::str::from_utf8(instance).map_err(|_| Malformed("instance"))?;
+    let action = serde_json::from_slice(json).map_err(|_| Malformed("operator action"))?;
+    Ok((instance, action))
 }
 
 /// A decoded payload.
@@ -200,6 +255,37 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn operator_actions_round_trip() {
+        let id = Ulid::from_string("01JD0000000000000000000000").unwrap();
+        for action in [
+            Operator::Delete {
+                r: "general".into(),
+                i: id.to_string(),
+            },
+            Operator::Ban {
+                u: "eve".into(),
+                t: Some(1_800_000_000_000),
+            },
+            Operator::Ban {
+                u: "eve".into(),
+                t: None,
+            },
+            Operator::Disconnect { u: "bob".into() },
+        ] {
+            let payload = operator(INST, &action);
+            assert_eq!(decode_operator(&payload), Ok((INST, action)));
+        }
+        assert_eq!(
+            decode_operator(b"p0123456789abcdef{}"),
+            Err(Malformed("kind"))
+        );
+        assert_eq!(
+            decode_operator(b"o0123456789abcdef{\"k\":\"nuke\"}"),
+            Err(Malformed("operator action"))
+        );
     }
 
     #[test]

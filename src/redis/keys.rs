@@ -17,6 +17,8 @@
 //! | `P room:{R}:users` | sorted set | users in room `R` on any instance, scored by when their membership expires (ms, Redis clock); `memberCount` is its size after pruning | each instance refreshes its users' scores and the key with its heartbeat |
 //! | `P room:{R}:last` | string | the last message id of room `R` | one day after the room's last message |
 //! | channel `P room:{R}` | pub/sub | the room's messages, typing and presence frames | |
+//! | `P ban:U` | string | the end of user `U`'s ban (ms since the Unix epoch); read by instances that start later | the ban's end (PX) |
+//! | channel `P operator` | pub/sub | the operator API's deletes, bans and disconnects, for every instance | |
 
 use std::fmt::Write as _;
 
@@ -80,6 +82,22 @@ impl Keys {
         s
     }
 
+    /// The key holding `user`'s ban (its end; it expires with the ban).
+    pub fn ban(&self, user: &str) -> String {
+        format!("{}ban:{user}", self.prefix)
+    }
+
+    /// The pattern every ban key matches (SCAN at start-up).
+    pub fn ban_pattern(&self) -> String {
+        format!("{}ban:*", self.prefix)
+    }
+
+    /// The channel every instance subscribes to for the operator API's
+    /// actions.
+    pub fn operator_channel(&self) -> String {
+        format!("{}operator", self.prefix)
+    }
+
     /// The room a channel name belongs to, or None for a foreign channel.
     pub fn room_of_channel<'c>(&self, channel: &'c str) -> Option<&'c str> {
         channel
@@ -138,6 +156,10 @@ mod tests {
         assert_eq!(k.room_users("general"), "chatd:room:{general}:users");
         assert_eq!(k.instances(), "chatd:instances");
         assert_eq!(k.instance(), "00ff");
+        assert_eq!(k.ban("eve"), "chatd:ban:eve");
+        assert_eq!(k.ban_pattern(), "chatd:ban:*");
+        assert_eq!(k.operator_channel(), "chatd:operator");
+        assert_eq!(k.room_of_channel(&k.operator_channel()), None);
     }
 
     #[test]

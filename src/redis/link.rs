@@ -34,7 +34,7 @@ use crate::broker::{Arrival, Broker, Counting, OfflineCheck, Sequencing};
 pub use crate::broker::{Inflight, Overdue, PendingJoin};
 use crate::protocol::ChatMessage;
 use crate::protocol::MessageId;
-use crate::redis::envelope;
+use crate::redis::envelope::{self, Operator};
 use crate::redis::stats::RedisMetrics;
 use crate::redis::worker::{Command, Event, Link, PublishCmd, Sequenced};
 use crate::shard::FrameKind;
@@ -315,6 +315,20 @@ impl ScaleOut {
         }
     }
 
+    /// Queues an operator action for the other instances. A full lane
+    /// drops it, counted as an error and logged: the action then holds on
+    /// this instance only (the operator sees it in the log and may repeat
+    /// it).
+    fn operator(&self, action: Operator) {
+        if let Err(Command::Operator(action)) = self.link.try_send(Command::Operator(action)) {
+            RedisMetrics::inc(&self.link.metrics.errors);
+            tracing::warn!(
+                ?action,
+                "the Redis queue is full: this operator action holds on this instance only"
+            );
+        }
+    }
+
     /// Queues a presence change; a full queue is counted and repaired by a
     /// resync of every core's state.
     fn presence(&self, cmd: Command) -> bool {
@@ -438,6 +452,26 @@ impl Broker for ScaleOut {
         ScaleOut::relay(self, room, kind, frame);
     }
 
+    fn delete(&self, room: &Arc<str>, id: MessageId) {
+        self.operator(Operator::Delete {
+            r: room.to_string(),
+            i: id.to_string(),
+        });
+    }
+
+    fn ban(&self, user: &Arc<str>, until_ms: Option<u64>, _at_ms: u64) {
+        self.operator(Operator::Ban {
+            u: user.to_string(),
+            t: until_ms,
+        });
+    }
+
+    fn disconnect(&self, user: &Arc<str>) {
+        self.operator(Operator::Disconnect {
+            u: user.to_string(),
+        });
+    }
+
     fn sweep(&mut self, now: Instant) -> Vec<Overdue> {
         ScaleOut::sweep(self, now)
     }
@@ -504,6 +538,7 @@ impl Broker for ScaleOut {
                 elsewhere,
             }),
             Event::Resync => Some(Arrival::Resync),
+            Event::Operator(action) => Some(Arrival::Operator(action)),
         }
     }
 

@@ -56,7 +56,7 @@ use crate::config::Settings;
 use crate::events::EventSender;
 use crate::health::{BackendHealth, State};
 use crate::lanes;
-use crate::redis::envelope::{self, Envelope};
+use crate::redis::envelope::{self, Envelope, Operator};
 use crate::redis::keys::{self, Keys};
 use crate::redis::presence::{self, Mirror};
 use crate::redis::stats::{Batch, RedisMetrics};
@@ -151,6 +151,12 @@ pub enum Command {
     RoomUsers(Arc<str>, oneshot::Sender<Option<Vec<String>>>),
     /// Whether a user is online anywhere (None: Redis unavailable).
     UserStatus(Arc<str>, oneshot::Sender<Option<bool>>),
+    /// An operator API action for the other instances: published on the
+    /// operator channel; a ban also sets (or, lifted, deletes) the user's
+    /// ban key, which expires with the ban, for instances that start later.
+    /// While Redis is down it is dropped (logged and counted as an error):
+    /// the action holds on this instance only.
+    Operator(Operator),
     /// Write what is pending, remove this instance from Redis, stop.
     Shutdown,
 }
@@ -198,6 +204,9 @@ pub enum Event {
     },
     /// Send a [`Command::Snapshot`] of this core's presence state.
     Resync,
+    /// Another instance's operator action, sent to the owner core of its
+    /// room or user.
+    Operator(Operator),
     /// The subscription connection was lost: copies of this core's
     /// messages that did not come back yet never will (a new subscription
     /// does not replay). Sent to every core before any publish is answered
@@ -353,6 +362,9 @@ pub enum StartError {
 pub struct Started {
     /// For cores and routes (each takes [`Link::for_core`]).
     pub link: Link,
+    /// The bans in force at start-up (the ban keys), as (user, end in ms
+    /// since the Unix epoch); empty when Redis was not reachable then.
+    pub bans_at_start: Vec<(String, u64)>,
     /// Joined by [`Started::shutdown`] (at most its limit), so pending writes are not cut off.
     thread: std::thread::JoinHandle<()>,
 }
@@ -450,7 +462,56 @@ pub fn start(
         .map_err(StartError::Thread)?;
     let _ = first_rx.recv_timeout(FIRST_CONNECT_WAIT);
     tracing::info!(instance = %instance, up = link.up(), "Redis backend started");
-    Ok(Started { link, thread })
+    let bans_at_start = if link.up() {
+        load_bans(&url, &Keys::new(&settings.redis_prefix, &instance))
+    } else {
+        tracing::warn!("Redis not reachable at start-up: bans kept there are not loaded");
+        Vec::new()
+    };
+    Ok(Started {
+        link,
+        bans_at_start,
+        thread,
+    })
+}
+
+/// Most ban keys read at start-up (bans are few: an operator sets each).
+const MAX_LOADED_BANS: usize = 100_000;
+
+/// The bans in force: every ban key under the prefix, read once at start-up
+/// with a blocking connection of its own (SCAN, then GET each); empty,
+/// with a warning, when they cannot be read.
+fn load_bans(url: &str, keys: &Keys) -> Vec<(String, u64)> {
+    let read = || -> redis::RedisResult<Vec<(String, u64)>> {
+        let client = redis::Client::open(url)?;
+        let mut con = client.get_connection_with_timeout(IO_TIMEOUT)?;
+        con.set_read_timeout(Some(IO_TIMEOUT))?;
+        let pattern = keys.ban_pattern();
+        let names: Vec<String> = redis::Commands::scan_match::<_, String>(&mut con, &pattern)?
+            .take(MAX_LOADED_BANS)
+            .collect::<Result<_, _>>()?;
+        let prefix = keys.ban("");
+        let mut bans = Vec::with_capacity(names.len());
+        for name in names {
+            let until: Option<u64> = redis::Commands::get(&mut con, &name)?;
+            if let (Some(user), Some(until)) = (name.strip_prefix(&prefix), until) {
+                bans.push((user.to_string(), until));
+            }
+        }
+        Ok(bans)
+    };
+    match read() {
+        Ok(bans) => {
+            if !bans.is_empty() {
+                tracing::info!(bans = bans.len(), "bans loaded from Redis");
+            }
+            bans
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the bans from Redis");
+            Vec::new()
+        }
+    }
 }
 
 /// A live connection to Redis.
@@ -571,9 +632,28 @@ async fn pump(
 ) {
     use futures_lite::StreamExt as _;
     let cores = events.len();
+    let operator_channel = keys.operator_channel();
     while let Some(msg) = stream.next().await {
         let arrived = Instant::now();
         let channel = msg.get_channel_name().to_string();
+        if channel == operator_channel {
+            match envelope::decode_operator(msg.get_payload_bytes()) {
+                Ok((instance, _)) if instance == keys.instance() => {}
+                Ok((_, action)) => {
+                    let key = match &action {
+                        Operator::Delete { r, .. } => r,
+                        Operator::Ban { u, .. } | Operator::Disconnect { u } => u,
+                    };
+                    let core = shard_for(key, cores);
+                    deliver(&events[core], Event::Operator(action)).await;
+                }
+                Err(e) => {
+                    RedisMetrics::inc(&metrics.errors);
+                    tracing::warn!(%channel, error = %e, "ignoring a malformed frame from Redis");
+                }
+            }
+            continue;
+        }
         let Some(room) = keys.room_of_channel(&channel) else {
             continue;
         };
@@ -765,6 +845,9 @@ impl RedisThread {
             .map_err(|_| timeout_error())??;
         let (mut sink, stream) = pubsub.split();
         self.script.load_async(&mut cmd).await?;
+        tokio::time::timeout(IO_TIMEOUT, sink.subscribe(self.keys.operator_channel()))
+            .await
+            .map_err(|_| timeout_error())??;
         let rooms: Vec<Arc<str>> = self.mirror.rooms().cloned().collect();
         for chunk in rooms.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|r| self.keys.channel(r)).collect();
@@ -800,6 +883,7 @@ impl RedisThread {
         let mut outgoing = Vec::new();
         let mut reads = Vec::new();
         let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut operator = Vec::new();
         let mut shutdown = false;
         for cmd in batch.drain(..) {
             match cmd {
@@ -853,8 +937,12 @@ impl RedisThread {
                 }
                 Command::RoomUsers(room, reply) => reads.push(Read::RoomUsers(room, reply)),
                 Command::UserStatus(user, reply) => reads.push(Read::UserStatus(user, reply)),
+                Command::Operator(action) => operator.push(action),
                 Command::Shutdown => shutdown = true,
             }
+        }
+        if !operator.is_empty() {
+            self.operator(operator).await;
         }
         if !touched.is_empty() && self.conn.is_some() {
             if let Err(e) = self.reconcile_subscriptions(touched).await {
@@ -903,6 +991,48 @@ impl RedisThread {
             self.subscribed.remove(&room);
         }
         Ok(())
+    }
+
+    /// Publishes operator actions and writes ban keys, in one pipeline.
+    async fn operator(&mut self, actions: Vec<Operator>) {
+        let Some(conn) = self.conn.as_mut() else {
+            RedisMetrics::inc(&self.metrics.errors);
+            tracing::warn!(
+                actions = actions.len(),
+                "Redis is down: operator actions hold on this instance only"
+            );
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        for action in &actions {
+            match action {
+                Operator::Ban { u, t: Some(until) } if *until > now_ms => {
+                    pipe.cmd("SET")
+                        .arg(self.keys.ban(u))
+                        .arg(*until)
+                        .arg("PX")
+                        .arg(until - now_ms)
+                        .ignore();
+                }
+                Operator::Ban { u, .. } => {
+                    pipe.cmd("DEL").arg(self.keys.ban(u)).ignore();
+                }
+                Operator::Delete { .. } | Operator::Disconnect { .. } => {}
+            }
+            pipe.cmd("PUBLISH")
+                .arg(self.keys.operator_channel())
+                .arg(envelope::operator(self.keys.instance(), action))
+                .ignore();
+        }
+        let sent = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn.cmd)).await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.lose(&e.to_string()),
+            Err(_) => self.lose("operator actions timed out"),
+        }
     }
 
     /// Sends messages and relays in one pipeline, in queue order.

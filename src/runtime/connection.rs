@@ -95,7 +95,16 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         set_send_buffer(stream.as_raw_fd(), bytes);
     }
     let (now, wall) = (Instant::now(), SystemTime::now());
-    let client = ctx.with_hub(|hub| hub.open_expiring(identity, exp, room, since, now, wall));
+    let client = ctx.with_hub(|hub| {
+        let client = hub.open_expiring(identity, exp, room, since, now, wall);
+        // Banned after the accepting core checked (its copy of the ban
+        // list was a moment behind this core's): closed like the user's
+        // other connections.
+        if hub.banned_until(&client.identity.user_id, wall).is_some() {
+            client.request_close(crate::hub::BANNED_CLOSE, CloseReason::Banned);
+        }
+        client
+    });
     let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
     let mut early = early;
     let ended = match early.is_empty() {
@@ -305,6 +314,8 @@ async fn finish(ctx: &CoreCtx, client: &Client, stream: &mut TcpStream) {
         CloseReason::Protocol => "protocol error",
         CloseReason::TooManyConnections => "too many connections for this user",
         CloseReason::TokenExpired => "token expired",
+        CloseReason::Disconnected => "disconnected by an operator",
+        CloseReason::Banned => "banned",
         CloseReason::Client => "",
     };
     {

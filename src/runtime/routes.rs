@@ -1,11 +1,14 @@
 //! Plain HTTP routes, answered on the accepting core: health, metrics,
-//! history, presence, API docs, the demo page and the JS client. Answers that live on another core (a room's
-//! history, a user's status) are fetched with a mesh query.
+//! history, presence, the operator API, API docs, the demo page and the JS
+//! client. Answers that live on another core (a room's history, a user's
+//! status, a delete or a ban) are fetched with a mesh query.
 
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
 
 use crate::auth::Identity;
 use crate::http;
@@ -14,7 +17,7 @@ use crate::metrics::CoreSnapshot;
 use crate::protocol::{self, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT};
 use crate::redis::worker::Link;
 use crate::runtime::server::{CoreCtx, HttpRequest, QUERY_TIMEOUT};
-use crate::shard::{Answer, Query};
+use crate::shard::{Answer, BanChange, Query};
 
 const JSON: &str = "application/json";
 /// Longest wait for a cluster-wide presence read before answering locally.
@@ -24,27 +27,51 @@ const REDIS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn handle(ctx: &Rc<CoreCtx>, req: &HttpRequest) -> Vec<u8> {
     let keep = req.keep_alive;
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
-    let known = matches!(
-        segments.as_slice(),
+    let allow = match segments.as_slice() {
+        ["api", "chats", "rooms", _, "messages"] => Some("GET, HEAD, POST"),
+        ["api", "chats", "rooms", _, "messages", _] => Some("DELETE"),
+        ["api", "chats", "users", _, "ban"] => Some("POST, DELETE"),
+        ["api", "chats", "users", _, "disconnect"] => Some("POST"),
         ["healthz"]
-            | ["metrics"]
-            | ["api", "chats", "rooms", _, "messages" | "presence"]
-            | ["api", "chats", "users", _, "status"]
-            | ["" | "app.js" | "app.css"]
-            | ["js", _]
-    );
-    if known && req.method != "GET" && req.method != "HEAD" {
-        return http::response(
-            405,
-            JSON,
-            br#"{"error":"method not allowed"}"#,
-            keep,
-            &[("Allow", "GET")],
-        );
+        | ["metrics"]
+        | ["api", "chats", "rooms", _, "presence"]
+        | ["api", "chats", "users", _, "status"]
+        | ["" | "app.js" | "app.css"]
+        | ["js", _] => Some("GET, HEAD"),
+        _ => None,
+    };
+    if let Some(allow) = allow {
+        if !allow.split(", ").any(|m| m == req.method) {
+            return http::response(
+                405,
+                JSON,
+                br#"{"error":"method not allowed"}"#,
+                keep,
+                &[("Allow", allow)],
+            );
+        }
     }
     match segments.as_slice() {
         ["healthz"] => healthz(ctx, keep),
         ["metrics"] => metrics(ctx, keep).await,
+        ["api", "chats", "rooms", room, "messages"] if req.method == "POST" => {
+            match authorize_admin(ctx, req) {
+                Ok(admin) => operator_publish(ctx, req, &decode(room), &admin).await,
+                Err(resp) => resp,
+            }
+        }
+        ["api", "chats", "rooms", room, "messages", id] => match authorize_admin(ctx, req) {
+            Ok(admin) => operator_delete(ctx, &decode(room), &decode(id), &admin, keep).await,
+            Err(resp) => resp,
+        },
+        ["api", "chats", "users", user, "ban"] => match authorize_admin(ctx, req) {
+            Ok(admin) => operator_ban(ctx, req, &decode(user), &admin).await,
+            Err(resp) => resp,
+        },
+        ["api", "chats", "users", user, "disconnect"] => match authorize_admin(ctx, req) {
+            Ok(admin) => operator_disconnect(ctx, &decode(user), &admin, keep),
+            Err(resp) => resp,
+        },
         ["api", "chats", "rooms", room, "messages"] => match authorize(ctx, req) {
             Ok(_) => history(ctx, req, &decode(room), keep).await,
             Err(resp) => resp,
@@ -95,6 +122,20 @@ fn authorize(ctx: &CoreCtx, req: &HttpRequest) -> Result<Identity, Vec<u8>> {
         .verifier
         .verify(token)
         .map_err(|e| http::json_error(401, &format!("invalid token: {e}"), req.keep_alive))
+}
+
+/// Checks the Bearer token and that it grants the operator API: 401 as
+/// [`authorize`], 403 for a valid token without the admin role.
+fn authorize_admin(ctx: &CoreCtx, req: &HttpRequest) -> Result<Identity, Vec<u8>> {
+    let identity = authorize(ctx, req)?;
+    if !identity.admin {
+        return Err(http::json_error(
+            403,
+            "forbidden: the operator API needs a token whose role is admin",
+            req.keep_alive,
+        ));
+    }
+    Ok(identity)
 }
 
 fn healthz(ctx: &CoreCtx, keep: bool) -> Vec<u8> {
@@ -285,4 +326,254 @@ async fn user_status(ctx: &Rc<CoreCtx>, user: &str, keep: bool) -> Vec<u8> {
         }
         _ => http::json_error(503, "presence is unavailable", keep),
     }
+}
+
+// ---- the operator API (contract section 8; hub/operator.rs) -------------
+
+/// Longest ban, in seconds (ten years): a longer one is a mistake.
+pub const MAX_BAN_SECS: u64 = 10 * 365 * 24 * 3600;
+/// Longest ban reason, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// The body of an operator's publish.
+#[derive(Deserialize)]
+struct PublishBody {
+    /// The message text, checked like a member's.
+    content: String,
+    /// Who the message is from (default `system`).
+    #[serde(rename = "userId", default)]
+    user_id: Option<String>,
+    /// The name shown (default `System`).
+    #[serde(default)]
+    username: Option<String>,
+}
+
+/// The body of a ban.
+#[derive(Deserialize)]
+struct BanBody {
+    /// How long the ban lasts, in seconds (1 to [`MAX_BAN_SECS`]).
+    #[serde(rename = "durationSecs")]
+    duration_secs: u64,
+    /// Why, for the audit trail.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Parses a JSON body; Err is a ready 400 naming what is wrong.
+fn json_body<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, Vec<u8>> {
+    if req.body.is_empty() {
+        return Err(http::json_error(400, "missing JSON body", req.keep_alive));
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|e| http::json_error(400, &format!("invalid body: {e}"), req.keep_alive))
+}
+
+/// Checks a user id from a path or a body (the token's rules); Err is a
+/// ready 400.
+fn user_id_param(user: &str, keep: bool) -> Result<(), Vec<u8>> {
+    if user.is_empty()
+        || user.len() > crate::auth::MAX_USER_ID_LEN
+        || user.contains(char::is_control)
+    {
+        return Err(http::json_error(
+            400,
+            "invalid userId: 1 to 128 bytes without control characters",
+            keep,
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/chats/rooms/{roomId}/messages`: publishes as an operator;
+/// `201` with the `message` frame.
+async fn operator_publish(
+    ctx: &Rc<CoreCtx>,
+    req: &HttpRequest,
+    room: &str,
+    admin: &Identity,
+) -> Vec<u8> {
+    let keep = req.keep_alive;
+    if !protocol::valid_room_id(room) {
+        return http::json_error(400, "invalid roomId", keep);
+    }
+    let body: PublishBody = match json_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    if body.content.trim().is_empty() {
+        return http::json_error(400, "invalid content: empty or whitespace only", keep);
+    }
+    let max = ctx.hub.borrow().max_message_chars();
+    if body.content.chars().count() > max {
+        return http::json_error(
+            400,
+            &format!("invalid content: longer than {max} characters"),
+            keep,
+        );
+    }
+    let user_id = body.user_id.unwrap_or_else(|| "system".to_string());
+    if let Err(resp) = user_id_param(&user_id, keep) {
+        return resp;
+    }
+    let username = crate::auth::display_name(body.username.as_deref().unwrap_or("System"));
+    let user_id: Arc<str> = Arc::from(user_id);
+    let identity = Identity {
+        username: if username.is_empty() {
+            user_id.clone()
+        } else {
+            Arc::from(username)
+        },
+        user_id: user_id.clone(),
+        admin: false,
+    };
+    let room: Arc<str> = Arc::from(room);
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let asked = ctx
+        .with_hub(|hub| hub.publish_as_operator(room.clone(), identity, body.content, now, wall));
+    let answer = match asked {
+        Asked::Ready(answer) => Some(answer),
+        Asked::Later(rx) => glommio::timer::timeout(QUERY_TIMEOUT, async { Ok(rx.await.ok()) })
+            .await
+            .ok()
+            .flatten(),
+    };
+    let Some(Answer::Frame(frame)) = answer else {
+        return http::json_error(503, "the message was not confirmed in time", keep);
+    };
+    let parsed: serde_json::Value = serde_json::from_slice(&frame).unwrap_or_default();
+    if parsed["type"] == "message" {
+        let id = parsed["messageId"]
+            .as_str()
+            .and_then(protocol::parse_message_id);
+        let at = crate::hub::wall_ms(wall);
+        let actor = admin.user_id.clone();
+        ctx.with_hub(|hub| {
+            hub.record_operator(
+                crate::moderation::AuditAction::Published,
+                id,
+                user_id,
+                room,
+                actor,
+                None,
+                None,
+                at,
+            )
+        });
+        return http::response(201, JSON, &frame, keep, &[]);
+    }
+    let code = parsed["code"].as_str().unwrap_or("internal");
+    let status = match code {
+        "message_blocked" => 422,
+        "unavailable" => 503,
+        "rate_limited" => 429,
+        _ => 500,
+    };
+    let text = parsed["message"]
+        .as_str()
+        .unwrap_or("the message was refused");
+    let body = serde_json::json!({ "error": text, "code": code });
+    http::response(status, JSON, body.to_string().as_bytes(), keep, &[])
+}
+
+/// `DELETE /api/chats/rooms/{roomId}/messages/{messageId}`: `204`, or
+/// `404` when the room holds no such message.
+async fn operator_delete(
+    ctx: &Rc<CoreCtx>,
+    room: &str,
+    id: &str,
+    admin: &Identity,
+    keep: bool,
+) -> Vec<u8> {
+    if !protocol::valid_room_id(room) {
+        return http::json_error(400, "invalid roomId", keep);
+    }
+    let Some(message_id) = protocol::parse_message_id(id) else {
+        return http::json_error(400, "invalid messageId: not a message id", keep);
+    };
+    let room: Arc<str> = Arc::from(room);
+    let owner = ctx.hub.borrow().owner_of(&room);
+    let query = Query::Delete {
+        room: room.clone(),
+        id: message_id,
+        actor: admin.user_id.clone(),
+        at_ms: crate::hub::wall_ms(SystemTime::now()),
+    };
+    match ask(ctx, owner, query).await {
+        Some(Answer::Done) => http::no_content(keep),
+        Some(Answer::NotFound) => {
+            http::json_error(404, &format!("no message {id} in room {room}"), keep)
+        }
+        _ => http::json_error(
+            503,
+            "history is unavailable; the message was not deleted",
+            keep,
+        ),
+    }
+}
+
+/// `POST` (ban) and `DELETE` (unban) `/api/chats/users/{userId}/ban`:
+/// `204` once every core applied it.
+async fn operator_ban(
+    ctx: &Rc<CoreCtx>,
+    req: &HttpRequest,
+    user: &str,
+    admin: &Identity,
+) -> Vec<u8> {
+    let keep = req.keep_alive;
+    if let Err(resp) = user_id_param(user, keep) {
+        return resp;
+    }
+    let at_ms = crate::hub::wall_ms(SystemTime::now());
+    let (until_ms, reason) = if req.method == "POST" {
+        let body: BanBody = match json_body(req) {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        if !(1..=MAX_BAN_SECS).contains(&body.duration_secs) {
+            return http::json_error(
+                400,
+                &format!("invalid durationSecs: a whole number from 1 to {MAX_BAN_SECS}"),
+                keep,
+            );
+        }
+        if body
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+        {
+            return http::json_error(
+                400,
+                &format!("invalid reason: longer than {MAX_REASON_CHARS} characters"),
+                keep,
+            );
+        }
+        (Some(at_ms + body.duration_secs * 1000), body.reason)
+    } else {
+        (None, None)
+    };
+    let user: Arc<str> = Arc::from(user);
+    let owner = ctx.hub.borrow().owner_of(&user);
+    let change = BanChange {
+        user,
+        until_ms,
+        reason,
+        actor: admin.user_id.clone(),
+        at_ms,
+    };
+    match ask(ctx, owner, Query::Ban(Box::new(change))).await {
+        Some(Answer::Done) => http::no_content(keep),
+        Some(Answer::Refused(text)) => http::json_error(503, &text, keep),
+        _ => http::json_error(503, "a core did not answer; retry", keep),
+    }
+}
+
+/// `POST /api/chats/users/{userId}/disconnect`: every connection of the
+/// user closes with 4002; `204`.
+fn operator_disconnect(ctx: &Rc<CoreCtx>, user: &str, admin: &Identity, keep: bool) -> Vec<u8> {
+    if let Err(resp) = user_id_param(user, keep) {
+        return resp;
+    }
+    let (user, actor) = (Arc::from(user), admin.user_id.clone());
+    ctx.with_hub(|hub| hub.disconnect_user(user, actor, SystemTime::now()));
+    http::no_content(keep)
 }

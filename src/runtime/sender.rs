@@ -407,6 +407,7 @@ mod tests {
             Identity {
                 user_id: user.clone(),
                 username: user,
+                admin: false,
             },
             Arc::from("room"),
             Outbound::new(1 << 20, Duration::from_secs(30)),

@@ -66,6 +66,9 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a draining core waits for its connections to close.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request body read (the operator API's POST routes; other
+/// methods take none): larger ones get 413.
+pub const MAX_BODY: usize = 64 * 1024;
 /// How long the exit waits for the Redis thread's goodbye.
 pub const REDIS_SHUTDOWN: Duration = Duration::from_secs(3);
 
@@ -115,6 +118,10 @@ pub struct Shared {
     /// between two scrapes. Locked only on the scrape path, never across an
     /// await.
     pub metrics_cache: std::sync::Mutex<crate::metrics::MetricsCache>,
+    /// The bans in force at start-up (Postgres's `chat_bans` and Redis's
+    /// ban keys), as (user, end in ms since the Unix epoch): every core's
+    /// copy of the ban list starts from them.
+    pub bans_at_start: Vec<(String, u64)>,
 }
 
 /// One core's context, shared by its tasks through an `Rc`.
@@ -271,7 +278,15 @@ pub fn run(
         ),
         None => None,
     };
+    let mut bans_at_start = Vec::new();
+    if let Some(pg) = &pg {
+        bans_at_start.extend(pg.bans_at_start.iter().cloned());
+    }
+    if let Some(redis) = &redis {
+        bans_at_start.extend(redis.bans_at_start.iter().cloned());
+    }
     let shared = Arc::new(Shared {
+        bans_at_start,
         settings,
         verifier,
         moderation_words,
@@ -410,6 +425,7 @@ async fn core_main(
         let memory = MemoryAudit::new(AUDIT_MEMORY);
         hub.set_audit(Box::new(PgAudit::new(memory, pg.clone(), core)));
     }
+    hub.seed_bans(&shared.bans_at_start, SystemTime::now());
     let writer = shared
         .settings
         .batched_sends
@@ -626,8 +642,11 @@ pub struct HttpRequest {
     pub authorization: Option<String>,
     /// Whether the client keeps the connection open.
     pub keep_alive: bool,
-    /// Declared body length (no route takes a body).
+    /// Declared body length (only POST routes take a body).
     pub content_length: usize,
+    /// The body, read in full before the route runs (POST routes only;
+    /// at most [`MAX_BODY`] bytes).
+    pub body: Vec<u8>,
     /// `User-Agent`, logged with new WebSocket connections.
     pub user_agent: Option<String>,
     /// `Sec-WebSocket-Key`, when present.
@@ -647,6 +666,7 @@ impl From<&http::Request<'_>> for HttpRequest {
             authorization: r.authorization.map(str::to_string),
             keep_alive: r.keep_alive,
             content_length: r.content_length,
+            body: Vec::new(),
             user_agent: r.user_agent.map(str::to_string),
             ws_key: r.websocket_key.map(str::to_string),
             is_websocket_upgrade: r.is_websocket_upgrade,
@@ -689,16 +709,32 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
             let early = buf[head_len..].to_vec();
             return upgrade(ctx, stream, request, early).await;
         }
-        if request.content_length > 0 {
-            // No route takes a body; refuse rather than read it.
-            let _ = stream
-                .write_all(&http::json_error(
-                    413,
-                    "request bodies are not accepted",
-                    false,
-                ))
-                .await;
-            return;
+        let mut request = request;
+        let body_len = request.content_length;
+        if body_len > 0 {
+            // Only POST routes (the operator API) take a body; refuse any
+            // other, or one too large, rather than read it.
+            let refusal = if request.method != "POST" {
+                Some("request bodies are accepted by POST routes only")
+            } else if body_len > MAX_BODY {
+                Some("request body larger than 64 KiB")
+            } else {
+                None
+            };
+            if let Some(text) = refusal {
+                let _ = stream.write_all(&http::json_error(413, text, false)).await;
+                return;
+            }
+            let read = glommio::timer::timeout(timeout, async {
+                read_body(&mut stream, &mut buf, head_len + body_len)
+                    .await
+                    .map_err(glommio::GlommioError::IoError)
+            })
+            .await;
+            if read.is_err() {
+                return; // slow, silent or closed before the whole body
+            }
+            request.body = buf[head_len..head_len + body_len].to_vec();
         }
         let mut response = routes::handle(&ctx, &request).await;
         if request.method == "HEAD" {
@@ -710,8 +746,21 @@ async fn handle_http(ctx: Rc<CoreCtx>, mut stream: TcpStream) {
         if stream.write_all(&response).await.is_err() || !request.keep_alive {
             return;
         }
-        buf.drain(..head_len);
+        buf.drain(..head_len + body_len);
     }
+}
+
+/// Reads until `buf` holds at least `len` bytes.
+async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < len {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
 }
 
 /// Reads until `buf` holds a complete request head; returns its length, or
@@ -863,6 +912,17 @@ fn check_upgrade(
         .verifier
         .verify_at(&token, SystemTime::now())
         .map_err(|e| (401, format!("invalid token: {e}"), vec![]))?;
+    let banned = ctx
+        .hub
+        .borrow()
+        .banned_until(&verified.identity.user_id, SystemTime::now());
+    if let Some(until) = banned {
+        return Err((
+            403,
+            format!("user is banned until {}", protocol::format_timestamp(until)),
+            vec![],
+        ));
+    }
     let room = http::query_param(&request.query, "roomId")
         .map(|r| r.into_owned())
         .unwrap_or_else(|| protocol::DEFAULT_ROOM.to_string());

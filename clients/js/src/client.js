@@ -301,7 +301,9 @@ export class ChatClient {
    * Subscribes to an event; returns the unsubscribe function.
    * Events: one per server frame type (`message`, `ack`, `presence`,
    * `room_joined`, `room_left`, `typing_indicator`, `history`, `pong`,
-   * `refreshed`, `error`), `frame` (every frame, before dedupe), and `state`, `open`,
+   * `refreshed`, `message_deleted` (an operator deleted a message of a
+   * joined room: drop it from view), `error`), `frame` (every frame, before
+   * dedupe), and `state`, `open`,
    * `close`, `auth_failed`, `refused`, `send_failed`, and `recovery` (how the
    * paging of a join answered `recovered: false` ended).
    */
@@ -721,6 +723,9 @@ export class ChatClient {
         return;
       case 'presence':
         return this.#events.emit('presence', frame);
+      case 'message_deleted':
+        if (this.#rooms.has(frame.roomId)) this.#events.emit('message_deleted', frame);
+        return;
       case 'history':
         return this.#onHistory(frame);
       case 'pong':

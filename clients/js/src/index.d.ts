@@ -137,6 +137,13 @@ export interface TypingIndicatorFrame {
   username?: string;
 }
 
+/** An operator deleted a message of the room from its history: drop it from view. */
+export interface MessageDeletedFrame {
+  type: 'message_deleted';
+  roomId: RoomId;
+  messageId: string;
+}
+
 /** Answer to a `history` frame: stored messages, oldest first. */
 export interface HistoryFrame {
   type: 'history';
@@ -167,7 +174,10 @@ export type ErrorCode =
   | 'room_limit'
   | 'unavailable'
   | 'internal'
-  | 'invalid_token';
+  /** A `refresh` with a bad, expired or another user's token. */
+  | 'invalid_token'
+  /** A `message` from a user an operator banned. */
+  | 'forbidden';
 
 /** A refusal or failure. */
 export interface ErrorFrame {
@@ -188,6 +198,7 @@ export type ServerFrame =
   | HistoryFrame
   | PongFrame
   | RefreshedFrame
+  | MessageDeletedFrame
   | ErrorFrame;
 
 // ---- HTTP answers (section 1) ------------------------------------------------------
@@ -339,6 +350,8 @@ export interface ChatClientEvents {
   room_joined: RoomJoinedFrame;
   room_left: RoomLeftFrame;
   typing_indicator: TypingIndicatorFrame;
+  /** An operator deleted a message of a joined room. */
+  message_deleted: MessageDeletedFrame;
   history: HistoryFrame;
   pong: PongFrame;
   /** The server took the renewed token (see `getToken`). */

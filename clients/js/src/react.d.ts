@@ -5,7 +5,7 @@ import type { AckFrame, ChatClient, ChatClientOptions, ChatError, ConnectionStat
 export declare const HOOK_PAGE: number;
 
 export interface UseChatResult {
-  /** The room's messages, oldest first, each once (history page on join, then live and replayed ones). */
+  /** The room's messages, oldest first, each once (history page on join, then live and replayed ones); a message an operator deleted (`message_deleted`) is dropped. */
   messages: MessageFrame[];
   isConnected: boolean;
   connectionState: ConnectionStateName;

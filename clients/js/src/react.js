@@ -64,14 +64,29 @@ export function useChat(token, roomId = DEFAULT_ROOM, options = {}) {
       if (next !== null) typingTimer = setTimeout(showTyping, Math.max(0, next - now) + 10);
     };
     const here = (frame) => frame.roomId === roomId;
+    // Ids an operator deleted: dropped now, and kept out of anything merged
+    // later (a history page read before the delete).
+    const deleted = new Set();
+    const merge = (prev, incoming) =>
+      mergeMessages(
+        prev,
+        deleted.size ? incoming.filter((m) => !deleted.has(m.messageId)) : incoming,
+      );
 
     const offs = [
       client.on('state', ({ state }) => setConnectionState(state)),
       client.on('message', (m) => {
         if (!here(m)) return;
-        setMessages((prev) => mergeMessages(prev, [m]));
+        setMessages((prev) => merge(prev, [m]));
         tracker.remove(roomId, m.userId);
         showTyping();
+      }),
+      client.on('message_deleted', (d) => {
+        if (!here(d)) return;
+        deleted.add(d.messageId);
+        setMessages((prev) =>
+          prev.some((m) => m.messageId === d.messageId) ? prev.filter((m) => m.messageId !== d.messageId) : prev,
+        );
       }),
       client.on('typing_indicator', (t) => {
         if (!here(t)) return;
@@ -108,7 +123,7 @@ export function useChat(token, roomId = DEFAULT_ROOM, options = {}) {
           .then((page) => {
             loaded = true;
             if (disposed) return;
-            setMessages((prev) => mergeMessages(prev, page.messages));
+            setMessages((prev) => merge(prev, page.messages));
             setHasMore(page.messages.length >= HOOK_PAGE);
           })
           .catch(() => {}); // disconnected: the next join loads it

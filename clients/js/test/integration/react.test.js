@@ -3,6 +3,7 @@
 // connection closed on unmount.
 
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
 import { createElement } from 'react';
@@ -10,7 +11,7 @@ import TestRenderer from 'react-test-renderer';
 
 import { ChatClient } from '../../src/client.js';
 import { useChat } from '../../src/react.js';
-import { chatdBinary, getJson, mintToken, startServer, until } from '../helpers/server.js';
+import { SECRET, chatdBinary, getJson, mintToken, startServer, until } from '../helpers/server.js';
 import { recordingSockets } from '../helpers/sockets.js';
 
 const skip = chatdBinary() ? false : 'CHATD_BIN is not set to a chatd binary';
@@ -75,4 +76,41 @@ test('useChat: history, live messages, sendMessage, typing, presence, unmount', 
 
   renderer.unmount();
   await until(async () => (await getJson(server, '/api/chats/users/alice/status', token)).body.status === 'offline', 'alice offline after unmount');
+});
+
+/** An HS256 token with the admin role (the operator API). */
+function adminToken() {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: 'root', role: 'admin', iat: now, exp: now + 3600 })}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+}
+
+test('useChat drops a message an operator deleted', { skip }, async () => {
+  const room = 'hook-delete';
+  const bob = new ChatClient({ url: server.wsUrl, token: mintToken('bob'), roomId: room, WebSocket: recordingSockets().Socket });
+  bob.connect();
+  const keep = await bob.send('keep me', room);
+  const oops = await bob.send('oops', room);
+  let chat;
+  const token = mintToken('alice');
+  function Stable() {
+    chat = useChat(token, room, { url: server.wsUrl, WebSocket: recordingSockets().Socket });
+    return null;
+  }
+  const renderer = TestRenderer.create(createElement(Stable));
+  await until(() => chat?.messages.length === 2, 'history loaded on join');
+  const res = await fetch(`${server.httpUrl}/api/chats/rooms/${room}/messages/${oops.messageId}`, {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${adminToken()}` },
+  });
+  assert.equal(res.status, 204);
+  await until(() => chat.messages.length === 1, 'the deleted message dropped');
+  assert.deepEqual(chat.messages.map((m) => m.messageId), [keep.messageId]);
+  // Later messages still arrive.
+  await bob.send('after the delete', room);
+  await until(() => chat.messages.length === 2, 'live message after the delete');
+  assert.deepEqual(chat.messages.map((m) => m.content), ['keep me', 'after the delete']);
+  bob.close();
+  renderer.unmount();
 });

@@ -34,6 +34,7 @@ const FRAMES = {
   HistoryFrame: 'ServerHistoryFrame',
   PongFrame: 'ServerPongFrame',
   RefreshedFrame: 'ServerRefreshedFrame',
+  MessageDeletedFrame: 'ServerMessageDeletedFrame',
   ErrorFrame: 'ServerErrorFrame',
   RoomPresence: 'RoomPresence',
 };

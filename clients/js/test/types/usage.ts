@@ -11,6 +11,7 @@ client.on('close', (e) => (e.reconnect ? e.delayMs : e.code));
 client.on('state', ({ state }) => state === 'auth_failed');
 client.on('recovery', (e) => (e.complete ? e.messages : (e.after ?? e.since).length + (e.code ?? '').length));
 client.on('room_joined', (f) => f.recovered === false);
+client.on('message_deleted', (d) => d.roomId.length + d.messageId.length);
 client.on('history', (h) => (h.more ? h.messages.length : 0));
 const renewing = new ChatClient({ url: 'ws://localhost:8000/ws', getToken: async () => 'jwt', refreshLeadMs: 10_000 });
 renewing.on('refreshed', (f) => (f.exp === null ? 0 : f.exp));
@@ -41,6 +42,8 @@ function handle(frame: ServerFrame): string {
       return 'pong';
     case 'refreshed':
       return String(frame.exp ?? 'never');
+    case 'message_deleted':
+      return frame.messageId;
     case 'error':
       return frame.code === 'rate_limited' ? String(frame.retryAfterMs) : frame.message;
   }

@@ -366,6 +366,20 @@ test('leaving a room drops its frames and queued messages; joining sends since o
   assert.deepEqual(client.rooms, ['general']);
 });
 
+test('message_deleted is an event for the rooms the client is in', async () => {
+  const { client, sockets } = setup();
+  const deleted = [];
+  client.on('message_deleted', (d) => deleted.push(d));
+  client.connect();
+  await settle();
+  const ws = sockets[0];
+  ws.serverOpen('general');
+  ws.serverSend(msgFrame(1));
+  ws.serverSend({ type: 'message_deleted', roomId: 'general', messageId: mid(1) });
+  ws.serverSend({ type: 'message_deleted', roomId: 'elsewhere', messageId: mid(2) });
+  assert.deepEqual(deleted, [{ type: 'message_deleted', roomId: 'general', messageId: mid(1) }]);
+});
+
 /** Connects, sees messages 1 and 2 of `general`, and reconnects after a drop: the second socket. */
 async function reconnectedAfter2(t) {
   t.client.connect();

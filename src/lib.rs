@@ -72,6 +72,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod dedupe;
+pub mod deflate;
 pub mod events;
 pub mod health;
 pub mod history;

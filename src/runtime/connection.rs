@@ -81,7 +81,7 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         ws_key,
         early,
     } = start;
-    let accept = ws::accept_response(&ws_key);
+    let accept = ws::accept_response(&ws_key, None);
     drop(ws_key);
     if stream.write_all(&accept).await.is_err() {
         return;

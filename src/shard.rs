@@ -140,6 +140,8 @@ pub struct Adoption {
     pub since: Option<MessageId>,
     /// The client's `Sec-WebSocket-Key`, answered by the adopting core.
     pub ws_key: Box<str>,
+    /// permessage-deflate as agreed from the client's offers (None: off).
+    pub deflate: Option<crate::deflate::Agreed>,
     /// Bytes the client sent after the request head (early frames).
     pub early: Vec<u8>,
 }
@@ -160,6 +162,7 @@ impl Adoption {
             room,
             since,
             ws_key,
+            deflate: None,
             early,
         }
     }
@@ -219,9 +222,13 @@ pub enum ShardMsg {
         exclude: Option<ConnId>,
     },
     /// From a room's owner: deliver a frame to this core's members.
+    /// `deflated` is 0, or the offset in `frame` where a compressed copy
+    /// of the same message starts (`frame[..deflated]` is the plain frame):
+    /// one buffer carries both, so the cross-core copy stays one copy.
     Deliver {
         room: Arc<str>,
         frame: Bytes,
+        deflated: u32,
         kind: FrameKind,
         exclude: Option<ConnId>,
         received_at: Instant,

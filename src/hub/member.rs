@@ -224,11 +224,16 @@ impl Hub {
         self.answer_join(&client, &room, member_count, replay, now);
     }
 
-    /// Member core: hands the frame to every local member's queue.
+    /// Member core: hands the frame to every local member's queue. With a
+    /// compressed copy (`deflated` > 0: where it starts in `frame`), the
+    /// members that negotiated permessage-deflate get that copy and the
+    /// others the plain frame; both are slices of the one shared buffer.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver_local(
         &mut self,
         room: &str,
         frame: Bytes,
+        deflated: u32,
         kind: FrameKind,
         exclude: Option<ConnId>,
         received_at: Instant,
@@ -237,20 +242,37 @@ impl Hub {
         let Some(members) = self.local.get(room) else {
             return;
         };
+        let (plain, packed) = match deflated as usize {
+            0 => (frame, None),
+            at => (frame.slice(..at), Some(frame.slice(at..))),
+        };
         let mut delivered = 0;
         let mut dropped = 0;
+        let mut compressed = 0;
         for client in members {
             if Some(client.id) == exclude {
                 continue;
             }
-            match client.push(frame.clone(), kind, now) {
-                Push::Queued { .. } => delivered += 1,
+            let (copy, is_packed) = match &packed {
+                Some(packed) if client.deflate() => (packed.clone(), true),
+                _ => (plain.clone(), false),
+            };
+            match client.push(copy, kind, now) {
+                Push::Queued { .. } => {
+                    delivered += 1;
+                    compressed += u64::from(is_packed);
+                }
                 Push::DroppedTyping => dropped += 1,
                 Push::Overflow | Push::Closed => {}
             }
         }
         self.metrics.delivered += delivered;
         self.metrics.typing_dropped += dropped;
+        if let Some(packed) = &packed {
+            self.metrics.compressed_deliveries += compressed;
+            self.metrics.compression_saved_bytes +=
+                compressed * (plain.len() - packed.len()) as u64;
+        }
         if kind == FrameKind::Message && delivered > 0 {
             self.metrics
                 .latency(now.saturating_duration_since(received_at));

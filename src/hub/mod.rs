@@ -55,6 +55,7 @@ use crate::broker::{self, Arrival, Broker, MemoryBroker, PendingJoin};
 use crate::client::{Client, Flush};
 use crate::config::Settings;
 use crate::dedupe::{Dedupe, DEDUPE_WINDOW};
+use crate::deflate::Deflater;
 use crate::events::BackendEvent;
 use crate::history::{History, MemoryHistory};
 use crate::metrics::{CloseReason, CoreSnapshot, TransportCounters};
@@ -302,6 +303,10 @@ pub struct Hub {
     /// Which rate-limited sends of users this core owns get a "Rate limit
     /// exceeded" line (one per user per rate-limit window).
     rate_log: LogSampler,
+    /// The compressor of broadcast frames when WS_COMPRESSION is on: each
+    /// message of the rooms this core owns is compressed here once, for
+    /// every member that negotiated permessage-deflate.
+    deflater: Option<Deflater>,
 }
 
 impl Hub {
@@ -347,6 +352,9 @@ impl Hub {
                 LOG_SAMPLER_USERS,
                 now,
             ),
+            deflater: settings
+                .ws_compression
+                .then(|| Deflater::new(settings.ws_compression_min_bytes as usize)),
         }
     }
 
@@ -606,10 +614,11 @@ impl Hub {
             ShardMsg::Deliver {
                 room,
                 frame,
+                deflated,
                 kind,
                 exclude,
                 received_at,
-            } => self.deliver_local(&room, frame, kind, exclude, received_at, now),
+            } => self.deliver_local(&room, frame, deflated, kind, exclude, received_at, now),
             ShardMsg::ToConn { conn, frame } => self.send_to_conn(conn, frame, now),
             ShardMsg::UserOnline { user, room, conn } => self.user_online(user, room, conn, now),
             ShardMsg::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
@@ -711,7 +720,7 @@ impl Hub {
                 self.accept_sequenced(message, ack_to, received_at, now);
             }
             Arrival::Relay { room, kind, frame } => {
-                self.fan_out(&room, frame, kind, None, now, now);
+                self.fan_out(&room, frame, 0, kind, None, now, now);
             }
             Arrival::Settle(overdue) => {
                 for o in overdue {

@@ -276,8 +276,19 @@ impl Hub {
         let header = ws::text_header_len(json.len());
         let mut buf = Vec::with_capacity(header + json.len());
         ws::encode_text_into(&json, &mut buf);
+        // With WS_COMPRESSION, the compressed copy follows the plain frame
+        // in the same buffer: compressed once here for every member on
+        // every core (server_no_context_takeover makes one copy fit all).
+        let plain_len = buf.len();
+        let mut deflated = 0;
+        if let Some(deflater) = self.deflater.as_mut() {
+            if deflater.text_frame_into(&json, &mut buf) {
+                deflated = plain_len as u32;
+                self.metrics.compressed_frames += 1;
+            }
+        }
         let frame = Bytes::from(buf);
-        let json = frame.slice(header..);
+        let json = frame.slice(header..plain_len);
         self.history
             .store(&message, StoredMessage { id, json }, ack_to.is_some());
         if let Some(r) = self.owned.get_mut(&room) {
@@ -287,7 +298,15 @@ impl Hub {
             self.metrics.message(Outcome::Accepted);
             self.metrics.room_message(&room);
         }
-        self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
+        self.fan_out(
+            &room,
+            frame,
+            deflated,
+            FrameKind::Message,
+            None,
+            received_at,
+            now,
+        );
         if let Some(AckTo {
             conn,
             client_msg_id: Some(cmid),
@@ -399,14 +418,17 @@ impl Hub {
         now: Instant,
     ) {
         self.broker.relay(&room, kind, &frame);
-        self.fan_out(&room, frame, kind, exclude, now, now);
+        self.fan_out(&room, frame, 0, kind, exclude, now, now);
     }
 
     /// Room owner: local delivery plus one copy per other core with members.
+    /// `deflated`: 0, or where the compressed copy starts in `frame`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fan_out(
         &mut self,
         room: &Arc<str>,
         frame: Bytes,
+        deflated: u32,
         kind: FrameKind,
         exclude: Option<ConnId>,
         received_at: Instant,
@@ -420,6 +442,7 @@ impl Hub {
                     let msg = ShardMsg::Deliver {
                         room: room.clone(),
                         frame: Bytes::copy_from_slice(&frame),
+                        deflated,
                         kind,
                         exclude,
                         received_at,
@@ -428,7 +451,7 @@ impl Hub {
                 }
             }
         }
-        self.deliver_local(room, frame, kind, exclude, received_at, now);
+        self.deliver_local(room, frame, deflated, kind, exclude, received_at, now);
     }
 
     /// An own message whose copy did not come back from the subscription in

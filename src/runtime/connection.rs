@@ -35,6 +35,7 @@ use glommio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::client::Client;
+use crate::deflate::Agreed;
 use crate::metrics::CloseReason;
 use crate::protocol::MessageId;
 use crate::runtime::server::CoreCtx;
@@ -67,6 +68,8 @@ pub struct Start {
     pub since: Option<MessageId>,
     /// The client's `Sec-WebSocket-Key`.
     pub ws_key: Box<str>,
+    /// permessage-deflate as agreed in the upgrade (None: off).
+    pub deflate: Option<Agreed>,
     /// Bytes the client sent after its request head.
     pub early: Vec<u8>,
 }
@@ -79,9 +82,10 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         room,
         since,
         ws_key,
+        deflate,
         early,
     } = start;
-    let accept = ws::accept_response(&ws_key, None);
+    let accept = ws::accept_response(&ws_key, deflate);
     drop(ws_key);
     if stream.write_all(&accept).await.is_err() {
         return;
@@ -93,7 +97,13 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
     }
     let now = Instant::now();
     let client = ctx.with_hub(|hub| hub.open(identity, room, since, now));
-    let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
+    let mut decoder = match deflate {
+        Some(agreed) => {
+            client.set_deflate(true);
+            Decoder::with_deflate(MAX_MESSAGE_SIZE, agreed)
+        }
+        None => Decoder::new(MAX_MESSAGE_SIZE),
+    };
     let mut early = early;
     let ended = match early.is_empty() {
         true => None,

@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{Identity, Verifier};
 use crate::config::Settings;
+use crate::deflate;
 use crate::events::{self, EventQueue, EventSender};
 use crate::health::BackendHealth;
 use crate::http::{self, Parsed, MAX_REQUEST_HEAD};
@@ -511,6 +512,7 @@ fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
                 room: adoption.room.clone(),
                 since: adoption.since,
                 ws_key: std::mem::take(&mut adoption.ws_key),
+                deflate: adoption.deflate,
                 early: std::mem::take(&mut adoption.early),
             };
             drop(adoption);
@@ -612,6 +614,8 @@ pub struct HttpRequest {
     pub user_agent: Option<String>,
     /// `Sec-WebSocket-Key`, when present.
     pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Extensions` (repeated headers joined), when present.
+    pub ws_extensions: Option<String>,
     /// The headers ask for a WebSocket upgrade.
     pub is_websocket_upgrade: bool,
     /// `Sec-WebSocket-Version` is 13.
@@ -629,6 +633,7 @@ impl From<&http::Request<'_>> for HttpRequest {
             content_length: r.content_length,
             user_agent: r.user_agent.map(str::to_string),
             ws_key: r.websocket_key.map(str::to_string),
+            ws_extensions: r.websocket_extensions.as_deref().map(str::to_string),
             is_websocket_upgrade: r.is_websocket_upgrade,
             websocket_version_ok: r.websocket_version_ok,
         }
@@ -750,6 +755,11 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
         }
     };
     let (identity, room, since, key) = reply;
+    // permessage-deflate when enabled and offered (src/deflate.rs).
+    let deflate = match (&request.ws_extensions, ctx.shared.settings.ws_compression) {
+        (Some(offers), true) => deflate::negotiate(offers),
+        _ => None,
+    };
     let sampled = ctx
         .connection_log
         .borrow_mut()
@@ -775,6 +785,7 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
             room,
             since,
             ws_key: key.into_boxed_str(),
+            deflate,
             early,
         };
         glommio::spawn_local(connection::serve(ctx, stream, start)).detach();
@@ -790,7 +801,8 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
             .await;
         return;
     }
-    let adoption = Adoption::new(fd, identity, room, since, key.into_boxed_str(), early);
+    let mut adoption = Adoption::new(fd, identity, room, since, key.into_boxed_str(), early);
+    adoption.deflate = deflate;
     ctx.router.send(home, ShardMsg::Adopt(Box::new(adoption)));
 }
 

@@ -121,7 +121,9 @@ impl Client {
         })
     }
 
-    /// Records that this connection negotiated permessage-deflate.
+    /// Records that this connection negotiated permessage-deflate (set
+    /// when the session opens, before its first join: the room owners
+    /// count it among their compressed members).
     pub fn set_deflate(&self, on: bool) {
         self.deflate.set(on);
     }

@@ -111,6 +111,9 @@ pub struct JoinAnswer {
     pub ticket: JoinTicket,
     /// False for a repeated join that was answered but not counted.
     pub counted: bool,
+    /// The joining connection negotiated permessage-deflate (to undo the
+    /// owner's count of compressed members with the join).
+    pub deflate: bool,
 }
 
 /// The recovery part of a join answer.
@@ -198,11 +201,17 @@ pub enum ShardMsg {
         since: Option<MessageId>,
         count: bool,
         ticket: JoinTicket,
+        deflate: bool,
     },
     /// From a room's owner: the join is registered.
     Joined(Box<JoinAnswer>),
-    /// To a room's owner: a member on the sending core left (or closed).
-    Leave { room: Arc<str>, user: Arc<str> },
+    /// To a room's owner: a member on the sending core left (or closed);
+    /// `deflate`: it had negotiated permessage-deflate.
+    Leave {
+        room: Arc<str>,
+        user: Arc<str>,
+        deflate: bool,
+    },
     /// To the user's owner: rate limit and dedupe a message.
     Publish(Box<Publish>),
     /// To the room's owner: moderate, order, store and fan out a message.

@@ -30,6 +30,20 @@ impl Hub {
         since: Option<MessageId>,
         now: Instant,
     ) -> Rc<Client> {
+        self.open_with(identity, room, since, false, now)
+    }
+
+    /// [`Hub::open`] for a connection that negotiated permessage-deflate
+    /// when `deflate` is set: it gets the compressed copy of broadcasts,
+    /// and its rooms' owners make one while it is a member.
+    pub fn open_with(
+        &mut self,
+        identity: Identity,
+        room: Arc<str>,
+        since: Option<MessageId>,
+        deflate: bool,
+        now: Instant,
+    ) -> Rc<Client> {
         self.next_conn += 1;
         let id = ConnId::new(self.core, self.next_conn);
         let outbound = Outbound::new(self.limits.outbound_bytes, self.limits.stall_timeout);
@@ -42,6 +56,7 @@ impl Hub {
             self.flush.clone(),
         );
         client.set_budgets(self.limits.budgets, now);
+        client.set_deflate(deflate);
         self.clients.insert(id, client.clone());
         self.metrics.connections_opened += 1;
         self.join(&client, room.clone(), since, now);
@@ -62,7 +77,7 @@ impl Hub {
             // A pending join is undone when its answer finds the client gone.
             if membership == Membership::Joined {
                 self.remove_local_member(&room, client.id);
-                self.leave_owner(room.clone(), user.clone(), self.core);
+                self.leave_owner(room.clone(), user.clone(), self.core, client.deflate());
                 joined.push(room);
             }
         }
@@ -104,6 +119,7 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate: client.deflate(),
             };
             self.join_at_owner(join, now);
         } else {
@@ -115,6 +131,7 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate: client.deflate(),
             };
             self.outbox.send(owner, msg);
         }
@@ -124,7 +141,8 @@ impl Hub {
     pub fn leave(&mut self, client: &Rc<Client>, room: &Arc<str>) {
         if client.remove_membership(room) == Some(Membership::Joined) {
             self.remove_local_member(room, client.id);
-            self.leave_owner(room.clone(), client.identity.user_id.clone(), self.core);
+            let user = client.identity.user_id.clone();
+            self.leave_owner(room.clone(), user, self.core, client.deflate());
         }
     }
 
@@ -197,11 +215,12 @@ impl Hub {
             replay,
             ticket,
             counted,
+            deflate,
         } = answer;
         let client = self.clients.get(&conn).cloned();
         let Some(client) = client else {
             if counted {
-                self.leave_owner(room, user, self.core);
+                self.leave_owner(room, user, self.core, deflate);
             }
             return;
         };
@@ -210,7 +229,7 @@ impl Hub {
                 // Left while the join was in flight (and perhaps joined
                 // again, under a newer ticket whose own answer follows):
                 // undo this one's count and send nothing.
-                return self.leave_owner(room, user, self.core);
+                return self.leave_owner(room, user, self.core, deflate);
             }
             client.set_membership(&room, Membership::Joined);
             self.local

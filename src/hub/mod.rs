@@ -149,6 +149,9 @@ struct OwnedRoom {
     users: HashMap<Arc<str>, u32>,
     /// Member connections per core: which cores get a copy of each message.
     member_cores: Vec<u32>,
+    /// Member connections that negotiated permessage-deflate, across all
+    /// cores: the room's messages get a compressed copy while it is not 0.
+    deflate_members: u32,
     /// The room's last accepted id: the floor the broker's next id must
     /// exceed (Redis's script, or this core's fallback during an outage;
     /// the memory broker's ids exceed it by construction).
@@ -581,6 +584,7 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate,
             } => {
                 let join = PendingJoin {
                     room,
@@ -590,6 +594,7 @@ impl Hub {
                     since,
                     count,
                     ticket,
+                    deflate,
                 };
                 // The broker's count comes first (now, or from the cluster);
                 // `finish_join` then reads Postgres when memory cannot
@@ -597,7 +602,11 @@ impl Hub {
                 self.join_at_owner(join, now);
             }
             ShardMsg::Joined(answer) => self.joined(*answer, now),
-            ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
+            ShardMsg::Leave {
+                room,
+                user,
+                deflate,
+            } => self.leave_owner(room, user, from, deflate),
             ShardMsg::Publish(p) => self.publish_user_owner(p, now, wall),
             ShardMsg::Sequence(p) => self.accept_at_owner(*p, now, wall),
             ShardMsg::Published {

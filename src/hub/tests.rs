@@ -865,11 +865,8 @@ fn a_broadcast_is_compressed_once_for_every_member_that_negotiated_it() {
     // Three members that negotiated the extension, one per core, and one
     // that did not, on yet another connection of core 1.
     let packed: Vec<_> = (0..3)
-        .map(|core| w.open(core, &format!("z{core}"), &room, None))
+        .map(|core| w.open_deflate(core, &format!("z{core}"), &room))
         .collect();
-    for c in &packed {
-        c.set_deflate(true);
-    }
     let plain = w.open(1, "plain", &room, None);
     w.pump();
     for c in packed.iter().chain([&plain]) {
@@ -914,10 +911,9 @@ fn a_broadcast_is_compressed_once_for_every_member_that_negotiated_it() {
 fn without_ws_compression_nothing_is_compressed() {
     let mut w = World::new(2, &[]);
     let room = owned_by(1, 2, "room");
-    let a = w.open(0, "a", &room, None);
     // Cannot happen through the upgrade with the setting off, but even
     // then the owner makes no compressed copy.
-    a.set_deflate(true);
+    let a = w.open_deflate(0, "a", &room);
     w.pump();
     message_frames(&a, w.now);
     w.say(&a, &room, &"x".repeat(900));
@@ -927,4 +923,57 @@ fn without_ws_compression_nothing_is_compressed() {
     assert!(!got[0].0);
     assert_eq!(total(&w, |m| m.compressed_frames), 0);
     assert_eq!(total(&w, |m| m.compressed_deliveries), 0);
+}
+
+#[test]
+fn a_room_gets_compressed_copies_only_while_a_member_negotiated_it() {
+    let mut w = World::new(2, &["--ws-compression", "true"]);
+    let room = owned_by(1, 2, "room");
+    let long = "a message long enough to be worth compressing, ".repeat(8);
+    let plain = w.open(0, "plain", &room, None);
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(
+        total(&w, |m| m.compressed_frames),
+        0,
+        "nobody negotiated it"
+    );
+    // A compressed member joins on the other core, by a join_room frame.
+    let packed = w.open_deflate(0, "packed", &owned_by(0, 2, "home"));
+    w.pump();
+    w.text(
+        &packed,
+        &json!({"type": "join_room", "roomId": &*room}).to_string(),
+    );
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    assert_eq!(total(&w, |m| m.compressed_deliveries), 1);
+    let got = message_frames(&packed, w.now);
+    assert_eq!(got.last().map(|(c, _)| *c), Some(true));
+    // Once it leaves (or closes), the room goes back to plain only.
+    w.text(
+        &packed,
+        &json!({"type": "leave_room", "roomId": &*room}).to_string(),
+    );
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    w.text(
+        &packed,
+        &json!({"type": "join_room", "roomId": &*room}).to_string(),
+    );
+    w.pump();
+    w.close(&packed, CloseReason::Client);
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    assert_eq!(
+        w.hubs[1].owned.get(&room).map(|r| r.deflate_members),
+        Some(0)
+    );
 }

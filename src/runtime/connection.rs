@@ -96,12 +96,9 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         set_send_buffer(stream.as_raw_fd(), bytes);
     }
     let now = Instant::now();
-    let client = ctx.with_hub(|hub| hub.open(identity, room, since, now));
+    let client = ctx.with_hub(|hub| hub.open_with(identity, room, since, deflate.is_some(), now));
     let mut decoder = match deflate {
-        Some(agreed) => {
-            client.set_deflate(true);
-            Decoder::with_deflate(MAX_MESSAGE_SIZE, agreed)
-        }
+        Some(agreed) => Decoder::with_deflate(MAX_MESSAGE_SIZE, agreed),
         None => Decoder::new(MAX_MESSAGE_SIZE),
     };
     let mut early = early;

@@ -6,7 +6,8 @@
 //! copy of a broadcast frame is valid for every member that negotiated the
 //! extension, whatever that member received before. Compression therefore
 //! happens once per message, at the room's owner core (`hub/room_owner.rs`),
-//! never per connection.
+//! never per connection, and only for rooms with such a member (the owner
+//! counts them through their joins and leaves).
 //!
 //! Inbound it is the client's choice: without `client_no_context_takeover`
 //! the client's compressor keeps its window across messages, so the

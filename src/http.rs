@@ -367,6 +367,28 @@ mod tests {
     }
 
     #[test]
+    fn websocket_extensions_are_one_list_across_headers() {
+        let (req, _) = complete(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(req.websocket_extensions, None);
+        let (req, _) = complete(
+            b"GET /ws HTTP/1.1\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        );
+        assert_eq!(
+            req.websocket_extensions.as_deref(),
+            Some("permessage-deflate; client_max_window_bits")
+        );
+        assert!(matches!(req.websocket_extensions, Some(Cow::Borrowed(_))));
+        let (req, _) = complete(
+            b"GET /ws HTTP/1.1\r\nsec-websocket-extensions: x-foo\r\n\
+              Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        );
+        assert_eq!(
+            req.websocket_extensions.as_deref(),
+            Some("x-foo, permessage-deflate")
+        );
+    }
+
+    #[test]
     fn path_without_query() {
         let (req, _) = complete(b"GET /healthz HTTP/1.1\r\n\r\n");
         assert_eq!(req.path, "/healthz");

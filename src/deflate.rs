@@ -705,6 +705,50 @@ mod tests {
         assert_eq!(out.len(), 65_536);
     }
 
+    /// Arbitrary bytes (and valid streams with bytes flipped) never panic,
+    /// never inflate past the limit, and never allocate past it.
+    #[test]
+    fn arbitrary_input_stays_within_the_limit() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = {
+            let mut z = Compress::new(Compression::fast(), false);
+            let mut out = Vec::with_capacity(70_000);
+            z.compress_vec(&vec![b'z'; 60_000], &mut out, FlushCompress::Sync)
+                .unwrap();
+            out
+        };
+        for round in 0..3000 {
+            let input: Vec<u8> = if round % 2 == 0 {
+                let len = (next() % 300) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut v = valid.clone();
+                let at = (next() as usize) % v.len();
+                v[at] ^= 1 << (next() % 8);
+                v
+            };
+            for limit in [100, 65_536] {
+                let mut out = Vec::new();
+                let mut inflater = Inflater::default();
+                match inflater.inflate(&input, limit, &mut out) {
+                    Ok(()) => assert!(out.len() <= limit, "round {round}"),
+                    Err(_) => assert!(!inflater.holds_state(), "round {round}"),
+                }
+                assert!(
+                    out.capacity() <= limit + 1,
+                    "round {round}: {}",
+                    out.capacity()
+                );
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_corrupt() {
         let mut out = Vec::new();

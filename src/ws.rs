@@ -1285,6 +1285,28 @@ mod tests {
     }
 
     #[test]
+    fn compressed_frames_cut_anywhere_give_the_same_messages() {
+        let texts = ["short", &"a longer message with repeats, ".repeat(40)];
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut stream = Vec::new();
+        for text in texts {
+            // Context kept across the two messages, as a browser does.
+            stream.extend(raw_frame(
+                0xc1,
+                &deflate_with(&mut z, text.as_bytes()),
+                Some(MASK),
+            ));
+        }
+        let want: Vec<Ev> = texts.iter().map(|t| Ev::Text(t.to_string())).collect();
+        for cut in 0..stream.len() {
+            let (events, res) =
+                feed_chunks(&mut deflate_decoder(), &[&stream[..cut], &stream[cut..]]);
+            assert_eq!(res, Ok(()), "cut at {cut}");
+            assert_eq!(events, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn accept_response_names_the_agreed_extension() {
         let agreed = Agreed {
             client_no_context_takeover: false,

@@ -92,6 +92,10 @@ pub struct PendingJoin {
     pub count: bool,
     /// The member core's number for this join (0 for one not counted).
     pub ticket: JoinTicket,
+    /// The connection negotiated permessage-deflate: the owner counts it
+    /// among the room's compressed members (a compressed copy is made only
+    /// for rooms that have one).
+    pub deflate: bool,
 }
 
 /// How a moderated message gets its id.
@@ -329,6 +333,7 @@ mod tests {
             since: None,
             count: true,
             ticket: 1,
+            deflate: false,
         };
         assert!(matches!(broker.count_join(join), Counting::Now(j) if &*j.user == "ann"));
         let rooms = vec![Arc::from("r"), Arc::from("s")];

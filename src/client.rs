@@ -85,6 +85,9 @@ pub struct Client {
     in_batch: Cell<bool>,
     /// The last [`JoinTicket`] handed out (see [`Client::begin_join`]).
     tickets: Cell<JoinTicket>,
+    /// The upgrade negotiated permessage-deflate: broadcast frames that
+    /// have a compressed copy are sent compressed (`hub/member.rs`).
+    deflate: Cell<bool>,
 }
 
 impl Client {
@@ -114,7 +117,20 @@ impl Client {
             tickets: Cell::new(0),
             socket: Cell::new(-1),
             in_batch: Cell::new(false),
+            deflate: Cell::new(false),
         })
+    }
+
+    /// Records that this connection negotiated permessage-deflate (set
+    /// when the session opens, before its first join: the room owners
+    /// count it among their compressed members).
+    pub fn set_deflate(&self, on: bool) {
+        self.deflate.set(on);
+    }
+
+    /// Whether this connection takes compressed frames.
+    pub fn deflate(&self) -> bool {
+        self.deflate.get()
     }
 
     /// Queues a frame, applying the slow-consumer policy, and hands the

@@ -233,6 +233,12 @@ pub struct Settings {
     /// Kernel send buffer per WebSocket (SO_SNDBUF), in bytes; unset leaves the kernel's auto-tuning. Smaller values cut kernel memory per connection and find slow consumers sooner.
     #[arg(long, env = "SOCKET_SEND_BUFFER", value_name = "SOCKET_SEND_BUFFER", value_parser = positive)]
     pub socket_send_buffer: Option<u64>,
+    /// Offer-driven permessage-deflate (RFC 7692): when true, a client that offers it gets it, with `server_no_context_takeover` so one compressed copy of a broadcast frame serves every member.
+    #[arg(long, env = "WS_COMPRESSION", value_name = "WS_COMPRESSION", default_value = "false", value_parser = boolish, action = clap::ArgAction::Set)]
+    pub ws_compression: bool,
+    /// Smallest message payload, in bytes, that is compressed on a connection that negotiated permessage-deflate; smaller frames go uncompressed (deflate would save little and cost a compression).
+    #[arg(long, env = "WS_COMPRESSION_MIN_BYTES", value_name = "WS_COMPRESSION_MIN_BYTES", default_value_t = 256, value_parser = positive)]
+    pub ws_compression_min_bytes: u64,
     /// In-memory history kept per room (messages).
     #[arg(long, env = "HISTORY_PER_ROOM", value_name = "HISTORY_PER_ROOM", default_value_t = 1000, value_parser = positive)]
     pub history_per_room: u64,
@@ -358,6 +364,13 @@ impl Settings {
                 "OUTBOUND_QUEUE_BYTES: must hold at least one maximum-size frame (65552 bytes)"
                     .into(),
             );
+        }
+        if self.ws_compression_min_bytes > crate::ws::MAX_MESSAGE_SIZE as u64 {
+            return Err(format!(
+                "WS_COMPRESSION_MIN_BYTES: at most {} (the largest message), got {}",
+                crate::ws::MAX_MESSAGE_SIZE,
+                self.ws_compression_min_bytes
+            ));
         }
         if self.history_per_room > self.history_total {
             return Err("HISTORY_PER_ROOM must not exceed HISTORY_TOTAL".into());
@@ -561,6 +574,34 @@ mod tests {
             err.starts_with("DATABASE_URL") && !err.contains("pw"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn compression_settings() {
+        let s = parse(&[]).unwrap().settings;
+        assert!(!s.ws_compression);
+        assert_eq!(s.ws_compression_min_bytes, 256);
+        let s = parse(&["--ws-compression", "on", "--ws-compression-min-bytes", "1"])
+            .unwrap()
+            .settings;
+        assert!(s.ws_compression);
+        assert_eq!(s.ws_compression_min_bytes, 1);
+        assert!(s.validate().is_ok());
+        let err = parse(&["--ws-compression", "gzip"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WS_COMPRESSION"), "{err}");
+        let err = parse(&["--ws-compression-min-bytes", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WS_COMPRESSION_MIN_BYTES"), "{err}");
+        let s = parse(&["--ws-compression-min-bytes", "65537"])
+            .unwrap()
+            .settings;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("WS_COMPRESSION_MIN_BYTES"));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Request<'a> {
     pub user_agent: Option<&'a str>,
     /// `Sec-WebSocket-Key`, from which the handshake's accept key is derived.
     pub websocket_key: Option<&'a str>,
+    /// `Sec-WebSocket-Extensions`: the client's extension offers (several
+    /// headers joined with ", ", as one list), for permessage-deflate.
+    pub websocket_extensions: Option<Cow<'a, str>>,
     /// `Upgrade: websocket` (case-insensitive) and `Connection` contains the
     /// token "upgrade" and `Sec-WebSocket-Version: 13`: a request we can upgrade.
     pub is_websocket_upgrade: bool,
@@ -124,6 +127,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, HttpError> {
         authorization: None,
         user_agent: None,
         websocket_key: None,
+        websocket_extensions: None,
         is_websocket_upgrade: false,
         websocket_version_ok: false,
         keep_alive: false,
@@ -146,6 +150,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, HttpError> {
             request.user_agent.get_or_insert(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             request.websocket_key.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Repeated headers form one list (RFC 7230 section 3.2.2).
+            request.websocket_extensions = Some(match request.websocket_extensions.take() {
+                None => Cow::Borrowed(value),
+                Some(before) => Cow::Owned(format!("{before}, {value}")),
+            });
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             request.websocket_version_ok = value.trim() == "13";
         } else if name.eq_ignore_ascii_case("upgrade") {
@@ -355,11 +365,34 @@ mod tests {
                 authorization: Some("Bearer eyJ.abc.def"),
                 user_agent: Some("curl/8.0"),
                 websocket_key: None,
+                websocket_extensions: None,
                 is_websocket_upgrade: false,
                 websocket_version_ok: false,
                 keep_alive: true,
                 content_length: 0,
             }
+        );
+    }
+
+    #[test]
+    fn websocket_extensions_are_one_list_across_headers() {
+        let (req, _) = complete(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(req.websocket_extensions, None);
+        let (req, _) = complete(
+            b"GET /ws HTTP/1.1\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        );
+        assert_eq!(
+            req.websocket_extensions.as_deref(),
+            Some("permessage-deflate; client_max_window_bits")
+        );
+        assert!(matches!(req.websocket_extensions, Some(Cow::Borrowed(_))));
+        let (req, _) = complete(
+            b"GET /ws HTTP/1.1\r\nsec-websocket-extensions: x-foo\r\n\
+              Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        );
+        assert_eq!(
+            req.websocket_extensions.as_deref(),
+            Some("x-foo, permessage-deflate")
         );
     }
 

@@ -16,6 +16,8 @@
 //!    home core = shard_for(initial roomId)                    shard.rs
 //!      `-- not local: dup the socket, ShardMsg::Adopt --> home core
 //!    connection driver: handshake, bytes <-> frames            runtime/connection.rs, ws.rs
+//!      permessage-deflate: offer negotiation, inflate in,       deflate.rs
+//!        one compressed copy per broadcast (at the room owner)
 //!    every hub call through CoreCtx::with_hub, clocks read here,
 //!      then the hub's outbox -> the mesh, in order             runtime/server.rs
 //!    cross-core mesh, bounded staging behind a full channel    runtime/mesh.rs
@@ -82,6 +84,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod dedupe;
+pub mod deflate;
 pub mod events;
 pub mod expiry;
 pub mod health;

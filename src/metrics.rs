@@ -194,6 +194,13 @@ pub struct CoreSnapshot {
     pub delivered: u64,
     /// Typing indicators dropped for slow consumers.
     pub typing_dropped: u64,
+    /// permessage-deflate: broadcast frames compressed (once per message,
+    /// at the room's owner core, whatever the number of recipients).
+    pub compressed_frames: u64,
+    /// Deliveries of a compressed copy (counted in `delivered` as well).
+    pub compressed_deliveries: u64,
+    /// Bytes those deliveries saved against the plain copy.
+    pub compression_saved_bytes: u64,
     /// Typing frames dropped by their budgets (per connection, or per user
     /// and room at the room's owner).
     pub typing_throttled: u64,
@@ -244,6 +251,9 @@ impl Default for CoreSnapshot {
             messages: HashMap::new(),
             delivered: 0,
             typing_dropped: 0,
+            compressed_frames: 0,
+            compressed_deliveries: 0,
+            compression_saved_bytes: 0,
             typing_throttled: 0,
             presence_online: 0,
             presence_offline: 0,
@@ -313,6 +323,9 @@ impl CoreSnapshot {
         }
         self.delivered += other.delivered;
         self.typing_dropped += other.typing_dropped;
+        self.compressed_frames += other.compressed_frames;
+        self.compressed_deliveries += other.compressed_deliveries;
+        self.compression_saved_bytes += other.compression_saved_bytes;
         self.typing_throttled += other.typing_throttled;
         self.presence_online += other.presence_online;
         self.presence_offline += other.presence_offline;
@@ -412,6 +425,26 @@ impl CoreSnapshot {
             "chat_messages_delivered_total{{outcome=\"typing_dropped\"}} {}",
             self.typing_dropped
         );
+        for (name, help, value) in [
+            (
+                "chat_ws_compressed_frames_total",
+                "Broadcast frames compressed with permessage-deflate (once per message for all recipients).",
+                self.compressed_frames,
+            ),
+            (
+                "chat_ws_compressed_deliveries_total",
+                "Deliveries of a compressed broadcast frame (also counted in chat_messages_delivered_total).",
+                self.compressed_deliveries,
+            ),
+            (
+                "chat_ws_compression_saved_bytes_total",
+                "Bytes the compressed deliveries saved against the uncompressed frame.",
+                self.compression_saved_bytes,
+            ),
+        ] {
+            header(&mut out, name, help, "counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
         header(
             &mut out,
             "chat_typing_throttled_total",

@@ -134,6 +134,9 @@ pub struct JoinAnswer {
     pub ticket: JoinTicket,
     /// False for a repeated join that was answered but not counted.
     pub counted: bool,
+    /// The joining connection negotiated permessage-deflate (to undo the
+    /// owner's count of compressed members with the join).
+    pub deflate: bool,
 }
 
 /// The recovery part of a join answer.
@@ -165,6 +168,8 @@ pub struct Adoption {
     pub since: Option<MessageId>,
     /// The client's `Sec-WebSocket-Key`, answered by the adopting core.
     pub ws_key: Box<str>,
+    /// permessage-deflate as agreed from the client's offers (None: off).
+    pub deflate: Option<crate::deflate::Agreed>,
     /// Bytes the client sent after the request head (early frames).
     pub early: Vec<u8>,
 }
@@ -187,6 +192,7 @@ impl Adoption {
             room,
             since,
             ws_key,
+            deflate: None,
             early,
         }
     }
@@ -222,11 +228,17 @@ pub enum ShardMsg {
         since: Option<MessageId>,
         count: bool,
         ticket: JoinTicket,
+        deflate: bool,
     },
     /// From a room's owner: the join is registered.
     Joined(Box<JoinAnswer>),
-    /// To a room's owner: a member on the sending core left (or closed).
-    Leave { room: Arc<str>, user: Arc<str> },
+    /// To a room's owner: a member on the sending core left (or closed);
+    /// `deflate`: it had negotiated permessage-deflate.
+    Leave {
+        room: Arc<str>,
+        user: Arc<str>,
+        deflate: bool,
+    },
     /// To the user's owner: count a message against the user's rate limit
     /// (the sending core does not hold the user's log).
     Publish(Box<Publish>),
@@ -268,9 +280,13 @@ pub enum ShardMsg {
         exclude: Option<ConnId>,
     },
     /// From a room's owner: deliver a frame to this core's members.
+    /// `deflated` is 0, or the offset in `frame` where a compressed copy
+    /// of the same message starts (`frame[..deflated]` is the plain frame):
+    /// one buffer carries both, so the cross-core copy stays one copy.
     Deliver {
         room: Arc<str>,
         frame: Bytes,
+        deflated: u32,
         kind: FrameKind,
         exclude: Option<ConnId>,
         received_at: Instant,

@@ -23,6 +23,8 @@ use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use crate::deflate::{Agreed, InflateError, Inflater};
+
 /// Largest accepted message (after reassembly of fragments); larger closes with 1009.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
@@ -60,6 +62,18 @@ pub enum WsError {
     /// A text message (or close reason) is not valid UTF-8.
     #[error("invalid utf-8 in text message")]
     InvalidUtf8,
+    /// A compressed message is not a valid deflate stream.
+    #[error("invalid compressed data")]
+    BadDeflate,
+}
+
+impl From<InflateError> for WsError {
+    fn from(e: InflateError) -> WsError {
+        match e {
+            InflateError::TooBig => WsError::TooBig,
+            InflateError::Corrupt => WsError::BadDeflate,
+        }
+    }
 }
 
 impl WsError {
@@ -68,7 +82,7 @@ impl WsError {
         match self {
             WsError::TooBig => 1009,
             WsError::Protocol(_) => 1002,
-            WsError::InvalidUtf8 => 1007,
+            WsError::InvalidUtf8 | WsError::BadDeflate => 1007,
         }
     }
 }
@@ -112,6 +126,12 @@ pub struct Decoder {
     /// Tracked separately from `message` because binary fragments are counted
     /// against the size limit but not stored.
     message_len: usize,
+    /// permessage-deflate, when the upgrade negotiated it: RSV1 marks a
+    /// compressed message, inflated here. `None`: RSV1 is a protocol error.
+    inflater: Option<Inflater>,
+    /// The fragmented message in progress is compressed (RSV1 on its first
+    /// frame): its fragments are kept, binary ones too, and inflated whole.
+    compressed: bool,
 }
 
 impl Decoder {
@@ -123,6 +143,18 @@ impl Decoder {
             message: Vec::new(),
             fragmented: None,
             message_len: 0,
+            inflater: None,
+            compressed: false,
+        }
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate:
+    /// compressed messages are inflated, and `max_message` bounds both
+    /// their compressed and their inflated size.
+    pub fn with_deflate(max_message: usize, agreed: Agreed) -> Decoder {
+        Decoder {
+            inflater: Some(Inflater::new(agreed)),
+            ..Decoder::new(max_message)
         }
     }
 
@@ -189,6 +221,12 @@ impl Decoder {
         self.tail.capacity() + self.message.capacity()
     }
 
+    /// Whether inflate state is held between messages (a connection whose
+    /// client keeps its compression context).
+    pub fn holds_inflate_state(&self) -> bool {
+        self.inflater.as_ref().is_some_and(Inflater::holds_state)
+    }
+
     /// Copies the start of a frame that `input` cut off, to be completed by a
     /// later `feed`. Only called while `tail` is empty.
     fn hold(&mut self, bytes: &[u8]) {
@@ -230,6 +268,31 @@ impl Decoder {
         self.on_frame(&header, payload, on_event).map(Some)
     }
 
+    /// Inflates a whole compressed message (binary ones too: a client
+    /// that keeps its context refers back to them later) and reports it.
+    fn inflated(
+        &mut self,
+        kind: Fragmented,
+        compressed: &[u8],
+        on_event: &mut impl FnMut(WsEvent<'_>),
+    ) -> Result<(), WsError> {
+        let inflater = self
+            .inflater
+            .as_mut()
+            .ok_or(WsError::Protocol("reserved bits set"))?;
+        // A vector of its own, freed once the message is handled.
+        let mut message = Vec::new();
+        inflater.inflate(compressed, self.max_message, &mut message)?;
+        match kind {
+            Fragmented::Text => {
+                std::str::from_utf8(&message).map_err(|_| WsError::InvalidUtf8)?;
+                on_event(WsEvent::Text(&mut message));
+            }
+            Fragmented::Binary => on_event(WsEvent::Binary),
+        }
+        Ok(())
+    }
+
     /// Grows `tail` to `want` bytes from `input[*pos..]`; true when it got there.
     fn take_until(&mut self, want: usize, input: &[u8], pos: &mut usize) -> bool {
         let missing = want.saturating_sub(self.tail.len());
@@ -241,9 +304,23 @@ impl Decoder {
 
     /// Refuses a frame from its header alone, before any payload is buffered.
     fn check_header(&self, header: &FrameHeader, len: u64) -> Result<(), WsError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
-            // No extension is ever negotiated, so no reserved bit may be used.
+        if header.rsv2 || header.rsv3 {
+            // No extension that uses them is ever negotiated.
             return Err(WsError::Protocol("reserved bits set"));
+        }
+        if header.rsv1 {
+            // permessage-deflate's "compressed" bit: only with the
+            // extension, only on the first frame of a data message.
+            if self.inflater.is_none() {
+                return Err(WsError::Protocol("reserved bits set"));
+            }
+            match header.opcode {
+                OpCode::Control(_) => return Err(WsError::Protocol("RSV1 set on a control frame")),
+                OpCode::Data(Data::Continue) => {
+                    return Err(WsError::Protocol("RSV1 set on a continuation frame"))
+                }
+                OpCode::Data(_) => {}
+            }
         }
         if header.mask.is_none() {
             // RFC 6455 section 5.1: the server must refuse unmasked client frames.
@@ -291,6 +368,13 @@ impl Decoder {
                 on_event(WsEvent::Close(close_code(payload)?));
                 return Ok(Flow::Closed);
             }
+            OpCode::Data(data) if header.is_final && header.rsv1 => {
+                let kind = match data {
+                    Data::Text => Fragmented::Text,
+                    _ => Fragmented::Binary,
+                };
+                self.inflated(kind, payload, on_event)?;
+            }
             OpCode::Data(Data::Text) if header.is_final => {
                 std::str::from_utf8(payload).map_err(|_| WsError::InvalidUtf8)?;
                 on_event(WsEvent::Text(payload));
@@ -298,21 +382,32 @@ impl Decoder {
             OpCode::Data(Data::Binary) if header.is_final => on_event(WsEvent::Binary),
             OpCode::Data(Data::Text) => {
                 self.fragmented = Some(Fragmented::Text);
+                self.compressed = header.rsv1;
                 self.message_len = payload.len();
                 self.message.extend_from_slice(payload);
             }
             OpCode::Data(Data::Binary) => {
                 self.fragmented = Some(Fragmented::Binary);
+                self.compressed = header.rsv1;
                 self.message_len = payload.len();
+                if self.compressed {
+                    // Inflated at the end, to keep the client's context in step.
+                    self.message.extend_from_slice(payload);
+                }
             }
             OpCode::Data(Data::Continue) => {
                 self.message_len += payload.len();
-                if self.fragmented == Some(Fragmented::Text) {
+                if self.fragmented == Some(Fragmented::Text) || self.compressed {
                     self.message.extend_from_slice(payload);
                 }
                 if header.is_final {
                     self.message_len = 0;
+                    let compressed = mem::take(&mut self.compressed);
                     match self.fragmented.take() {
+                        Some(kind) if compressed => {
+                            let message = mem::take(&mut self.message);
+                            self.inflated(kind, &message, on_event)?;
+                        }
                         Some(Fragmented::Text) => {
                             // Taken out so the allocation is freed once handled.
                             let mut message = mem::take(&mut self.message);
@@ -458,14 +553,24 @@ pub fn encode_close(code: u16, reason: &str) -> Vec<u8> {
     encode_frame(OpCode::Control(Control::Close), &payload)
 }
 
-/// The complete `101 Switching Protocols` response for a client's Sec-WebSocket-Key.
-pub fn accept_response(sec_websocket_key: &str) -> Vec<u8> {
+/// The complete `101 Switching Protocols` response for a client's
+/// Sec-WebSocket-Key, naming permessage-deflate when it was agreed.
+pub fn accept_response(sec_websocket_key: &str, deflate: Option<Agreed>) -> Vec<u8> {
     let accept = derive_accept_key(sec_websocket_key.trim().as_bytes());
+    let (ext_name, ext_value, ext_end) = match deflate {
+        Some(agreed) => (
+            "Sec-WebSocket-Extensions: ",
+            agreed.response_value(),
+            "\r\n",
+        ),
+        None => ("", "", ""),
+    };
     format!(
         "HTTP/1.1 101 Switching Protocols\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\
+         {ext_name}{ext_value}{ext_end}\
          \r\n"
     )
     .into_bytes()
@@ -930,7 +1035,9 @@ mod tests {
 
     #[test]
     fn accept_response_for_the_rfc_sample_key() {
-        let response = String::from_utf8(accept_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        let response =
+            String::from_utf8(accept_response("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
+        assert!(!response.contains("Extensions"));
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(response.contains("\r\nUpgrade: websocket\r\n"));
@@ -1012,5 +1119,201 @@ mod tests {
         assert_eq!(WsError::TooBig.close_code(), 1009);
         assert_eq!(WsError::Protocol("x").close_code(), 1002);
         assert_eq!(WsError::InvalidUtf8.close_code(), 1007);
+    }
+
+    /// Raw deflate of `data` with a sync flush, the 4-byte tail stripped,
+    /// from a compressor the caller keeps (context takeover) or not.
+    fn deflate_with(z: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        z.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert_eq!(&out[out.len() - 4..], &[0, 0, 0xff, 0xff]);
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        deflate_with(
+            &mut flate2::Compress::new(flate2::Compression::default(), false),
+            data,
+        )
+    }
+
+    fn deflate_decoder() -> Decoder {
+        Decoder::with_deflate(
+            MAX_MESSAGE_SIZE,
+            Agreed {
+                client_no_context_takeover: false,
+            },
+        )
+    }
+
+    #[test]
+    fn compressed_text_is_inflated() {
+        let text = "hello hello hello hello compressed world".repeat(20);
+        let bytes = raw_frame(0xc1, &deflate(text.as_bytes()), Some(MASK));
+        let mut dec = deflate_decoder();
+        let (events, res) = feed_chunks(&mut dec, &[&bytes]);
+        assert_eq!(res, Ok(()));
+        assert_eq!(events, vec![Ev::Text(text.clone())]);
+        // Uncompressed frames still pass as they are.
+        let (events, res) = feed_chunks(&mut dec, &[&frame(true, 1, b"plain")]);
+        assert_eq!(res, Ok(()));
+        assert_eq!(events, vec![Ev::Text("plain".into())]);
+        // Byte by byte, the same.
+        let mut dec = deflate_decoder();
+        let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(feed_chunks(&mut dec, &chunks).0, vec![Ev::Text(text)]);
+    }
+
+    #[test]
+    fn rsv1_without_the_extension_or_on_the_wrong_frame_is_a_protocol_error() {
+        let body = deflate(b"hello");
+        let (_, res) = decode(&raw_frame(0xc1, &body, Some(MASK)));
+        assert_eq!(res, Err(WsError::Protocol("reserved bits set")));
+        assert_eq!(res.unwrap_err().close_code(), 1002);
+        for op in [0x89u8, 0x8a, 0x88] {
+            let (_, res) = feed_chunks(
+                &mut deflate_decoder(),
+                &[&raw_frame(op | 0x40, b"", Some(MASK))],
+            );
+            assert_eq!(res, Err(WsError::Protocol("RSV1 set on a control frame")));
+        }
+        let mut bytes = raw_frame(0x41, &body[..2], Some(MASK));
+        bytes.extend(raw_frame(0xc0, &body[2..], Some(MASK)));
+        let (_, res) = feed_chunks(&mut deflate_decoder(), &[&bytes]);
+        assert_eq!(
+            res,
+            Err(WsError::Protocol("RSV1 set on a continuation frame"))
+        );
+        assert_eq!(res.unwrap_err().close_code(), 1002);
+        // RSV2 and RSV3 stay refused with the extension.
+        let (_, res) = feed_chunks(
+            &mut deflate_decoder(),
+            &[&raw_frame(0xa1, b"x", Some(MASK))],
+        );
+        assert_eq!(res, Err(WsError::Protocol("reserved bits set")));
+    }
+
+    #[test]
+    fn fragmented_compressed_message_is_inflated_whole() {
+        let text = "fragmented and compressed, ".repeat(30);
+        let body = deflate(text.as_bytes());
+        let third = body.len() / 3;
+        let mut bytes = raw_frame(0x41, &body[..third], Some(MASK));
+        bytes.extend(frame(true, 9, b"ping"));
+        bytes.extend(raw_frame(0x00, &body[third..2 * third], Some(MASK)));
+        bytes.extend(raw_frame(0x80, &body[2 * third..], Some(MASK)));
+        let mut dec = deflate_decoder();
+        let (events, res) = feed_chunks(&mut dec, &[&bytes]);
+        assert_eq!(res, Ok(()));
+        assert_eq!(
+            events,
+            vec![Ev::Ping(b"ping".to_vec()), Ev::Text(text.clone())]
+        );
+        assert_eq!(dec.held_capacity(), 0);
+        // A compressed binary message is inflated too (the context needs
+        // it) and reported as binary.
+        let bytes = raw_frame(0xc2, &deflate(text.as_bytes()), Some(MASK));
+        assert_eq!(feed_chunks(&mut dec, &[&bytes]).0, vec![Ev::Binary]);
+    }
+
+    #[test]
+    fn the_limit_applies_to_the_inflated_message() {
+        // 64 KiB + 1 of one letter compresses to a few hundred bytes.
+        let big = vec![b'a'; MAX_MESSAGE_SIZE + 1];
+        let body = deflate(&big);
+        assert!(body.len() < 1024);
+        let (events, res) = feed_chunks(
+            &mut deflate_decoder(),
+            &[&raw_frame(0xc1, &body, Some(MASK))],
+        );
+        assert_eq!(res, Err(WsError::TooBig));
+        assert_eq!(res.unwrap_err().close_code(), 1009);
+        assert!(events.is_empty());
+        // Exactly the limit inflates.
+        let body = deflate(&big[..MAX_MESSAGE_SIZE]);
+        let (events, res) = feed_chunks(
+            &mut deflate_decoder(),
+            &[&raw_frame(0xc1, &body, Some(MASK))],
+        );
+        assert_eq!(res, Ok(()));
+        assert_eq!(events, vec![Ev::Text("a".repeat(MAX_MESSAGE_SIZE))]);
+    }
+
+    #[test]
+    fn invalid_deflate_data_closes_with_1007() {
+        let (_, res) = feed_chunks(
+            &mut deflate_decoder(),
+            &[&raw_frame(0xc1, &[0xff; 8], Some(MASK))],
+        );
+        assert_eq!(res, Err(WsError::BadDeflate));
+        assert_eq!(res.unwrap_err().close_code(), 1007);
+        // Inflated bytes that are not UTF-8: 1007 as for a plain frame.
+        let (_, res) = feed_chunks(
+            &mut deflate_decoder(),
+            &[&raw_frame(0xc1, &deflate(&[b'a', 0xff]), Some(MASK))],
+        );
+        assert_eq!(res, Err(WsError::InvalidUtf8));
+    }
+
+    #[test]
+    fn a_client_keeping_its_context_is_followed_across_messages() {
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let text = "{\"type\":\"message\",\"content\":\"the same words again and again\"}";
+        let mut dec = deflate_decoder();
+        for round in 0..3 {
+            let bytes = raw_frame(0xc1, &deflate_with(&mut z, text.as_bytes()), Some(MASK));
+            let (events, res) = feed_chunks(&mut dec, &[&bytes]);
+            assert_eq!(res, Ok(()), "round {round}");
+            assert_eq!(events, vec![Ev::Text(text.into())], "round {round}");
+            assert!(dec.holds_inflate_state());
+        }
+        // With client_no_context_takeover nothing is held between messages.
+        let mut dec = Decoder::with_deflate(
+            MAX_MESSAGE_SIZE,
+            Agreed {
+                client_no_context_takeover: true,
+            },
+        );
+        let bytes = raw_frame(0xc1, &deflate(text.as_bytes()), Some(MASK));
+        assert_eq!(
+            feed_chunks(&mut dec, &[&bytes]).0,
+            vec![Ev::Text(text.into())]
+        );
+        assert!(!dec.holds_inflate_state());
+    }
+
+    #[test]
+    fn compressed_frames_cut_anywhere_give_the_same_messages() {
+        let texts = ["short", &"a longer message with repeats, ".repeat(40)];
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut stream = Vec::new();
+        for text in texts {
+            // Context kept across the two messages, as a browser does.
+            stream.extend(raw_frame(
+                0xc1,
+                &deflate_with(&mut z, text.as_bytes()),
+                Some(MASK),
+            ));
+        }
+        let want: Vec<Ev> = texts.iter().map(|t| Ev::Text(t.to_string())).collect();
+        for cut in 0..stream.len() {
+            let (events, res) =
+                feed_chunks(&mut deflate_decoder(), &[&stream[..cut], &stream[cut..]]);
+            assert_eq!(res, Ok(()), "cut at {cut}");
+            assert_eq!(events, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn accept_response_names_the_agreed_extension() {
+        let agreed = Agreed {
+            client_no_context_takeover: false,
+        };
+        let response = String::from_utf8(accept_response("x", Some(agreed))).unwrap();
+        assert!(response.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+        ));
     }
 }

@@ -257,3 +257,14 @@ fn demo_files_are_served_with_types_and_cache_headers() {
         assert_eq!(header(&headers, "content-type"), Some("application/json"));
     }
 }
+
+#[test]
+fn demo_page_over_permessage_deflate_in_headless_chromium() {
+    if !chromium().exists() {
+        return skip(&format!(
+            "no Chromium at {} (apt-get install chromium)",
+            chromium().display()
+        ));
+    }
+    node_test(&["test/compression/"], 1);
+}

@@ -103,6 +103,11 @@ pub struct Common {
     /// `/metrics`): read once a second for the server's count of open connections.
     #[arg(long, value_parser = metrics_path)]
     pub metrics_path: Option<String>,
+    /// Offer permessage-deflate (`client_no_context_takeover`) on every connection and
+    /// inflate the server's compressed frames; what the load generator sends stays
+    /// uncompressed. For the server's cost of compressing its broadcasts.
+    #[arg(long)]
+    pub deflate: bool,
     /// Gauge on that page that counts the server's open connections (summed over labels).
     #[arg(long, default_value = "chat_connections")]
     pub metrics_gauge: String,
@@ -139,6 +144,10 @@ pub struct Traffic {
     /// Message content size, bytes.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(MIN_SIZE as i64..=MAX_SIZE as i64))]
     pub size: u32,
+    /// Pad message content with English words instead of dots: content that compresses
+    /// like chat text (for `--deflate` runs; dots compress far better than any chat).
+    #[arg(long)]
+    pub text_padding: bool,
 }
 
 /// `connect` flags.

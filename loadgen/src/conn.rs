@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::clock::mono_ns;
 use crate::frame;
+use crate::inflate::{self, Stream};
 
-/// A client WebSocket over plain TCP.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket over plain TCP (inflating compressed frames with `--deflate`).
+pub type Ws = WebSocketStream<Stream>;
 
 /// Socket buffer sizes inside tungstenite, kept small so one process holds 18,000
 /// connections in a few hundred MiB; the kernel's own socket buffers do the queueing.
@@ -56,6 +58,7 @@ pub async fn open(
     url: &str,
     config: WebSocketConfig,
     timeout: Duration,
+    deflate: bool,
 ) -> Result<Opened, String> {
     let start = mono_ns();
     let attempt = async {
@@ -63,8 +66,16 @@ pub async fn open(
         let stream = socket.connect(server).await.map_err(|e| io_kind(&e))?;
         // Chat frames are small and latency is the measurement: no Nagle delay.
         let _ = stream.set_nodelay(true);
+        let mut request = url.into_client_request().map_err(|e| ws_kind(&e))?;
+        if deflate {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Extensions",
+                tungstenite::http::HeaderValue::from_static(inflate::OFFER),
+            );
+        }
+        let stream = Stream::new(stream, deflate);
         let (mut ws, _response) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .map_err(|e| ws_kind(&e))?;
         let mut early_frames = 0;
@@ -207,6 +218,7 @@ mod tests {
             &url,
             ws_config(false),
             Duration::from_secs(2),
+            false,
         )
         .await;
         assert_eq!(r.err().as_deref(), Some("refused"));

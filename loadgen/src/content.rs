@@ -25,8 +25,14 @@ pub struct Stamp {
     pub sent_ns: u64,
 }
 
-/// Writes `stamp` as content of exactly `max(size, header length)` bytes into `out`.
-pub fn encode(stamp: &Stamp, size: usize, out: &mut String) {
+/// Padding of `--text-padding`: words of plain ASCII (nothing JSON escapes, no word of
+/// chatd's default block list) that compress roughly like chat text, unlike dots.
+const WORDS: &str = "the team ships the release on friday after review of the notes and \
+     the tests, then everyone takes a long weekend away from the keyboard. ";
+
+/// Writes `stamp` as content of exactly `max(size, header length)` bytes into `out`,
+/// padded with dots, or with words when `words` is set.
+pub fn encode(stamp: &Stamp, size: usize, words: bool, out: &mut String) {
     use std::fmt::Write;
     out.clear();
     // Writing into a String cannot fail.
@@ -35,6 +41,11 @@ pub fn encode(stamp: &Stamp, size: usize, out: &mut String) {
         "lg {:08x} {} {} {} ",
         stamp.run, stamp.sender, stamp.seq, stamp.sent_ns
     );
+    if words {
+        let need = size.saturating_sub(out.len());
+        out.extend(WORDS.chars().cycle().take(need));
+        return;
+    }
     while out.len() < size {
         out.push('.');
     }
@@ -74,10 +85,17 @@ mod tests {
             sent_ns: 123_456_789_012,
         };
         let mut s = String::new();
-        encode(&stamp, 100, &mut s);
+        encode(&stamp, 100, false, &mut s);
         assert_eq!(s.len(), 100);
         assert!(s.starts_with("lg deadbeef 17 42 123456789012 ."), "{s}");
         assert!(s.ends_with("...."));
+        assert_eq!(decode(&s), Some(stamp));
+        encode(&stamp, 300, true, &mut s);
+        assert_eq!(s.len(), 300);
+        assert!(
+            s.starts_with("lg deadbeef 17 42 123456789012 the team ships"),
+            "{s}"
+        );
         assert_eq!(decode(&s), Some(stamp));
     }
 
@@ -90,7 +108,7 @@ mod tests {
             sent_ns: u64::MAX,
         };
         let mut s = String::new();
-        encode(&stamp, 10, &mut s);
+        encode(&stamp, 10, true, &mut s);
         assert_eq!(s.len(), MAX_HEADER);
         assert_eq!(decode(&s), Some(stamp));
     }

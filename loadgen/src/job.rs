@@ -92,6 +92,9 @@ pub struct TrafficPlan {
     pub mode: SendMode,
     /// Content size in bytes.
     pub size: usize,
+    /// Pad content with words instead of dots (`--text-padding`).
+    #[serde(default)]
+    pub words: bool,
 }
 
 /// Short-lived connections opened and closed while traffic runs (`churn`).
@@ -177,6 +180,9 @@ pub struct ConnectPlan {
     pub timeout_ns: u64,
     /// Connections per source address (see `srcaddr`).
     pub per_source: u32,
+    /// Offer permessage-deflate and inflate compressed server frames (`inflate.rs`).
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// Everything a worker needs to play its part.

@@ -51,6 +51,7 @@ mod content;
 mod floor;
 mod frame;
 mod hgrm;
+mod inflate;
 mod job;
 mod procstat;
 mod report;

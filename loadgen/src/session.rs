@@ -165,7 +165,16 @@ pub async fn member(ctx: Rc<Ctx>, id: u32, index: usize) {
             }
         }
         let timeout = Duration::from_nanos(job.connect.timeout_ns);
-        conn::open(job.target.addr, src, &url, conn::ws_config(sender), timeout).await
+        let deflate = job.connect.deflate;
+        conn::open(
+            job.target.addr,
+            src,
+            &url,
+            conn::ws_config(sender),
+            timeout,
+            deflate,
+        )
+        .await
     };
     let opened = match opened {
         Ok(o) => {
@@ -238,7 +247,16 @@ pub async fn churner(ctx: Rc<Ctx>, k: u64, id: u32) {
     let started = mono_ns();
     ctx.tally.borrow_mut().churn.attempted += 1;
     let timeout = Duration::from_nanos(job.connect.timeout_ns);
-    let opened = conn::open(job.target.addr, src, &url, conn::ws_config(false), timeout).await;
+    let deflate = job.connect.deflate;
+    let opened = conn::open(
+        job.target.addr,
+        src,
+        &url,
+        conn::ws_config(false),
+        timeout,
+        deflate,
+    )
+    .await;
     let opened = match opened {
         Ok(o) => o,
         Err(kind) => {
@@ -389,8 +407,12 @@ impl SendAccount {
             seq: self.seq,
             sent_ns,
         };
-        let size = ctx.job.traffic.as_ref().map_or(0, |t| t.size);
-        content::encode(&stamp, size, &mut self.content);
+        let (size, words) = ctx
+            .job
+            .traffic
+            .as_ref()
+            .map_or((0, false), |t| (t.size, t.words));
+        content::encode(&stamp, size, words, &mut self.content);
         Message::text(frames.build(&self.content))
     }
 

@@ -264,6 +264,7 @@ fn make_jobs(
                 rate: plan.connect_rate,
                 timeout_ns: (common.connect_timeout * 1e9) as u64,
                 per_source,
+                deflate: common.deflate,
             },
             traffic: plan.traffic.clone(),
             churn: plan.churn.clone(),

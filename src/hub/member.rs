@@ -30,6 +30,20 @@ impl Hub {
         since: Option<MessageId>,
         now: Instant,
     ) -> Rc<Client> {
+        self.open_with(identity, room, since, false, now)
+    }
+
+    /// [`Hub::open`] for a connection that negotiated permessage-deflate
+    /// when `deflate` is set: it gets the compressed copy of broadcasts,
+    /// and its rooms' owners make one while it is a member.
+    pub fn open_with(
+        &mut self,
+        identity: Identity,
+        room: Arc<str>,
+        since: Option<MessageId>,
+        deflate: bool,
+        now: Instant,
+    ) -> Rc<Client> {
         self.next_conn += 1;
         let id = ConnId::new(self.core, self.next_conn);
         let outbound = Outbound::new(self.limits.outbound_bytes, self.limits.stall_timeout);
@@ -42,6 +56,7 @@ impl Hub {
             self.flush.clone(),
         );
         client.set_budgets(self.limits.budgets, now);
+        client.set_deflate(deflate);
         self.clients.insert(id, client.clone());
         self.metrics.connections_opened += 1;
         self.join(&client, room.clone(), since, now);
@@ -70,7 +85,7 @@ impl Hub {
     /// Sets when connection `conn` (on this core) expires, from its
     /// token's `exp`: none when the token has no `exp` (or one beyond any
     /// clock), else `exp` plus the grace, already due when that has passed.
-    pub(super) fn set_token_expiry(
+    pub fn set_token_expiry(
         &mut self,
         conn: ConnId,
         exp: Option<u64>,
@@ -105,7 +120,7 @@ impl Hub {
             // A pending join is undone when its answer finds the client gone.
             if membership == Membership::Joined {
                 self.remove_local_member(&room, client.id);
-                self.leave_owner(room.clone(), user.clone(), self.core);
+                self.leave_owner(room.clone(), user.clone(), self.core, client.deflate());
                 joined.push(room);
             }
         }
@@ -147,6 +162,7 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate: client.deflate(),
             };
             self.join_at_owner(join, now);
         } else {
@@ -158,6 +174,7 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate: client.deflate(),
             };
             self.outbox.send(owner, msg);
         }
@@ -167,7 +184,8 @@ impl Hub {
     pub fn leave(&mut self, client: &Rc<Client>, room: &Arc<str>) {
         if client.remove_membership(room) == Some(Membership::Joined) {
             self.remove_local_member(room, client.id);
-            self.leave_owner(room.clone(), client.identity.user_id.clone(), self.core);
+            let user = client.identity.user_id.clone();
+            self.leave_owner(room.clone(), user, self.core, client.deflate());
         }
     }
 
@@ -240,11 +258,12 @@ impl Hub {
             replay,
             ticket,
             counted,
+            deflate,
         } = answer;
         let client = self.clients.get(&conn).cloned();
         let Some(client) = client else {
             if counted {
-                self.leave_owner(room, user, self.core);
+                self.leave_owner(room, user, self.core, deflate);
             }
             return;
         };
@@ -253,7 +272,7 @@ impl Hub {
                 // Left while the join was in flight (and perhaps joined
                 // again, under a newer ticket whose own answer follows):
                 // undo this one's count and send nothing.
-                return self.leave_owner(room, user, self.core);
+                return self.leave_owner(room, user, self.core, deflate);
             }
             client.set_membership(&room, Membership::Joined);
             self.local
@@ -267,11 +286,16 @@ impl Hub {
         self.answer_join(&client, &room, member_count, replay, now);
     }
 
-    /// Member core: hands the frame to every local member's queue.
+    /// Member core: hands the frame to every local member's queue. With a
+    /// compressed copy (`deflated` > 0: where it starts in `frame`), the
+    /// members that negotiated permessage-deflate get that copy and the
+    /// others the plain frame; both are slices of the one shared buffer.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver_local(
         &mut self,
         room: &str,
         frame: Bytes,
+        deflated: u32,
         kind: FrameKind,
         exclude: Option<ConnId>,
         received_at: Instant,
@@ -280,20 +304,37 @@ impl Hub {
         let Some(members) = self.local.get(room) else {
             return;
         };
+        let (plain, packed) = match deflated as usize {
+            0 => (frame, None),
+            at => (frame.slice(..at), Some(frame.slice(at..))),
+        };
         let mut delivered = 0;
         let mut dropped = 0;
+        let mut compressed = 0;
         for client in members {
             if Some(client.id) == exclude {
                 continue;
             }
-            match client.push(frame.clone(), kind, now) {
-                Push::Queued { .. } => delivered += 1,
+            let (copy, is_packed) = match &packed {
+                Some(packed) if client.deflate() => (packed.clone(), true),
+                _ => (plain.clone(), false),
+            };
+            match client.push(copy, kind, now) {
+                Push::Queued { .. } => {
+                    delivered += 1;
+                    compressed += u64::from(is_packed);
+                }
                 Push::DroppedTyping => dropped += 1,
                 Push::Overflow | Push::Closed => {}
             }
         }
         self.metrics.delivered += delivered;
         self.metrics.typing_dropped += dropped;
+        if let Some(packed) = &packed {
+            self.metrics.compressed_deliveries += compressed;
+            self.metrics.compression_saved_bytes +=
+                compressed * (plain.len() - packed.len()) as u64;
+        }
         if kind == FrameKind::Message && delivered > 0 {
             self.metrics
                 .latency(now.saturating_duration_since(received_at));

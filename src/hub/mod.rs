@@ -58,6 +58,7 @@ use crate::broker::{self, Arrival, Broker, MemoryBroker, PendingJoin};
 use crate::client::{Client, Flush};
 use crate::config::Settings;
 use crate::dedupe::{Dedupe, DEDUPE_WINDOW};
+use crate::deflate::Deflater;
 use crate::events::BackendEvent;
 use crate::expiry::ExpiryWheel;
 use crate::history::{History, MemoryHistory};
@@ -165,6 +166,9 @@ struct OwnedRoom {
     users: HashMap<Arc<str>, u32>,
     /// Member connections per core: which cores get a copy of each message.
     member_cores: Vec<u32>,
+    /// Member connections that negotiated permessage-deflate, across all
+    /// cores: the room's messages get a compressed copy while it is not 0.
+    deflate_members: u32,
     /// The room's last accepted id: the floor the broker's next id must
     /// exceed (Redis's script, or this core's fallback during an outage;
     /// the memory broker's ids exceed it by construction).
@@ -345,6 +349,10 @@ pub struct Hub {
     /// by ack id, until every core has applied them; bounded by the
     /// operator requests in flight (every core answers each once).
     ban_acks: HashMap<u64, operator::BanWait>,
+    /// The compressor of broadcast frames when WS_COMPRESSION is on: each
+    /// message of the rooms this core owns is compressed here once, for
+    /// every member that negotiated permessage-deflate.
+    deflater: Option<Deflater>,
 }
 
 impl Hub {
@@ -396,6 +404,9 @@ impl Hub {
             verifier: None,
             bans: Bans::default(),
             ban_acks: HashMap::new(),
+            deflater: settings
+                .ws_compression
+                .then(|| Deflater::new(settings.ws_compression_min_bytes as usize)),
         }
     }
 
@@ -629,6 +640,7 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate,
             } => {
                 let join = PendingJoin {
                     room,
@@ -638,6 +650,7 @@ impl Hub {
                     since,
                     count,
                     ticket,
+                    deflate,
                 };
                 // The broker's count comes first (now, or from the cluster);
                 // `finish_join` then reads Postgres when memory cannot
@@ -645,7 +658,11 @@ impl Hub {
                 self.join_at_owner(join, now);
             }
             ShardMsg::Joined(answer) => self.joined(*answer, now),
-            ShardMsg::Leave { room, user } => self.leave_owner(room, user, from),
+            ShardMsg::Leave {
+                room,
+                user,
+                deflate,
+            } => self.leave_owner(room, user, from, deflate),
             ShardMsg::Publish(p) => self.publish_user_owner(p, now, wall),
             ShardMsg::Sequence(p) => self.accept_at_owner(*p, now, wall),
             ShardMsg::LeaseGrant { user, log, window } => {
@@ -670,10 +687,11 @@ impl Hub {
             ShardMsg::Deliver {
                 room,
                 frame,
+                deflated,
                 kind,
                 exclude,
                 received_at,
-            } => self.deliver_local(&room, frame, kind, exclude, received_at, now),
+            } => self.deliver_local(&room, frame, deflated, kind, exclude, received_at, now),
             ShardMsg::ToConn { conn, frame } => self.send_to_conn(conn, frame, now),
             ShardMsg::UserOnline { user, room, conn } => self.user_online(user, room, conn, now),
             ShardMsg::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
@@ -806,7 +824,7 @@ impl Hub {
                 self.accept_sequenced(message, ack_to, received_at, now);
             }
             Arrival::Relay { room, kind, frame } => {
-                self.fan_out(&room, frame, kind, None, now, now);
+                self.fan_out(&room, frame, 0, kind, None, now, now);
             }
             Arrival::Settle(overdue) => {
                 for o in overdue {

@@ -471,7 +471,7 @@ impl Hub {
     pub(super) fn announce_deleted(&mut self, room: &Arc<str>, id: MessageId, now: Instant) {
         let json = protocol::encode_message_deleted(room, id);
         let frame = Bytes::from(ws::encode_text(&json));
-        self.fan_out(room, frame, FrameKind::Message, None, now, now);
+        self.fan_out(room, frame, 0, FrameKind::Message, None, now, now);
     }
 
     /// Another instance's operator action (Redis), carried out here too:

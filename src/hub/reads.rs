@@ -113,6 +113,8 @@ pub(super) enum Wait {
         count: bool,
         /// The member core's number for the join, echoed in the answer.
         ticket: JoinTicket,
+        /// The connection negotiated permessage-deflate (counted with it).
+        deflate: bool,
         /// Distinct users of the room cluster-wide, from the broker before
         /// the read was sent (None: counted here, or unknown); the answer's
         /// `memberCount` is at least this.
@@ -205,6 +207,7 @@ impl Hub {
         since: MessageId,
         count: bool,
         ticket: JoinTicket,
+        deflate: bool,
         cluster: Option<usize>,
     ) -> Option<crate::shard::Replay> {
         let read = self.next_id();
@@ -219,6 +222,7 @@ impl Hub {
                     since,
                     count,
                     ticket,
+                    deflate,
                     cluster,
                 };
                 self.reads.insert(read, wait);
@@ -278,11 +282,12 @@ impl Hub {
                 since,
                 count,
                 ticket,
+                deflate,
                 cluster,
             } => {
                 // Count the member and take the replay in one step, as a
                 // synchronous join does: later messages reach it live.
-                let local_count = self.join_owner(&room, user.clone(), core, count);
+                let local_count = self.join_owner(&room, user.clone(), core, count, deflate);
                 let member_count = cluster.map_or(local_count, |c| c.max(local_count));
                 let replay = self.history.replay_rows(rows, &room, since);
                 let answer = JoinAnswer {
@@ -293,6 +298,7 @@ impl Hub {
                     replay,
                     ticket,
                     counted: count,
+                    deflate,
                 };
                 if core == self.core {
                     self.joined(answer, now);

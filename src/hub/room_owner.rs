@@ -49,18 +49,20 @@ impl Hub {
             since,
             count,
             ticket,
+            deflate,
         } = join;
         let replay = match since {
             Some(since) => {
-                match self.replay_or_defer(from, conn, &user, &room, since, count, ticket, cluster)
-                {
+                match self.replay_or_defer(
+                    from, conn, &user, &room, since, count, ticket, deflate, cluster,
+                ) {
                     Some(replay) => replay,
                     None => return,
                 }
             }
             None => Replay::default(),
         };
-        let local_count = self.join_owner(&room, user.clone(), from, count);
+        let local_count = self.join_owner(&room, user.clone(), from, count, deflate);
         let known = match (self.owned.get_mut(&room), cluster) {
             (Some(r), Some(c)) => {
                 r.cluster_count = c;
@@ -77,6 +79,7 @@ impl Hub {
             replay,
             ticket,
             counted: count,
+            deflate,
         };
         if from == self.core {
             self.joined(answer, now);
@@ -85,19 +88,22 @@ impl Hub {
         }
     }
 
-    /// Owner side of a join: counts the member (when `count`); returns the
-    /// room's distinct users here.
+    /// Owner side of a join: counts the member (when `count`), among the
+    /// compressed members too when it negotiated permessage-deflate;
+    /// returns the room's distinct users here.
     pub(super) fn join_owner(
         &mut self,
         room: &Arc<str>,
         user: Arc<str>,
         core: usize,
         count: bool,
+        deflate: bool,
     ) -> usize {
         let cores = self.cores;
         let entry = self.owned.entry(room.clone()).or_insert_with(|| OwnedRoom {
             users: HashMap::new(),
             member_cores: vec![0; cores],
+            deflate_members: 0,
             last_id: None,
             cluster_count: 0,
         });
@@ -108,15 +114,28 @@ impl Hub {
                 self.broker.room_add(room.clone(), user);
             }
             entry.member_cores[core] += 1;
+            entry.deflate_members += u32::from(deflate);
         }
         entry.users.len()
     }
 
-    /// Owner side of a leave (or routes it to the owner).
-    pub(super) fn leave_owner(&mut self, room: Arc<str>, user: Arc<str>, core: usize) {
+    /// Owner side of a leave (or routes it to the owner); `deflate`: the
+    /// leaving connection had negotiated permessage-deflate.
+    pub(super) fn leave_owner(
+        &mut self,
+        room: Arc<str>,
+        user: Arc<str>,
+        core: usize,
+        deflate: bool,
+    ) {
         let owner = self.owner(&room);
         if owner != self.core {
-            return self.outbox.send(owner, ShardMsg::Leave { room, user });
+            let msg = ShardMsg::Leave {
+                room,
+                user,
+                deflate,
+            };
+            return self.outbox.send(owner, msg);
         }
         let Some(entry) = self.owned.get_mut(&room) else {
             return;
@@ -129,6 +148,7 @@ impl Hub {
             }
         }
         entry.member_cores[core] = entry.member_cores[core].saturating_sub(1);
+        entry.deflate_members = entry.deflate_members.saturating_sub(u32::from(deflate));
         if entry.users.is_empty() {
             self.owned.remove(&room);
         }
@@ -276,8 +296,22 @@ impl Hub {
         let header = ws::text_header_len(json.len());
         let mut buf = Vec::with_capacity(header + json.len());
         ws::encode_text_into(&json, &mut buf);
+        // With WS_COMPRESSION, the compressed copy follows the plain frame
+        // in the same buffer: compressed once here for every member on
+        // every core (server_no_context_takeover makes one copy fit all).
+        let plain_len = buf.len();
+        // Only for rooms with a member that negotiated it, anywhere.
+        let mut deflated = 0;
+        let wanted =
+            self.deflater.is_some() && self.owned.get(&room).is_some_and(|r| r.deflate_members > 0);
+        if let (true, Some(deflater)) = (wanted, self.deflater.as_mut()) {
+            if deflater.text_frame_into(&json, &mut buf) {
+                deflated = plain_len as u32;
+                self.metrics.compressed_frames += 1;
+            }
+        }
         let frame = Bytes::from(buf);
-        let json = frame.slice(header..);
+        let json = frame.slice(header..plain_len);
         self.history
             .store(&message, StoredMessage { id, json }, ack_to.is_some());
         if let Some(r) = self.owned.get_mut(&room) {
@@ -291,7 +325,15 @@ impl Hub {
             // An operator's publish: the request gets the message frame.
             self.send_to_conn(waiter, frame.clone(), now);
         }
-        self.fan_out(&room, frame, FrameKind::Message, None, received_at, now);
+        self.fan_out(
+            &room,
+            frame,
+            deflated,
+            FrameKind::Message,
+            None,
+            received_at,
+            now,
+        );
         if let Some(AckTo {
             conn,
             client_msg_id: Some(cmid),
@@ -407,14 +449,17 @@ impl Hub {
         now: Instant,
     ) {
         self.broker.relay(&room, kind, &frame);
-        self.fan_out(&room, frame, kind, exclude, now, now);
+        self.fan_out(&room, frame, 0, kind, exclude, now, now);
     }
 
     /// Room owner: local delivery plus one copy per other core with members.
+    /// `deflated`: 0, or where the compressed copy starts in `frame`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fan_out(
         &mut self,
         room: &Arc<str>,
         frame: Bytes,
+        deflated: u32,
         kind: FrameKind,
         exclude: Option<ConnId>,
         received_at: Instant,
@@ -428,6 +473,7 @@ impl Hub {
                     let msg = ShardMsg::Deliver {
                         room: room.clone(),
                         frame: Bytes::copy_from_slice(&frame),
+                        deflated,
                         kind,
                         exclude,
                         received_at,
@@ -436,7 +482,7 @@ impl Hub {
                 }
             }
         }
-        self.deliver_local(room, frame, kind, exclude, received_at, now);
+        self.deliver_local(room, frame, deflated, kind, exclude, received_at, now);
     }
 
     /// An own message whose copy did not come back from the subscription in

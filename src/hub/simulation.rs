@@ -251,7 +251,18 @@ impl Sim {
         let first = self.open_conns(user) == 0;
         let (home, since) = rooms[0].clone();
         let since_id = since.as_deref().map(super::testkit::message_id);
-        let client = self.w.open(core, &name, &home, since_id);
+        // Every other connection negotiated permessage-deflate (by count,
+        // so the seeds' random draws stay as they were): the owners' counts
+        // of compressed members are checked like their member counts.
+        let deflate = self.conns.len() % 2 == 1;
+        let now = self.w.now;
+        let client = self.w.hubs[core].open_with(
+            super::testkit::identity(&name),
+            home.clone(),
+            since_id,
+            deflate,
+            now,
+        );
         if first {
             self.announce(&name, "online", std::slice::from_ref(&home));
         }
@@ -625,6 +636,17 @@ impl Sim {
                 .map(|r| r.users.iter().map(|(u, n)| (u.to_string(), *n)).collect())
                 .unwrap_or_default();
             assert_eq!(have, want, "members of {room} at its owner");
+            let packed = self
+                .conns
+                .iter()
+                .filter(|c| c.open && c.client.deflate())
+                .filter(|c| c.client.membership(room) == Some(Membership::Joined))
+                .count() as u32;
+            let counted = self.w.hubs[owner]
+                .owned
+                .get(room)
+                .map_or(0, |r| r.deflate_members);
+            assert_eq!(counted, packed, "compressed members of {room} at its owner");
         }
         for ((user, room), a) in &self.announced {
             for conn in self.conns.iter().filter(|c| c.open) {

@@ -199,6 +199,13 @@ impl World {
         }
     }
 
+    /// Opens a connection like [`World::open`] that negotiated
+    /// permessage-deflate.
+    pub fn open_deflate(&mut self, core: usize, user: &str, room: &str) -> Rc<Client> {
+        let now = self.now;
+        self.hubs[core].open_with(identity(user), Arc::from(room), None, true, now)
+    }
+
     /// Hands `client` one text frame, on the core it runs on.
     pub fn text(&mut self, client: &Rc<Client>, json: &str) {
         let (now, wall) = (self.now, self.wall());

@@ -952,3 +952,163 @@ fn a_rejoin_with_since_after_leaving_a_pending_join_gets_its_replay() {
     assert_eq!(got[1]["recovered"], true);
     assert_eq!(contents(&got), ["m2", "m3"]);
 }
+
+// ---- permessage-deflate -------------------------------------------------
+
+/// Every message frame queued for `client`, taken off its queue as
+/// `(compressed, JSON)`: a compressed frame (RSV1) is inflated as a client
+/// that negotiated permessage-deflate would.
+fn message_frames(client: &crate::client::Client, now: std::time::Instant) -> Vec<(bool, Value)> {
+    use crate::deflate::{Agreed, Inflater};
+    let mut out = Vec::new();
+    let mut outbound = client.outbound().borrow_mut();
+    for f in outbound.frames() {
+        let header = f.len() - crate::redis::link::ws_payload(f).len();
+        let payload = &f[header..];
+        let (compressed, json) = match f[0] {
+            0x81 => (false, payload.to_vec()),
+            0xc1 => {
+                let mut json = Vec::new();
+                Inflater::new(Agreed {
+                    client_no_context_takeover: true,
+                })
+                .inflate(payload, crate::ws::MAX_MESSAGE_SIZE, &mut json)
+                .expect("a valid compressed frame");
+                (true, json)
+            }
+            _ => continue,
+        };
+        let json: Value = serde_json::from_slice(&json).expect("JSON");
+        if json["type"] == "message" {
+            out.push((compressed, json));
+        }
+    }
+    let bytes = outbound.bytes();
+    outbound.consume(bytes, now);
+    out
+}
+
+/// Sums one counter over every hub of the world.
+fn total(w: &World, counter: impl Fn(&crate::metrics::CoreSnapshot) -> u64) -> u64 {
+    w.hubs.iter().map(|h| counter(&h.metrics)).sum()
+}
+
+#[test]
+fn a_broadcast_is_compressed_once_for_every_member_that_negotiated_it() {
+    let mut w = World::new(3, &["--ws-compression", "true"]);
+    let room = owned_by(0, 3, "room");
+    // Three members that negotiated the extension, one per core, and one
+    // that did not, on yet another connection of core 1.
+    let packed: Vec<_> = (0..3)
+        .map(|core| w.open_deflate(core, &format!("z{core}"), &room))
+        .collect();
+    let plain = w.open(1, "plain", &room, None);
+    w.pump();
+    for c in packed.iter().chain([&plain]) {
+        message_frames(c, w.now);
+    }
+    let long = "the release ships on friday, please review the notes ".repeat(10);
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    assert_eq!(
+        w.hubs[0].metrics.compressed_frames, 1,
+        "at the room's owner"
+    );
+    assert_eq!(total(&w, |m| m.compressed_deliveries), 3);
+    let got = message_frames(&plain, w.now);
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].0, "the plain member gets the plain frame");
+    assert_eq!(got[0].1["content"], long.as_str());
+    for c in &packed {
+        let mine = message_frames(c, w.now);
+        assert_eq!(mine.len(), 1);
+        assert!(mine[0].0, "compressed for a member that negotiated it");
+        assert_eq!(mine[0].1, got[0].1, "the same message");
+    }
+    let saved = total(&w, |m| m.compression_saved_bytes);
+    assert!(saved > 3 * 300, "saved {saved} bytes");
+
+    // Under WS_COMPRESSION_MIN_BYTES (256 by default): plain for everyone.
+    w.say(&plain, &room, "short");
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    assert_eq!(total(&w, |m| m.compressed_deliveries), 3);
+    for c in packed.iter().chain([&plain]) {
+        let mine = message_frames(c, w.now);
+        assert_eq!(mine.len(), 1);
+        assert!(!mine[0].0);
+        assert_eq!(mine[0].1["content"], "short");
+    }
+}
+
+#[test]
+fn without_ws_compression_nothing_is_compressed() {
+    let mut w = World::new(2, &[]);
+    let room = owned_by(1, 2, "room");
+    // Cannot happen through the upgrade with the setting off, but even
+    // then the owner makes no compressed copy.
+    let a = w.open_deflate(0, "a", &room);
+    w.pump();
+    message_frames(&a, w.now);
+    w.say(&a, &room, &"x".repeat(900));
+    w.pump();
+    let got = message_frames(&a, w.now);
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].0);
+    assert_eq!(total(&w, |m| m.compressed_frames), 0);
+    assert_eq!(total(&w, |m| m.compressed_deliveries), 0);
+}
+
+#[test]
+fn a_room_gets_compressed_copies_only_while_a_member_negotiated_it() {
+    let mut w = World::new(2, &["--ws-compression", "true"]);
+    let room = owned_by(1, 2, "room");
+    let long = "a message long enough to be worth compressing, ".repeat(8);
+    let plain = w.open(0, "plain", &room, None);
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(
+        total(&w, |m| m.compressed_frames),
+        0,
+        "nobody negotiated it"
+    );
+    // A compressed member joins on the other core, by a join_room frame.
+    let packed = w.open_deflate(0, "packed", &owned_by(0, 2, "home"));
+    w.pump();
+    w.text(
+        &packed,
+        &json!({"type": "join_room", "roomId": &*room}).to_string(),
+    );
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    assert_eq!(total(&w, |m| m.compressed_deliveries), 1);
+    let got = message_frames(&packed, w.now);
+    assert_eq!(got.last().map(|(c, _)| *c), Some(true));
+    // Once it leaves (or closes), the room goes back to plain only.
+    w.text(
+        &packed,
+        &json!({"type": "leave_room", "roomId": &*room}).to_string(),
+    );
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    w.text(
+        &packed,
+        &json!({"type": "join_room", "roomId": &*room}).to_string(),
+    );
+    w.pump();
+    w.close(&packed, CloseReason::Client);
+    w.pump();
+    w.say(&plain, &room, &long);
+    w.pump();
+    assert_eq!(total(&w, |m| m.compressed_frames), 1);
+    assert_eq!(
+        w.hubs[1].owned.get(&room).map(|r| r.deflate_members),
+        Some(0)
+    );
+}

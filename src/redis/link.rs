@@ -626,6 +626,7 @@ mod tests {
             since: None,
             count: true,
             ticket: 1,
+            deflate: false,
         };
         assert!(so.join(join).is_err());
         health.redis.set(State::Down);
@@ -772,6 +773,7 @@ mod tests {
             since: None,
             count: true,
             ticket: 1,
+            deflate: false,
         };
         assert!(matches!(so.count_join(join()), Counting::Now(_)));
         assert!(rx.try_recv().is_err(), "nothing sent while down");

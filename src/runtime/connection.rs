@@ -35,6 +35,7 @@ use glommio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::client::Client;
+use crate::deflate::Agreed;
 use crate::metrics::CloseReason;
 use crate::protocol::MessageId;
 use crate::runtime::server::CoreCtx;
@@ -69,6 +70,8 @@ pub struct Start {
     pub since: Option<MessageId>,
     /// The client's `Sec-WebSocket-Key`.
     pub ws_key: Box<str>,
+    /// permessage-deflate as agreed in the upgrade (None: off).
+    pub deflate: Option<Agreed>,
     /// Bytes the client sent after its request head.
     pub early: Vec<u8>,
 }
@@ -82,9 +85,10 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         room,
         since,
         ws_key,
+        deflate,
         early,
     } = start;
-    let accept = ws::accept_response(&ws_key);
+    let accept = ws::accept_response(&ws_key, deflate);
     drop(ws_key);
     if stream.write_all(&accept).await.is_err() {
         return;
@@ -96,7 +100,8 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
     }
     let (now, wall) = (Instant::now(), SystemTime::now());
     let client = ctx.with_hub(|hub| {
-        let client = hub.open_expiring(identity, exp, room, since, now, wall);
+        let client = hub.open_with(identity, room, since, deflate.is_some(), now);
+        hub.set_token_expiry(client.id, exp, now, wall);
         // Banned after the accepting core checked (its copy of the ban
         // list was a moment behind this core's): closed like the user's
         // other connections.
@@ -105,7 +110,10 @@ pub async fn serve(ctx: Rc<CoreCtx>, mut stream: TcpStream, start: Start) {
         }
         client
     });
-    let mut decoder = Decoder::new(MAX_MESSAGE_SIZE);
+    let mut decoder = match deflate {
+        Some(agreed) => Decoder::with_deflate(MAX_MESSAGE_SIZE, agreed),
+        None => Decoder::new(MAX_MESSAGE_SIZE),
+    };
     let mut early = early;
     let ended = match early.is_empty() {
         true => None,

@@ -304,6 +304,7 @@ mod tests {
         ShardMsg::Deliver {
             room: Arc::from("r"),
             frame: bytes::Bytes::from_static(b"m"),
+            deflated: 0,
             kind,
             exclude: None,
             received_at: std::time::Instant::now(),

@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{Verified, Verifier};
 use crate::config::Settings;
+use crate::deflate;
 use crate::events::{self, EventQueue, EventSender};
 use crate::expiry::EXPIRY_TICK;
 use crate::health::BackendHealth;
@@ -530,6 +531,7 @@ fn on_shard_msg(ctx: &Rc<CoreCtx>, from: usize, msg: ShardMsg) {
                 room: adoption.room.clone(),
                 since: adoption.since,
                 ws_key: std::mem::take(&mut adoption.ws_key),
+                deflate: adoption.deflate,
                 early: std::mem::take(&mut adoption.early),
             };
             drop(adoption);
@@ -651,6 +653,8 @@ pub struct HttpRequest {
     pub user_agent: Option<String>,
     /// `Sec-WebSocket-Key`, when present.
     pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Extensions` (repeated headers joined), when present.
+    pub ws_extensions: Option<String>,
     /// The headers ask for a WebSocket upgrade.
     pub is_websocket_upgrade: bool,
     /// `Sec-WebSocket-Version` is 13.
@@ -669,6 +673,7 @@ impl From<&http::Request<'_>> for HttpRequest {
             body: Vec::new(),
             user_agent: r.user_agent.map(str::to_string),
             ws_key: r.websocket_key.map(str::to_string),
+            ws_extensions: r.websocket_extensions.as_deref().map(str::to_string),
             is_websocket_upgrade: r.is_websocket_upgrade,
             websocket_version_ok: r.websocket_version_ok,
         }
@@ -820,6 +825,11 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
     };
     let (verified, room, since, key) = reply;
     let Verified { identity, exp } = verified;
+    // permessage-deflate when enabled and offered (src/deflate.rs).
+    let deflate = match (&request.ws_extensions, ctx.shared.settings.ws_compression) {
+        (Some(offers), true) => deflate::negotiate(offers),
+        _ => None,
+    };
     let sampled = ctx
         .connection_log
         .borrow_mut()
@@ -846,6 +856,7 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
             room,
             since,
             ws_key: key.into_boxed_str(),
+            deflate,
             early,
         };
         glommio::spawn_local(connection::serve(ctx, stream, start)).detach();
@@ -861,7 +872,8 @@ async fn upgrade(ctx: Rc<CoreCtx>, mut stream: TcpStream, request: HttpRequest, 
             .await;
         return;
     }
-    let adoption = Adoption::new(fd, identity, exp, room, since, key.into_boxed_str(), early);
+    let mut adoption = Adoption::new(fd, identity, exp, room, since, key.into_boxed_str(), early);
+    adoption.deflate = deflate;
     ctx.router.send(home, ShardMsg::Adopt(Box::new(adoption)));
 }
 

@@ -29,6 +29,7 @@ pub fn plan(a: &BurstArgs) -> Result<Plan> {
         traffic: Some(TrafficPlan {
             mode: SendMode::Window { window: a.window },
             size: a.traffic.size as usize,
+            words: a.traffic.text_padding,
         }),
         churn: None,
         timeline: traffic_timeline(&a.traffic),

@@ -44,6 +44,7 @@ pub fn plan(a: &FanoutArgs) -> Result<Plan> {
         traffic: Some(TrafficPlan {
             mode: SendMode::Rate { per_sender_hz },
             size: a.traffic.size as usize,
+            words: a.traffic.text_padding,
         }),
         churn: None,
         timeline: traffic_timeline(&a.traffic),

@@ -18,7 +18,9 @@
 //!   nothing accepted is ever dropped.
 //! - **Reads**: a core sends a read (on its own lane of the read queue)
 //!   with its event queue as the reply address ([`ReadReply`]) and goes
-//!   on; the rows arrive on that queue like the Redis thread's events
+//!   on; the side thread answers it on a pool of PG_READ_POOL_SIZE
+//!   connections apart from the writer's, so a read never queues behind a
+//!   batch insert; the rows arrive on that queue like the Redis thread's events
 //!   (`crate::events`), and the core's history ([`history`]) merges them
 //!   with its in-memory cache ([`merge`]).
 //! - **Per core**: each core's [`history::PgHistory`] and
@@ -50,6 +52,7 @@ use crate::health::{BackendHealth, State};
 use crate::history::StoredMessage;
 use crate::lanes;
 use crate::moderation::AuditRecord;
+use crate::tls::PgSslMode;
 
 pub use merge::Pick;
 
@@ -94,17 +97,29 @@ pub enum PgError {
     /// The side thread could not be started.
     #[error("cannot start the Postgres thread: {0}")]
     Thread(String),
+    /// TLS cannot be set up (BACKEND_CA_FILE, no roots for a verifying sslmode).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
-/// Parses DATABASE_URL (a `postgres://` URL or `key=value` pairs). The error
-/// names the variable and never echoes the value, which may hold a password.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let config = tokio_postgres::Config::from_str(url)
+/// Parses DATABASE_URL (a `postgres://` URL or `key=value` pairs) and its
+/// `sslmode` (libpq's five values, [`crate::tls`]). The error names the
+/// variable and never echoes the value, which may hold a password.
+pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, PgSslMode), String> {
+    let (rewritten, verify) = crate::tls::split_verify_mode(url);
+    let config = tokio_postgres::Config::from_str(&rewritten)
         .map_err(|e| format!("DATABASE_URL: not a valid Postgres connection string ({e})"))?;
     if config.get_hosts().is_empty() {
         return Err("DATABASE_URL: names no host".into());
     }
-    Ok(config)
+    let mode = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => PgSslMode::Disable,
+        tokio_postgres::config::SslMode::Prefer => PgSslMode::Prefer,
+        // A verifying mode reads as `require` here, unless a later sslmode overrode it.
+        tokio_postgres::config::SslMode::Require => verify.unwrap_or(PgSslMode::Require),
+        _ => return Err("DATABASE_URL: unsupported sslmode".into()),
+    };
+    Ok((config, mode))
 }
 
 /// One accepted message on its way to `chat_messages`.
@@ -215,6 +230,8 @@ pub struct WriterSettings {
     pub capacity: usize,
     /// PG_SHUTDOWN_TIMEOUT_MS.
     pub shutdown_timeout: Duration,
+    /// PG_READ_POOL_SIZE: connections of the reads' pool.
+    pub read_pool_size: usize,
 }
 
 /// State shared by the cores and the side thread.
@@ -266,7 +283,14 @@ impl PgHandle {
             .database_url
             .as_deref()
             .ok_or_else(|| PgError::Url("not set".into()))?;
-        let mut config = parse_url(url).map_err(PgError::Url)?;
+        let (mut config, mode) = parse_url(url).map_err(PgError::Url)?;
+        let trust = crate::tls::Trust::load(settings.backend_ca_file.as_deref())?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(trust.postgres_config(mode)?);
+        tracing::info!(
+            sslmode = mode.as_str(),
+            ca_file = trust.has_ca_file(),
+            "postgres TLS"
+        );
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -280,6 +304,7 @@ impl PgHandle {
             },
             capacity: settings.pg_buffer_messages as usize,
             shutdown_timeout: settings.pg_shutdown_timeout(),
+            read_pool_size: settings.pg_read_pool_size as usize,
         };
         health.postgres.set(State::Down);
         let inner = Arc::new(Inner {
@@ -302,6 +327,7 @@ impl PgHandle {
             .spawn(move || {
                 worker::run(
                     config,
+                    tls,
                     thread_inner,
                     writer,
                     writes_rx,
@@ -466,6 +492,20 @@ mod tests {
     fn urls_are_checked_without_echoing_them() {
         assert!(parse_url("postgres://u:secret@127.0.0.1:5432/db").is_ok());
         assert!(parse_url("host=127.0.0.1 user=root dbname=test").is_ok());
+        for (url, mode) in [
+            ("postgres://u@h/db", PgSslMode::Prefer),
+            ("postgres://u@h/db?sslmode=disable", PgSslMode::Disable),
+            ("postgres://u@h/db?sslmode=require", PgSslMode::Require),
+            ("postgres://u@h/db?sslmode=verify-ca", PgSslMode::VerifyCa),
+            ("host=h sslmode=verify-full", PgSslMode::VerifyFull),
+            // The last one wins, as in libpq.
+            (
+                "host=h sslmode=verify-full sslmode=disable",
+                PgSslMode::Disable,
+            ),
+        ] {
+            assert_eq!(parse_url(url).unwrap().1, mode, "{url}");
+        }
         for bad in [
             "postgres://u:secret@127.0.0.1:notaport/db",
             "host=127.0.0.1 password='secret",

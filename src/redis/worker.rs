@@ -347,6 +347,36 @@ pub enum StartError {
     /// The thread or its runtime could not be created.
     #[error("cannot start the Redis thread: {0}")]
     Thread(std::io::Error),
+    /// BACKEND_CA_FILE cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The Redis client for `url`: `rediss://` is TLS (rustls, ring), trusting
+/// BACKEND_CA_FILE when set and otherwise the system's roots; the host name
+/// is always verified. `redis://` is plain TCP.
+fn client_for(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, StartError> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| StartError::Url(e.to_string()))?;
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if tls {
+        // The redis crate builds its rustls configuration from the process default provider.
+        crate::tls::provider();
+    }
+    let trust = crate::tls::Trust::load(ca_file)?;
+    match (tls, trust.ca_pem) {
+        (true, Some(pem)) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        )
+        .map_err(|e| StartError::Url(e.to_string())),
+        _ => redis::Client::open(info).map_err(|e| StartError::Url(e.to_string())),
+    }
 }
 
 /// A running Redis thread.
@@ -396,7 +426,7 @@ pub fn start(
 ) -> Result<Started, StartError> {
     let cores = events.len();
     let url = settings.redis_url.clone().unwrap_or_default();
-    let client = redis::Client::open(url.as_str()).map_err(|e| StartError::Url(e.to_string()))?;
+    let client = client_for(&url, settings.backend_ca_file.as_deref())?;
     let instance = keys::instance_id();
     let keys = Keys::new(&settings.redis_prefix, &instance);
     let buffer = settings.redis_buffer as usize;

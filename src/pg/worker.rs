@@ -196,6 +196,22 @@ async fn connect(
     Ok((Arc::new(conn), lost_rx))
 }
 
+/// An error with its causes, e.g. "error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer" (tokio-postgres shows only the first).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Keeps a connection published on `conn_tx`, reconnecting with backoff.
 /// Reports the first attempt's outcome on `ready`.
 async fn supervise(
@@ -240,7 +256,7 @@ async fn supervise(
             Err(e) => {
                 bump(&inner.stats.connect_errors);
                 inner.health.postgres.set(State::Down);
-                let text = e.to_string();
+                let text = with_causes(&e);
                 if last_error.as_deref() != Some(&text) {
                     tracing::warn!(error = %text, "postgres unavailable; writes are buffered and retried");
                 } else {

@@ -460,6 +460,7 @@ pub fn start(
         next_heartbeat: Instant::now(),
         ever_connected: false,
         echoes_lost: false,
+        last_connect_error: None,
     };
     let thread = std::thread::Builder::new()
         .name("chatd-redis".into())
@@ -581,6 +582,9 @@ struct RedisThread {
     /// A connection was lost and the cores were not told yet
     /// ([`Event::EchoesLost`]).
     echoes_lost: bool,
+    /// The last failed connection attempt's error, logged once until it
+    /// changes or a connection succeeds.
+    last_connect_error: Option<String>,
 }
 
 /// Sends an event to a core, waiting while its queue is full.
@@ -768,6 +772,7 @@ impl RedisThread {
         match self.try_connect().await {
             Ok(()) => {
                 self.backoff.succeeded();
+                self.last_connect_error = None;
                 self.health.redis.set(State::Up);
                 if self.ever_connected {
                     RedisMetrics::inc(&self.metrics.reconnects);
@@ -777,7 +782,13 @@ impl RedisThread {
             }
             Err(e) => {
                 self.conn = None;
-                self.lose(&e.to_string());
+                let text = e.to_string();
+                // Once per distinct error (a wrong CA, a refused port), not per retry.
+                if self.last_connect_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "Redis unavailable; retrying with backoff");
+                    self.last_connect_error = Some(text.clone());
+                }
+                self.lose(&text);
             }
         }
     }

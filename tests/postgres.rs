@@ -999,3 +999,65 @@ fn a_bad_backend_ca_file_stops_start_up_naming_the_variable() {
     assert!(stderr.contains("PG_READ_POOL_SIZE"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// History reads have connections of their own: while the writer's batch
+/// insert waits on a lock (another session holds `chat_messages` in SHARE
+/// mode, which blocks INSERT and lets SELECT through), a page that needs
+/// Postgres is still answered whole. On one shared connection the read
+/// would queue behind the blocked insert and time out (`unavailable`).
+#[test]
+fn history_reads_do_not_wait_behind_a_blocked_batch_insert() {
+    let _serial = serial();
+    let Some(db) = TestDb::create() else { return };
+    // HISTORY_PER_ROOM=2: a page of 7 needs Postgres.
+    let server = Server::start(&env(
+        &db.url,
+        &[("HISTORY_PER_ROOM", "2"), ("PG_FLUSH_INTERVAL_MS", "20")],
+    ));
+    let room = "blocked";
+    let (mut alice, _) = server.connect("alice", room);
+    let mut sent = ids(&send_all(&mut alice, room, 6, "stored"));
+    assert!(
+        poll(Duration::from_secs(5), || (db.count("chat_messages") == 6)
+            .then_some(()))
+        .is_some()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let locker = runtime.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("BEGIN; LOCK TABLE chat_messages IN SHARE MODE")
+            .await
+            .unwrap();
+        client
+    });
+    sent.extend(ids(&send_all(&mut alice, room, 1, "blocked")));
+    let waiting = poll(Duration::from_secs(5), || {
+        let rows = column(
+            &db.url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chatd' \
+             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO chat_messages%'",
+        );
+        (rows[0] == "1").then_some(())
+    });
+    assert!(waiting.is_some(), "the writer's insert waits on the lock");
+
+    alice.send(json!({"type": "history", "roomId": room, "limit": 50}));
+    let page = history_answer(&mut alice);
+    assert_eq!(page["type"], "history", "{page}");
+    assert_eq!(ids(page["messages"].as_array().unwrap()), sent, "{page}");
+
+    runtime.block_on(async { locker.batch_execute("COMMIT").await.unwrap() });
+    assert!(
+        poll(Duration::from_secs(5), || (db.count("chat_messages") == 7)
+            .then_some(()))
+        .is_some()
+    );
+}

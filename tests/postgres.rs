@@ -1,6 +1,9 @@
 //! The Postgres backend against a real Postgres: durability across SIGTERM
 //! and restart, the 1 s write bound, concurrent migrations, read shapes,
-//! the audit trail, an outage of a private cluster, and bad settings.
+//! the audit trail, an outage of a private cluster, and bad settings; TLS
+//! (each `sslmode`, a private CA in BACKEND_CA_FILE) against a private
+//! cluster with `ssl = on`, and history reads on their own pool while the
+//! writer's INSERT waits on a lock.
 //!
 //! Each test works in a database of its own (`chatd_t_<random>`, created on
 //! the shared server at 127.0.0.1:5432 and dropped afterwards). Without that

@@ -1,6 +1,7 @@
 //! Redis backend against a real Redis: ordering across instances, typing and
 //! presence across instances, cluster-wide memberCount and presence, expiry
-//! after SIGKILL, an outage and its recovery, and bad settings.
+//! after SIGKILL, an outage and its recovery, bad settings, and `rediss://`
+//! through a private TLS-only redis-server.
 //!
 //! The shared Redis is 127.0.0.1:6379; each test works under its own random
 //! key prefix and deletes its keys at the end. The outage test starts a

@@ -106,6 +106,25 @@ pub fn split_verify_mode(url: &str) -> (String, Option<PgSslMode>) {
     (re.replace_all(url, "sslmode=require$2").into_owned(), found)
 }
 
+/// A libpq TLS file option in DATABASE_URL, which tokio-postgres does not
+/// take (its parse error would not say which): the CA comes from
+/// BACKEND_CA_FILE, and client certificates are not supported.
+pub fn unsupported_pg_option(url: &str) -> Option<&'static str> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"\b(sslrootcert|sslcert|sslkey|sslcrl|sslpassword)\s*=")
+            .expect("option pattern")
+    });
+    let caps = re.captures(url)?;
+    Some(match &caps[1] {
+        "sslrootcert" => "sslrootcert",
+        "sslcert" => "sslcert",
+        "sslkey" => "sslkey",
+        "sslcrl" => "sslcrl",
+        _ => "sslpassword",
+    })
+}
+
 /// The provider both backends use; also installed as the process default,
 /// which the redis crate's rustls configuration takes.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -376,6 +395,22 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn libpq_file_options_are_named() {
+        assert_eq!(
+            unsupported_pg_option("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem"),
+            Some("sslrootcert")
+        );
+        assert_eq!(
+            unsupported_pg_option("host=h sslcert=/c.pem sslkey=/k.pem"),
+            Some("sslcert")
+        );
+        assert_eq!(
+            unsupported_pg_option("postgres://u@h/db?sslmode=require"),
+            None
+        );
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub enum PgError {
 /// `sslmode` (libpq's five values, [`crate::tls`]). The error names the
 /// variable and never echoes the value, which may hold a password.
 pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, PgSslMode), String> {
+    if let Some(option) = crate::tls::unsupported_pg_option(url) {
+        return Err(format!(
+            "DATABASE_URL: {option} is not supported; give the CA certificates in BACKEND_CA_FILE (client certificates are not supported)"
+        ));
+    }
     let (rewritten, verify) = crate::tls::split_verify_mode(url);
     let config = tokio_postgres::Config::from_str(&rewritten)
         .map_err(|e| format!("DATABASE_URL: not a valid Postgres connection string ({e})"))?;

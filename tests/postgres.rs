@@ -1064,3 +1064,70 @@ fn history_reads_do_not_wait_behind_a_blocked_batch_insert() {
         .is_some()
     );
 }
+
+/// PG_READ_POOL_SIZE bounds the reads' connections: 16 pages read at once
+/// through a pool of 2 are all answered whole, and the server never holds
+/// more than the writer's connection plus 2 (pg_stat_activity, and the
+/// pool's gauges in /metrics).
+#[test]
+fn the_read_pool_holds_at_most_pg_read_pool_size_connections() {
+    let _serial = serial();
+    let Some(db) = TestDb::create() else { return };
+    let server = Server::start(&env(
+        &db.url,
+        &[
+            ("HISTORY_PER_ROOM", "2"),
+            ("PG_FLUSH_INTERVAL_MS", "20"),
+            ("PG_READ_POOL_SIZE", "2"),
+        ],
+    ));
+    let room = "pooled";
+    let (mut alice, _) = server.connect("alice", room);
+    let sent = ids(&send_all(&mut alice, room, 8, "m"));
+    assert!(
+        poll(Duration::from_secs(5), || (db.count("chat_messages") == 8)
+            .then_some(()))
+        .is_some()
+    );
+    let addr = server.addr;
+    let token = server.token("reader");
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                common::http_get(
+                    addr,
+                    &format!("/api/chats/rooms/{room}/messages?limit=50"),
+                    Some(&token),
+                )
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (status, body) = reader.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let page: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ids(page["messages"].as_array().unwrap()), sent);
+    }
+    let connections: usize = column(
+        &db.url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chatd'",
+    )[0]
+    .parse()
+    .unwrap();
+    assert!(
+        (2..=3).contains(&connections),
+        "the writer and 1 or 2 pooled readers, got {connections}"
+    );
+    assert_eq!(
+        server.metric("chat_pg_read_pool_max_connections"),
+        Some(2.0)
+    );
+    let pooled = server
+        .metric("chat_pg_read_pool_connections{state=\"idle\"}")
+        .unwrap()
+        + server
+            .metric("chat_pg_read_pool_connections{state=\"busy\"}")
+            .unwrap();
+    assert_eq!(pooled as usize, connections - 1);
+}

@@ -264,6 +264,9 @@ pub struct PgHandle {
     /// Reads, one lane per core, READ_QUEUE split between them; full: the
     /// read is answered from memory.
     reads: lanes::Sender<ReadRequest>,
+    /// The history reads' pool (used on the side thread), kept here for its
+    /// status in `/metrics`; None if it could not be built.
+    read_pool: Option<deadpool_postgres::Pool>,
     /// Shared counters and signals.
     inner: Arc<Inner>,
     /// Writer settings: `capacity` bounds admission ([`PgHandle::admit`]), `shutdown_timeout`
@@ -327,12 +330,16 @@ impl PgHandle {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let thread_inner = inner.clone();
+        // Built here (it needs no runtime until used) so `/metrics` can read its status.
+        let read_pool = worker::read_pool(&config, &tls, writer.read_pool_size);
+        let thread_pool = read_pool.clone();
         let thread = std::thread::Builder::new()
             .name("chatd-pg".into())
             .spawn(move || {
                 worker::run(
                     config,
                     tls,
+                    thread_pool,
                     thread_inner,
                     writer,
                     writes_rx,
@@ -351,6 +358,7 @@ impl PgHandle {
         Ok(PgHandle {
             writes,
             reads,
+            read_pool,
             inner,
             settings: writer,
             thread: Mutex::new(Some((thread, done_rx))),
@@ -458,7 +466,36 @@ impl PgHandle {
         self.inner
             .stats
             .render(out, self.buffered(), self.settings.capacity, up);
+        let status = self.read_pool.as_ref().map(|p| p.status());
+        let (size, idle, waiting) = status.map_or((0, 0, 0), |s| (s.size, s.available, s.waiting));
+        render_read_pool(out, self.settings.read_pool_size, size, idle, waiting);
     }
+}
+
+/// The read pool's gauges: its connections by state, its size limit, and
+/// the reads waiting for a connection.
+fn render_read_pool(out: &mut String, max: usize, size: usize, idle: usize, waiting: usize) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP chat_pg_read_pool_connections Connections of the history reads' pool, by state (busy: running a read).
+# TYPE chat_pg_read_pool_connections gauge
+chat_pg_read_pool_connections{{state=\"busy\"}} {}
+chat_pg_read_pool_connections{{state=\"idle\"}} {idle}",
+        size.saturating_sub(idle)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chat_pg_read_pool_max_connections PG_READ_POOL_SIZE: most connections of the reads' pool.
+# TYPE chat_pg_read_pool_max_connections gauge
+chat_pg_read_pool_max_connections {max}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chat_pg_read_pool_waiting History reads waiting for a pooled connection.
+# TYPE chat_pg_read_pool_waiting gauge
+chat_pg_read_pool_waiting {waiting}"
+    );
 }
 
 #[cfg(test)]
@@ -484,6 +521,16 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec![(1, true), (2, false)]);
+    }
+
+    #[test]
+    fn read_pool_gauges() {
+        let mut out = String::new();
+        render_read_pool(&mut out, 4, 3, 1, 0);
+        assert!(out.contains("chat_pg_read_pool_connections{state=\"busy\"} 2\n"));
+        assert!(out.contains("chat_pg_read_pool_connections{state=\"idle\"} 1\n"));
+        assert!(out.contains("chat_pg_read_pool_max_connections 4\n"));
+        assert!(out.contains("chat_pg_read_pool_waiting 0\n"));
     }
 
     #[test]

@@ -104,6 +104,7 @@ struct Pending<T> {
 pub(super) fn run(
     config: Config,
     tls: MakeRustlsConnect,
+    pool: Option<Pool>,
     inner: Arc<Inner>,
     settings: WriterSettings,
     writes: lanes::Receiver<WriteItem>,
@@ -126,7 +127,6 @@ pub(super) fn run(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         runtime.block_on(async move {
             let (conn_tx, conn_rx) = watch::channel(None);
-            let pool = read_pool(&config, &tls, settings.read_pool_size);
             tokio::spawn(supervise(config, tls, conn_tx, task_inner.clone(), ready));
             tokio::spawn(serve_reads(reads, pool, task_inner.clone()));
             write_loop(writes, conn_rx, task_inner, settings).await
@@ -147,7 +147,7 @@ pub(super) fn run(
 /// with the writer's settings and TLS; a broken one is dropped when it is
 /// next taken (`is_closed`), so a Postgres restart costs the reads nothing
 /// but new connections.
-fn read_pool(config: &Config, tls: &MakeRustlsConnect, size: usize) -> Option<Pool> {
+pub(super) fn read_pool(config: &Config, tls: &MakeRustlsConnect, size: usize) -> Option<Pool> {
     let manager = Manager::from_config(
         config.clone(),
         tls.clone(),

@@ -924,7 +924,9 @@ fn tls_attempt(url: &str, ca: Option<&str>) -> (bool, Vec<String>) {
     let up = healthz(&server).1["backends"]["postgres"] == "up";
     server.sigterm();
     let _ = server.wait_exit(Duration::from_secs(15));
-    (up, log.try_iter().map(|l| strip_ansi(&l)).collect())
+    drop(server);
+    let lines = common::drain_log(&log, Duration::from_secs(5));
+    (up, lines.iter().map(|l| strip_ansi(l)).collect())
 }
 
 /// What each sslmode checks, against a cluster whose certificate names

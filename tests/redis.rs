@@ -825,7 +825,7 @@ fn rediss_delivers_across_two_instances_and_checks_the_ca() {
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["backends"]["redis"], "down", "{health}");
     drop(c);
-    let lines: Vec<String> = log.try_iter().collect();
+    let lines = common::drain_log(&log, Duration::from_secs(5));
     assert!(
         lines.iter().any(|l| l.contains("UnknownIssuer")),
         "{lines:#?}"

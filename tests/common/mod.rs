@@ -526,3 +526,17 @@ impl Drop for Pki {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Every line of a stopped server's log (from [`Server::start_with_log`]):
+/// waits until the reader has seen the end of the log, at most `limit`.
+pub fn drain_log(log: &std::sync::mpsc::Receiver<String>, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => return lines,
+        }
+    }
+}

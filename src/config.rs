@@ -151,6 +151,12 @@ pub struct Settings {
     /// Postgres: how long shutdown waits for the last rows to be written, in milliseconds.
     #[arg(long, env = "PG_SHUTDOWN_TIMEOUT_MS", value_name = "PG_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000, value_parser = positive)]
     pub pg_shutdown_timeout_ms: u64,
+    /// Postgres: connections of the history reads' pool, apart from the batch writer's own connection, so a read never waits behind a batch insert (1 to 64).
+    #[arg(long, env = "PG_READ_POOL_SIZE", value_name = "PG_READ_POOL_SIZE", default_value_t = 4, value_parser = positive)]
+    pub pg_read_pool_size: u64,
+    /// PEM file of the CA certificates trusted for TLS to Postgres and Redis, in place of the system's roots (unset: the system's roots).
+    #[arg(long, env = "BACKEND_CA_FILE", value_name = "BACKEND_CA_FILE")]
+    pub backend_ca_file: Option<PathBuf>,
     /// Window of the per-user message limit, in milliseconds.
     #[arg(long, env = "RATE_LIMIT_WINDOW_MS", value_name = "RATE_LIMIT_WINDOW_MS", default_value_t = 60_000, value_parser = positive)]
     pub rate_limit_window_ms: u64,
@@ -390,6 +396,15 @@ impl Settings {
         if self.pg_buffer_messages > 10_000_000 {
             return Err("PG_BUFFER_MESSAGES: at most 10000000 rows".into());
         }
+        if self.pg_read_pool_size > 64 {
+            return Err(format!(
+                "PG_READ_POOL_SIZE: from 1 to 64 connections, got {}",
+                self.pg_read_pool_size
+            ));
+        }
+        if let Some(path) = &self.backend_ca_file {
+            crate::tls::read_ca_file(path).map_err(|e| e.to_string())?;
+        }
         crate::redis::keys::check_prefix(&self.redis_prefix)
             .map_err(|e| format!("REDIS_PREFIX: {e}"))?;
         if self.presence_ttl_secs < 2 || self.presence_ttl_secs > 86_400 {
@@ -574,6 +589,33 @@ mod tests {
             err.starts_with("DATABASE_URL") && !err.contains("pw"),
             "{err}"
         );
+        let s = parse(&[
+            "--database-url",
+            "postgres://u:pw@db/chat?sslmode=verify-full",
+        ])
+        .unwrap()
+        .settings;
+        assert!(s.validate().is_ok());
+        let s = parse(&["--database-url", "postgres://u:pw@db/chat?sslmode=sure"])
+            .unwrap()
+            .settings;
+        assert!(s.validate().unwrap_err().starts_with("DATABASE_URL"));
+        assert_eq!(s.pg_read_pool_size, 4);
+        let err = parse(&["--pg-read-pool-size", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PG_READ_POOL_SIZE"), "{err}");
+        let s = parse(&["--pg-read-pool-size", "65"]).unwrap().settings;
+        assert!(s.validate().unwrap_err().starts_with("PG_READ_POOL_SIZE"));
+        let s = parse(&["--pg-read-pool-size", "64"]).unwrap().settings;
+        assert!(s.validate().is_ok());
+        let s = parse(&["--backend-ca-file", "/nonexistent/ca.pem"])
+            .unwrap()
+            .settings;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("BACKEND_CA_FILE: cannot read /nonexistent/ca.pem"));
     }
 
     #[test]

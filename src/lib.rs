@@ -67,6 +67,7 @@
 //!    cores -> side thread: one bounded lock-free lane per core lanes.rs
 //!    side thread -> core: one bounded backend event queue     events.rs
 //!    retry timing (both backends), backend health             backoff.rs, health.rs
+//!    TLS to both backends: sslmode, rediss://, BACKEND_CA_FILE  tls.rs
 //!  metrics: per-core counters, merged on scrape, 1 s cache    metrics.rs
 //!  API docs (OpenAPI + embedded Swagger UI), demo page + JS   openapi.rs, web.rs
 //!  settings: environment variables and flags                  config.rs
@@ -104,5 +105,6 @@ pub mod ratelimit;
 pub mod redis;
 pub mod runtime;
 pub mod shard;
+pub mod tls;
 pub mod web;
 pub mod ws;

@@ -1,6 +1,9 @@
 //! The Postgres backend against a real Postgres: durability across SIGTERM
 //! and restart, the 1 s write bound, concurrent migrations, read shapes,
-//! the audit trail, an outage of a private cluster, and bad settings.
+//! the audit trail, an outage of a private cluster, and bad settings; TLS
+//! (each `sslmode`, a private CA in BACKEND_CA_FILE) against a private
+//! cluster with `ssl = on`, and history reads on their own pool while the
+//! writer's INSERT waits on a lock.
 //!
 //! Each test works in a database of its own (`chatd_t_<random>`, created on
 //! the shared server at 127.0.0.1:5432 and dropped afterwards). Without that
@@ -455,6 +458,56 @@ struct PrivateCluster {
 
 impl PrivateCluster {
     fn start() -> Option<PrivateCluster> {
+        let cluster = PrivateCluster::init()?;
+        cluster.pg_start();
+        Some(cluster)
+    }
+
+    /// A cluster that speaks TLS with `pki`'s server certificate and takes
+    /// TCP connections only over TLS (`hostssl`); the Unix socket
+    /// ([`PrivateCluster::socket_url`]) stays open for the test's own
+    /// queries.
+    fn start_tls(pki: &common::Pki) -> Option<PrivateCluster> {
+        let cluster = PrivateCluster::init()?;
+        let data = cluster.data();
+        for name in ["server.crt", "server.key"] {
+            let to = data.join(name);
+            std::fs::copy(pki.path(name), &to).unwrap();
+            // Postgres refuses a key that others can read.
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if cluster.as_postgres {
+                let status = Command::new("chown")
+                    .args(["postgres:", to.to_str().unwrap()])
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "chown {name} to postgres");
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .unwrap();
+        cluster.pg_start();
+        Some(cluster)
+    }
+
+    /// A URL over the cluster's Unix socket (no TLS there).
+    fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.port
+        )
+    }
+
+    /// initdb in a new directory; not started.
+    fn init() -> Option<PrivateCluster> {
         let (initdb, pg_ctl) = (pg_bin("initdb"), pg_bin("pg_ctl"));
         if !available(
             initdb.is_some() && pg_ctl.is_some(),
@@ -489,7 +542,6 @@ impl PrivateCluster {
             initdb.unwrap().display(),
             cluster.data().display()
         ));
-        cluster.pg_start();
         Some(cluster)
     }
 
@@ -790,4 +842,302 @@ fn bad_settings_stop_start_up_naming_the_variable() {
             "the URL is not echoed: {stderr}"
         );
     }
+}
+
+/// Whether a plain (non-TLS) TCP connection to `url` is refused.
+fn plain_tcp_refused(url: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio_postgres::connect(&format!("{url}?sslmode=disable"), tokio_postgres::NoTls)
+            .await
+            .is_err()
+    })
+}
+
+/// Postgres over TLS with `sslmode=verify-full` and a private CA: the
+/// cluster takes TCP connections only over TLS, and the server writes,
+/// reads history through its read pool, and every one of its connections
+/// shows `ssl` in `pg_stat_ssl`.
+#[test]
+fn postgres_over_tls_with_verify_full_stores_and_reads() {
+    let _serial = serial();
+    let Some(pki) = common::Pki::make("IP:127.0.0.1") else {
+        return;
+    };
+    let Some(cluster) = PrivateCluster::start_tls(&pki) else {
+        return;
+    };
+    let local = cluster.socket_url();
+    assert!(
+        plain_tcp_refused(&cluster.url()),
+        "the cluster takes TCP connections only over TLS"
+    );
+    let url = format!("{}?sslmode=verify-full", cluster.url());
+    let ca = pki.path("ca.crt");
+    // HISTORY_PER_ROOM=2: a page of 6 needs Postgres, so it goes through the read pool.
+    let mut server = Server::start(&env(
+        &url,
+        &[
+            ("BACKEND_CA_FILE", &ca),
+            ("HISTORY_PER_ROOM", "2"),
+            ("PG_FLUSH_INTERVAL_MS", "50"),
+        ],
+    ));
+    let up = poll(Duration::from_secs(10), || {
+        let (status, health) = healthz(&server);
+        (status == 200).then_some(health)
+    });
+    assert!(up.is_some(), "Postgres up over TLS");
+    let room = "tls";
+    let (mut alice, _) = server.connect("alice", room);
+    let sent = ids(&send_all(&mut alice, room, 6, "over tls"));
+    let count = || -> usize {
+        column(&local, "SELECT count(*) FROM chat_messages")[0]
+            .parse()
+            .unwrap()
+    };
+    assert!(poll(Duration::from_secs(5), || (count() == 6).then_some(())).is_some());
+    alice.send(json!({"type": "history", "roomId": room, "limit": 50}));
+    let page = history_answer(&mut alice);
+    assert_eq!(ids(page["messages"].as_array().unwrap()), sent, "{page}");
+    assert_eq!(
+        server.metric("chat_pg_reads_total{outcome=\"ok\"}"),
+        Some(1.0)
+    );
+    // The writer's connection and the read pool's: all over TLS.
+    let rows = sql(
+        &local,
+        "SELECT s.ssl::text FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'chatd'",
+    );
+    assert!(rows.len() >= 2, "writer and a pooled reader: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r[0].as_deref() == Some("true")),
+        "{rows:?}"
+    );
+    stop(&mut server);
+}
+
+/// Starts a server on `url` with `ca` and reports whether Postgres came up
+/// (healthz) and the server's log lines.
+fn tls_attempt(url: &str, ca: Option<&str>) -> (bool, Vec<String>) {
+    let mut extra = vec![];
+    if let Some(ca) = ca {
+        extra.push(("BACKEND_CA_FILE", ca));
+    }
+    let (mut server, log) = Server::start_with_log(&env(url, &extra));
+    let up = healthz(&server).1["backends"]["postgres"] == "up";
+    server.sigterm();
+    let _ = server.wait_exit(Duration::from_secs(15));
+    drop(server);
+    let lines = common::drain_log(&log, Duration::from_secs(5));
+    (up, lines.iter().map(|l| strip_ansi(l)).collect())
+}
+
+/// What each sslmode checks, against a cluster whose certificate names
+/// only 127.0.0.1: a CA that did not sign it is refused (verify-full, and
+/// require with BACKEND_CA_FILE set, as libpq does); `localhost` is refused
+/// by verify-full (host name) but taken by verify-ca (chain only); require
+/// without a CA file encrypts without checking.
+#[test]
+fn postgres_tls_modes_check_what_libpq_checks() {
+    let _serial = serial();
+    let Some(pki) = common::Pki::make("IP:127.0.0.1") else {
+        return;
+    };
+    let Some(other) = common::Pki::make("IP:127.0.0.1") else {
+        return;
+    };
+    let Some(cluster) = PrivateCluster::start_tls(&pki) else {
+        return;
+    };
+    let ca = pki.path("ca.crt");
+    let wrong = other.path("ca.crt");
+    let by_ip = cluster.url();
+    let by_name = by_ip.replace("127.0.0.1", "localhost");
+
+    let (up, log) = tls_attempt(&format!("{by_ip}?sslmode=verify-full"), Some(&wrong));
+    assert!(!up, "a certificate from another CA is refused");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("postgres unavailable") && l.contains("UnknownIssuer")),
+        "{log:#?}"
+    );
+    let (up, log) = tls_attempt(&format!("{by_ip}?sslmode=require"), Some(&wrong));
+    assert!(!up, "require checks the chain when BACKEND_CA_FILE is set");
+    assert!(log.iter().any(|l| l.contains("UnknownIssuer")), "{log:#?}");
+
+    let (up, log) = tls_attempt(&format!("{by_name}?sslmode=verify-full"), Some(&ca));
+    assert!(!up, "verify-full checks the host name");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("certificate not valid for name \"localhost\"")),
+        "{log:#?}"
+    );
+    let (up, log) = tls_attempt(&format!("{by_name}?sslmode=verify-ca"), Some(&ca));
+    assert!(up, "verify-ca checks the chain only: {log:#?}");
+
+    let (up, log) = tls_attempt(&format!("{by_ip}?sslmode=require"), None);
+    assert!(up, "require without a CA file encrypts only: {log:#?}");
+    let (up, _) = tls_attempt(&format!("{by_ip}?sslmode=disable"), None);
+    assert!(
+        !up,
+        "disable does not speak TLS, which the cluster requires"
+    );
+}
+
+#[test]
+fn a_bad_backend_ca_file_stops_start_up_naming_the_variable() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("chatd-badca-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "this is not a certificate\n").unwrap();
+    for path in [dir.join("missing.pem"), junk] {
+        let (code, stderr) = common::start_refused(&[
+            (
+                "DATABASE_URL",
+                "postgres://root@127.0.0.1:5432/test?sslmode=verify-full",
+            ),
+            ("BACKEND_CA_FILE", path.to_str().unwrap()),
+        ]);
+        assert_ne!(code, Some(0), "{} was accepted", path.display());
+        assert!(stderr.contains("BACKEND_CA_FILE"), "{stderr}");
+    }
+    let (code, stderr) = common::start_refused(&[("PG_READ_POOL_SIZE", "65")]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("PG_READ_POOL_SIZE"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// History reads have connections of their own: while the writer's batch
+/// insert waits on a lock (another session holds `chat_messages` in SHARE
+/// mode, which blocks INSERT and lets SELECT through), a page that needs
+/// Postgres is still answered whole. On one shared connection the read
+/// would queue behind the blocked insert and time out (`unavailable`).
+#[test]
+fn history_reads_do_not_wait_behind_a_blocked_batch_insert() {
+    let _serial = serial();
+    let Some(db) = TestDb::create() else { return };
+    // HISTORY_PER_ROOM=2: a page of 7 needs Postgres.
+    let server = Server::start(&env(
+        &db.url,
+        &[("HISTORY_PER_ROOM", "2"), ("PG_FLUSH_INTERVAL_MS", "20")],
+    ));
+    let room = "blocked";
+    let (mut alice, _) = server.connect("alice", room);
+    let mut sent = ids(&send_all(&mut alice, room, 6, "stored"));
+    assert!(
+        poll(Duration::from_secs(5), || (db.count("chat_messages") == 6)
+            .then_some(()))
+        .is_some()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let locker = runtime.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("BEGIN; LOCK TABLE chat_messages IN SHARE MODE")
+            .await
+            .unwrap();
+        client
+    });
+    sent.extend(ids(&send_all(&mut alice, room, 1, "blocked")));
+    let waiting = poll(Duration::from_secs(5), || {
+        let rows = column(
+            &db.url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chatd' \
+             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO chat_messages%'",
+        );
+        (rows[0] == "1").then_some(())
+    });
+    assert!(waiting.is_some(), "the writer's insert waits on the lock");
+
+    alice.send(json!({"type": "history", "roomId": room, "limit": 50}));
+    let page = history_answer(&mut alice);
+    assert_eq!(page["type"], "history", "{page}");
+    assert_eq!(ids(page["messages"].as_array().unwrap()), sent, "{page}");
+
+    runtime.block_on(async { locker.batch_execute("COMMIT").await.unwrap() });
+    assert!(
+        poll(Duration::from_secs(5), || (db.count("chat_messages") == 7)
+            .then_some(()))
+        .is_some()
+    );
+}
+
+/// PG_READ_POOL_SIZE bounds the reads' connections: 16 pages read at once
+/// through a pool of 2 are all answered whole, and the server never holds
+/// more than the writer's connection plus 2 (pg_stat_activity, and the
+/// pool's gauges in /metrics).
+#[test]
+fn the_read_pool_holds_at_most_pg_read_pool_size_connections() {
+    let _serial = serial();
+    let Some(db) = TestDb::create() else { return };
+    let server = Server::start(&env(
+        &db.url,
+        &[
+            ("HISTORY_PER_ROOM", "2"),
+            ("PG_FLUSH_INTERVAL_MS", "20"),
+            ("PG_READ_POOL_SIZE", "2"),
+        ],
+    ));
+    let room = "pooled";
+    let (mut alice, _) = server.connect("alice", room);
+    let sent = ids(&send_all(&mut alice, room, 8, "m"));
+    assert!(
+        poll(Duration::from_secs(5), || (db.count("chat_messages") == 8)
+            .then_some(()))
+        .is_some()
+    );
+    let addr = server.addr;
+    let token = server.token("reader");
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                common::http_get(
+                    addr,
+                    &format!("/api/chats/rooms/{room}/messages?limit=50"),
+                    Some(&token),
+                )
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (status, body) = reader.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let page: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ids(page["messages"].as_array().unwrap()), sent);
+    }
+    let connections: usize = column(
+        &db.url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chatd'",
+    )[0]
+    .parse()
+    .unwrap();
+    assert!(
+        (2..=3).contains(&connections),
+        "the writer and 1 or 2 pooled readers, got {connections}"
+    );
+    assert_eq!(
+        server.metric("chat_pg_read_pool_max_connections"),
+        Some(2.0)
+    );
+    let pooled = server
+        .metric("chat_pg_read_pool_connections{state=\"idle\"}")
+        .unwrap()
+        + server
+            .metric("chat_pg_read_pool_connections{state=\"busy\"}")
+            .unwrap();
+    assert_eq!(pooled as usize, connections - 1);
 }

@@ -1,6 +1,7 @@
 //! Redis backend against a real Redis: ordering across instances, typing and
 //! presence across instances, cluster-wide memberCount and presence, expiry
-//! after SIGKILL, an outage and its recovery, and bad settings.
+//! after SIGKILL, an outage and its recovery, bad settings, and `rediss://`
+//! through a private TLS-only redis-server.
 //!
 //! The shared Redis is 127.0.0.1:6379; each test works under its own random
 //! key prefix and deletes its keys at the end. The outage test starts a
@@ -378,6 +379,38 @@ struct PrivateRedis {
 impl PrivateRedis {
     /// Starts one on `port` (0: a free one); None when redis-server is missing.
     fn start(port: u16) -> Option<PrivateRedis> {
+        PrivateRedis::start_with(port, &[])
+    }
+
+    /// One that speaks only TLS (`--port 0 --tls-port`), with `pki`'s
+    /// server certificate and no client certificates asked for; its URL is
+    /// [`PrivateRedis::tls_url`].
+    fn start_tls(pki: &common::Pki) -> Option<PrivateRedis> {
+        let (crt, key, ca) = (
+            pki.path("server.crt"),
+            pki.path("server.key"),
+            pki.path("ca.crt"),
+        );
+        PrivateRedis::start_with(
+            0,
+            &[
+                "--tls-cert-file",
+                &crt,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
+    }
+
+    fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.port)
+    }
+
+    fn start_with(port: u16, tls: &[&str]) -> Option<PrivateRedis> {
         let port = if port == 0 {
             TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -387,10 +420,17 @@ impl PrivateRedis {
         } else {
             port
         };
+        let port_text = port.to_string();
+        // With TLS, the plain port is closed (0) and `port` is the TLS one.
+        let ports = if tls.is_empty() {
+            vec!["--port", &port_text]
+        } else {
+            vec!["--port", "0", "--tls-port", &port_text]
+        };
         let child = Command::new("redis-server")
+            .args(ports)
+            .args(tls)
             .args([
-                "--port",
-                &port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -404,11 +444,19 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
+        let mut child = child;
         let up = poll(Duration::from_secs(5), || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            if !tls.is_empty() && matches!(child.try_wait(), Ok(Some(_))) {
+                // Exited at once: a redis-server built without TLS refuses --tls-port.
+                return Some(false);
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
         });
-        assert!(up.is_some(), "private redis-server did not start on {port}");
-        Some(PrivateRedis { child, port })
+        match up {
+            Some(true) => Some(PrivateRedis { child, port }),
+            Some(false) => None,
+            None => panic!("private redis-server did not start on {port}"),
+        }
     }
 
     fn url(&self) -> String {
@@ -723,5 +771,71 @@ fn member_counts_follow_leaves_across_instances() {
             .any(|k| k.ends_with("room:{leave-room}:users")),
         "{:?}",
         prefix.keys()
+    );
+}
+
+/// Redis over TLS (`rediss://`) with a private CA in BACKEND_CA_FILE: two
+/// instances deliver each other's messages through a redis-server that
+/// speaks only TLS; an instance trusting another CA reports Redis down with
+/// the certificate error in its log.
+#[test]
+fn rediss_delivers_across_two_instances_and_checks_the_ca() {
+    let Some(pki) = common::Pki::make("IP:127.0.0.1") else {
+        return;
+    };
+    let Some(other) = common::Pki::make("IP:127.0.0.1") else {
+        return;
+    };
+    let Some(redis) = PrivateRedis::start_tls(&pki) else {
+        common::skip("redis-server is not installed or built without TLS");
+        return;
+    };
+    let url = redis.tls_url();
+    let ca = pki.path("ca.crt");
+    let env = |ca: &str| -> Vec<(String, String)> {
+        vec![
+            ("REDIS_URL".into(), url.clone()),
+            ("REDIS_PREFIX".into(), "chatdtest:tls:".into()),
+            ("BACKEND_CA_FILE".into(), ca.to_string()),
+        ]
+    };
+    let owned = env(&ca);
+    let env_ref: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let a = Server::start(&env_ref);
+    let b = Server::start(&env_ref);
+    for server in [&a, &b] {
+        let up = poll(Duration::from_secs(10), || {
+            let (code, health) = healthz(server);
+            (code == 200 && health["backends"]["redis"] == "up").then_some(())
+        });
+        assert!(up.is_some(), "Redis up over TLS: {:?}", healthz(server));
+    }
+    let room = "tls-room";
+    let (mut bob, _) = b.connect("bob", room);
+    let (mut alice, _) = a.connect("alice", room);
+    alice.send(message("through rediss"));
+    let mine = messages(&mut alice, 1);
+    let got = messages(&mut bob, 1);
+    assert_eq!(got, mine, "bob on the other instance got alice's message");
+    assert_eq!(got[0].1, "alice");
+    assert_eq!(got[0].2, "through rediss");
+
+    let owned = env(&other.path("ca.crt"));
+    let env_ref: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (c, log) = Server::start_with_log(&env_ref);
+    let (code, health) = healthz(&c);
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["backends"]["redis"], "down", "{health}");
+    drop(c);
+    let lines = common::drain_log(&log, Duration::from_secs(5));
+    assert!(
+        lines.iter().any(|l| l.contains("UnknownIssuer")),
+        "{lines:#?}"
     );
 }

@@ -18,7 +18,9 @@
 //!   nothing accepted is ever dropped.
 //! - **Reads**: a core sends a read (on its own lane of the read queue)
 //!   with its event queue as the reply address ([`ReadReply`]) and goes
-//!   on; the rows arrive on that queue like the Redis thread's events
+//!   on; the side thread answers it on a pool of PG_READ_POOL_SIZE
+//!   connections apart from the writer's, so a read never queues behind a
+//!   batch insert; the rows arrive on that queue like the Redis thread's events
 //!   (`crate::events`), and the core's history ([`history`]) merges them
 //!   with its in-memory cache ([`merge`]).
 //! - **Per core**: each core's [`history::PgHistory`] and
@@ -50,6 +52,7 @@ use crate::health::{BackendHealth, State};
 use crate::history::StoredMessage;
 use crate::lanes;
 use crate::moderation::AuditRecord;
+use crate::tls::PgSslMode;
 
 pub use merge::Pick;
 
@@ -94,11 +97,17 @@ pub enum PgError {
     /// The side thread could not be started.
     #[error("cannot start the Postgres thread: {0}")]
     Thread(String),
+    /// TLS cannot be set up (BACKEND_CA_FILE, no roots for a verifying sslmode).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The bans still running (`chat_bans`), read once at start-up on a connection of its own
 /// (bounded by [`START_WAIT`]); empty, with a warning, when they cannot be read.
-fn load_bans(config: &tokio_postgres::Config) -> Vec<(String, u64)> {
+fn load_bans(
+    config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+) -> Vec<(String, u64)> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -110,7 +119,7 @@ fn load_bans(config: &tokio_postgres::Config) -> Vec<(String, u64)> {
         }
     };
     let loaded = runtime
-        .block_on(async { tokio::time::timeout(START_WAIT, worker::load_bans(config)).await });
+        .block_on(async { tokio::time::timeout(START_WAIT, worker::load_bans(config, tls)).await });
     match loaded {
         Ok(Ok(bans)) => {
             if !bans.is_empty() {
@@ -130,14 +139,29 @@ fn load_bans(config: &tokio_postgres::Config) -> Vec<(String, u64)> {
 }
 
 /// Parses DATABASE_URL (a `postgres://` URL or `key=value` pairs). The error
-/// names the variable and never echoes the value, which may hold a password.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let config = tokio_postgres::Config::from_str(url)
+/// Parses DATABASE_URL (a `postgres://` URL or `key=value` pairs) and its
+/// `sslmode` (libpq's five values, [`crate::tls`]). The error names the
+/// variable and never echoes the value, which may hold a password.
+pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, PgSslMode), String> {
+    if let Some(option) = crate::tls::unsupported_pg_option(url) {
+        return Err(format!(
+            "DATABASE_URL: {option} is not supported; give the CA certificates in BACKEND_CA_FILE (client certificates are not supported)"
+        ));
+    }
+    let (rewritten, verify) = crate::tls::split_verify_mode(url);
+    let config = tokio_postgres::Config::from_str(&rewritten)
         .map_err(|e| format!("DATABASE_URL: not a valid Postgres connection string ({e})"))?;
     if config.get_hosts().is_empty() {
         return Err("DATABASE_URL: names no host".into());
     }
-    Ok(config)
+    let mode = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => PgSslMode::Disable,
+        tokio_postgres::config::SslMode::Prefer => PgSslMode::Prefer,
+        // A verifying mode reads as `require` here, unless a later sslmode overrode it.
+        tokio_postgres::config::SslMode::Require => verify.unwrap_or(PgSslMode::Require),
+        _ => return Err("DATABASE_URL: unsupported sslmode".into()),
+    };
+    Ok((config, mode))
 }
 
 /// One accepted message on its way to `chat_messages`.
@@ -286,6 +310,8 @@ pub struct WriterSettings {
     pub capacity: usize,
     /// PG_SHUTDOWN_TIMEOUT_MS.
     pub shutdown_timeout: Duration,
+    /// PG_READ_POOL_SIZE: connections of the reads' pool.
+    pub read_pool_size: usize,
 }
 
 /// State shared by the cores and the side thread.
@@ -313,6 +339,9 @@ pub struct PgHandle {
     /// Reads, one lane per core, READ_QUEUE split between them; full: the
     /// read is answered from memory.
     reads: lanes::Sender<ReadRequest>,
+    /// The history reads' pool (used on the side thread), kept here for its
+    /// status in `/metrics`; None if it could not be built.
+    read_pool: Option<deadpool_postgres::Pool>,
     /// Shared counters and signals.
     inner: Arc<Inner>,
     /// Writer settings: `capacity` bounds admission ([`PgHandle::admit`]), `shutdown_timeout`
@@ -340,7 +369,14 @@ impl PgHandle {
             .database_url
             .as_deref()
             .ok_or_else(|| PgError::Url("not set".into()))?;
-        let mut config = parse_url(url).map_err(PgError::Url)?;
+        let (mut config, mode) = parse_url(url).map_err(PgError::Url)?;
+        let trust = crate::tls::Trust::load(settings.backend_ca_file.as_deref())?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(trust.postgres_config(mode)?);
+        tracing::info!(
+            sslmode = mode.as_str(),
+            ca_file = trust.has_ca_file(),
+            "postgres TLS"
+        );
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -354,6 +390,7 @@ impl PgHandle {
             },
             capacity: settings.pg_buffer_messages as usize,
             shutdown_timeout: settings.pg_shutdown_timeout(),
+            read_pool_size: settings.pg_read_pool_size as usize,
         };
         health.postgres.set(State::Down);
         let inner = Arc::new(Inner {
@@ -372,11 +409,17 @@ impl PgHandle {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let thread_inner = inner.clone();
         let ban_config = config.clone();
+        let ban_tls = tls.clone();
+        // Built here (it needs no runtime until used) so `/metrics` can read its status.
+        let read_pool = worker::read_pool(&config, &tls, writer.read_pool_size);
+        let thread_pool = read_pool.clone();
         let thread = std::thread::Builder::new()
             .name("chatd-pg".into())
             .spawn(move || {
                 worker::run(
                     config,
+                    tls,
+                    thread_pool,
                     thread_inner,
                     writer,
                     writes_rx,
@@ -390,7 +433,7 @@ impl PgHandle {
         match ready_rx.recv_timeout(START_WAIT) {
             Ok(true) => {
                 tracing::info!("postgres connected, migrations applied");
-                bans_at_start = load_bans(&ban_config);
+                bans_at_start = load_bans(&ban_config, &ban_tls);
             }
             _ => tracing::warn!(
                 "postgres not reachable at start-up; serving with history in memory and retrying (writes are buffered); bans stored there are not loaded"
@@ -400,6 +443,7 @@ impl PgHandle {
             bans_at_start,
             writes,
             reads,
+            read_pool,
             inner,
             settings: writer,
             thread: Mutex::new(Some((thread, done_rx))),
@@ -511,7 +555,36 @@ impl PgHandle {
         self.inner
             .stats
             .render(out, self.buffered(), self.settings.capacity, up);
+        let status = self.read_pool.as_ref().map(|p| p.status());
+        let (size, idle, waiting) = status.map_or((0, 0, 0), |s| (s.size, s.available, s.waiting));
+        render_read_pool(out, self.settings.read_pool_size, size, idle, waiting);
     }
+}
+
+/// The read pool's gauges: its connections by state, its size limit, and
+/// the reads waiting for a connection.
+fn render_read_pool(out: &mut String, max: usize, size: usize, idle: usize, waiting: usize) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP chat_pg_read_pool_connections Connections of the history reads' pool, by state (busy: running a read).
+# TYPE chat_pg_read_pool_connections gauge
+chat_pg_read_pool_connections{{state=\"busy\"}} {}
+chat_pg_read_pool_connections{{state=\"idle\"}} {idle}",
+        size.saturating_sub(idle)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chat_pg_read_pool_max_connections PG_READ_POOL_SIZE: most connections of the reads' pool.
+# TYPE chat_pg_read_pool_max_connections gauge
+chat_pg_read_pool_max_connections {max}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chat_pg_read_pool_waiting History reads waiting for a pooled connection.
+# TYPE chat_pg_read_pool_waiting gauge
+chat_pg_read_pool_waiting {waiting}"
+    );
 }
 
 #[cfg(test)]
@@ -540,6 +613,16 @@ mod tests {
     }
 
     #[test]
+    fn read_pool_gauges() {
+        let mut out = String::new();
+        render_read_pool(&mut out, 4, 3, 1, 0);
+        assert!(out.contains("chat_pg_read_pool_connections{state=\"busy\"} 2\n"));
+        assert!(out.contains("chat_pg_read_pool_connections{state=\"idle\"} 1\n"));
+        assert!(out.contains("chat_pg_read_pool_max_connections 4\n"));
+        assert!(out.contains("chat_pg_read_pool_waiting 0\n"));
+    }
+
+    #[test]
     fn each_core_lane_holds_its_share_plus_the_slack() {
         assert_eq!(write_lane_capacity(100_000, 2), 50_000 + WRITE_SLACK);
         assert_eq!(write_lane_capacity(8, 3), 3 + WRITE_SLACK);
@@ -550,6 +633,20 @@ mod tests {
     fn urls_are_checked_without_echoing_them() {
         assert!(parse_url("postgres://u:secret@127.0.0.1:5432/db").is_ok());
         assert!(parse_url("host=127.0.0.1 user=root dbname=test").is_ok());
+        for (url, mode) in [
+            ("postgres://u@h/db", PgSslMode::Prefer),
+            ("postgres://u@h/db?sslmode=disable", PgSslMode::Disable),
+            ("postgres://u@h/db?sslmode=require", PgSslMode::Require),
+            ("postgres://u@h/db?sslmode=verify-ca", PgSslMode::VerifyCa),
+            ("host=h sslmode=verify-full", PgSslMode::VerifyFull),
+            // The last one wins, as in libpq.
+            (
+                "host=h sslmode=verify-full sslmode=disable",
+                PgSslMode::Disable,
+            ),
+        ] {
+            assert_eq!(parse_url(url).unwrap().1, mode, "{url}");
+        }
         for bad in [
             "postgres://u:secret@127.0.0.1:notaport/db",
             "host=127.0.0.1 password='secret",

@@ -10,7 +10,15 @@
 //!   writes them by the [`FlushPolicy`](super::batch::FlushPolicy), keeping
 //!   failed batches for a retry after a backoff; at shutdown it writes
 //!   everything left, within PG_SHUTDOWN_TIMEOUT_MS.
-//! - **reader**: answers history reads, each in its own task with a timeout.
+//! - **reader**: answers history reads, each in its own task with a timeout,
+//!   on a pool of PG_READ_POOL_SIZE connections of its own (deadpool), so a
+//!   read never waits behind a batch insert on the writer's connection. A
+//!   read waits at most [`READ_TIMEOUT`] in all (for a pooled connection,
+//!   which is opened on demand, and for its rows); past that the core
+//!   answers from memory.
+//!
+//! Both the writer's connection and the pool's use the same TLS set-up
+//! (`sslmode`, BACKEND_CA_FILE; [`crate::tls`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -19,8 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{oneshot, watch};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use ulid::Ulid;
 
 use super::batch::{Next, RETRY_BASE, RETRY_MAX};
@@ -28,7 +38,7 @@ use super::migrate::{self, MigrateError};
 use super::stats::bump;
 use super::{
     BanRow, DeleteRow, Inner, MessageRow, Pick, ReadFailed, ReadRequest, ReadSpec, WriteItem,
-    WriterSettings, READ_TIMEOUT,
+    WriterSettings, CONNECT_TIMEOUT, READ_TIMEOUT,
 };
 use crate::backoff::Backoff;
 use crate::health::State;
@@ -94,10 +104,6 @@ struct Conn {
     set_ban: Statement,
     /// Lifts a user's ban.
     lift_ban: Statement,
-    /// Newest-first page.
-    read_newest: Statement,
-    /// Oldest-first page.
-    read_oldest: Statement,
 }
 
 /// A row waiting in the writer, with when the writer took it.
@@ -110,8 +116,11 @@ struct Pending<T> {
 
 /// Runs the side thread until shutdown; sends the number of rows left
 /// unwritten on `done`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     config: Config,
+    tls: MakeRustlsConnect,
+    pool: Option<Pool>,
     inner: Arc<Inner>,
     settings: WriterSettings,
     writes: lanes::Receiver<WriteItem>,
@@ -134,8 +143,8 @@ pub(super) fn run(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         runtime.block_on(async move {
             let (conn_tx, conn_rx) = watch::channel(None);
-            tokio::spawn(supervise(config, conn_tx, task_inner.clone(), ready));
-            tokio::spawn(serve_reads(reads, conn_rx.clone(), task_inner.clone()));
+            tokio::spawn(supervise(config, tls, conn_tx, task_inner.clone(), ready));
+            tokio::spawn(serve_reads(reads, pool, task_inner.clone()));
             write_loop(writes, conn_rx, task_inner, settings).await
         })
     }));
@@ -150,9 +159,40 @@ pub(super) fn run(
     }
 }
 
+/// The history reads' pool: `size` connections at most, opened on demand
+/// with the writer's settings and TLS; a broken one is dropped when it is
+/// next taken (`is_closed`), so a Postgres restart costs the reads nothing
+/// but new connections.
+pub(super) fn read_pool(config: &Config, tls: &MakeRustlsConnect, size: usize) -> Option<Pool> {
+    let manager = Manager::from_config(
+        config.clone(),
+        tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    match Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(READ_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+    {
+        Ok(pool) => Some(pool),
+        Err(e) => {
+            // Only a missing runtime fails here; reads are then answered from memory.
+            tracing::error!(error = %e, "cannot build the postgres read pool; history reads come from memory");
+            None
+        }
+    }
+}
+
 /// Connects, migrates and prepares.
-async fn connect(config: &Config) -> Result<(Arc<Conn>, oneshot::Receiver<()>), SetupError> {
-    let (mut client, connection) = config.connect(NoTls).await?;
+async fn connect(
+    config: &Config,
+    tls: &MakeRustlsConnect,
+) -> Result<(Arc<Conn>, oneshot::Receiver<()>), SetupError> {
+    let (mut client, connection) = config.connect(tls.clone()).await?;
     let (lost_tx, lost_rx) = oneshot::channel();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -170,17 +210,32 @@ async fn connect(config: &Config) -> Result<(Arc<Conn>, oneshot::Receiver<()>), 
         delete_messages: client.prepare(DELETE_MESSAGES).await?,
         set_ban: client.prepare(SET_BAN).await?,
         lift_ban: client.prepare(LIFT_BAN).await?,
-        read_newest: client.prepare(READ_NEWEST).await?,
-        read_oldest: client.prepare(READ_OLDEST).await?,
         client,
     };
     Ok((Arc::new(conn), lost_rx))
+}
+
+/// An error with its causes, e.g. "error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer" (tokio-postgres shows only the first).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Keeps a connection published on `conn_tx`, reconnecting with backoff.
 /// Reports the first attempt's outcome on `ready`.
 async fn supervise(
     config: Config,
+    tls: MakeRustlsConnect,
     conn_tx: watch::Sender<Option<Arc<Conn>>>,
     inner: Arc<Inner>,
     ready: std::sync::mpsc::Sender<bool>,
@@ -189,7 +244,7 @@ async fn supervise(
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut last_error: Option<String> = None;
     loop {
-        match connect(&config).await {
+        match connect(&config, &tls).await {
             Ok((conn, mut lost)) => {
                 bump(&inner.stats.connects);
                 backoff.succeeded();
@@ -220,7 +275,7 @@ async fn supervise(
             Err(e) => {
                 bump(&inner.stats.connect_errors);
                 inner.health.postgres.set(State::Down);
-                let text = e.to_string();
+                let text = with_causes(&e);
                 if last_error.as_deref() != Some(&text) {
                     tracing::warn!(error = %text, "postgres unavailable; writes are buffered and retried");
                 } else {
@@ -236,20 +291,23 @@ async fn supervise(
     }
 }
 
-/// Answers reads, each in its own task bounded by [`READ_TIMEOUT`].
+/// Answers reads, each in its own task bounded by [`READ_TIMEOUT`] (the
+/// wait for a pooled connection included). At most PG_READ_POOL_SIZE run
+/// at once; the others wait for a connection inside their timeout, and the
+/// queue in front of them is the cores' bounded read lanes.
 async fn serve_reads(
     mut reads: lanes::Receiver<ReadRequest>,
-    conn_rx: watch::Receiver<Option<Arc<Conn>>>,
+    pool: Option<Pool>,
     inner: Arc<Inner>,
 ) {
     while let Some(req) = reads.recv().await {
-        let conn = conn_rx.borrow().clone();
+        let pool = pool.clone();
         let inner = inner.clone();
         tokio::spawn(async move {
-            let result = match conn {
+            let result = match pool {
                 None => Err(ReadFailed),
-                Some(conn) => {
-                    match tokio::time::timeout(READ_TIMEOUT, read(&conn, &req.spec)).await {
+                Some(pool) => {
+                    match tokio::time::timeout(READ_TIMEOUT, read(&pool, &req.spec)).await {
                         Ok(Ok(rows)) => Ok(rows),
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "postgres history read failed");
@@ -269,21 +327,35 @@ async fn serve_reads(
     }
 }
 
-/// One history read, oldest first.
-async fn read(conn: &Conn, spec: &ReadSpec) -> Result<Vec<StoredMessage>, tokio_postgres::Error> {
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// No pooled connection (Postgres down, pool wait over).
+    #[error("read pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The query failed.
+    #[error("{0}")]
+    Sql(#[from] tokio_postgres::Error),
+}
+
+/// One history read on a pooled connection, oldest first. The statements
+/// are prepared once per connection (deadpool's statement cache).
+async fn read(pool: &Pool, spec: &ReadSpec) -> Result<Vec<StoredMessage>, ReadError> {
+    let client = pool.get().await?;
     let room: &str = &spec.room;
     let lower = spec.after.map(|u| u.to_string()).unwrap_or_default();
     let upper = spec
         .before
         .map_or_else(|| ID_CEILING.to_string(), |u| u.to_string());
     let limit = spec.limit as i64;
-    let stmt = match spec.pick {
-        Pick::Newest => &conn.read_newest,
-        Pick::Oldest => &conn.read_oldest,
-    };
-    let rows = conn
-        .client
-        .query(stmt, &[&room, &lower, &upper, &limit])
+    let stmt = client
+        .prepare_cached(match spec.pick {
+            Pick::Newest => READ_NEWEST,
+            Pick::Oldest => READ_OLDEST,
+        })
+        .await?;
+    let rows = client
+        .query(&stmt, &[&room, &lower, &upper, &limit])
         .await?;
     let mut out: Vec<StoredMessage> = rows
         .iter()
@@ -455,8 +527,9 @@ impl Row for BanRow {
 /// start-up on a connection of its own.
 pub(super) async fn load_bans(
     config: &Config,
+    tls: &MakeRustlsConnect,
 ) -> Result<Vec<(String, u64)>, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = config.connect(tls.clone()).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -356,6 +356,36 @@ pub enum StartError {
     /// The thread or its runtime could not be created.
     #[error("cannot start the Redis thread: {0}")]
     Thread(std::io::Error),
+    /// BACKEND_CA_FILE cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The Redis client for `url`: `rediss://` is TLS (rustls, ring), trusting
+/// BACKEND_CA_FILE when set and otherwise the system's roots; the host name
+/// is always verified. `redis://` is plain TCP.
+fn client_for(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, StartError> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| StartError::Url(e.to_string()))?;
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if tls {
+        // The redis crate builds its rustls configuration from the process default provider.
+        crate::tls::provider();
+    }
+    let trust = crate::tls::Trust::load(ca_file)?;
+    match (tls, trust.ca_pem) {
+        (true, Some(pem)) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        )
+        .map_err(|e| StartError::Url(e.to_string())),
+        _ => redis::Client::open(info).map_err(|e| StartError::Url(e.to_string())),
+    }
 }
 
 /// A running Redis thread.
@@ -408,7 +438,7 @@ pub fn start(
 ) -> Result<Started, StartError> {
     let cores = events.len();
     let url = settings.redis_url.clone().unwrap_or_default();
-    let client = redis::Client::open(url.as_str()).map_err(|e| StartError::Url(e.to_string()))?;
+    let client = client_for(&url, settings.backend_ca_file.as_deref())?;
     let instance = keys::instance_id();
     let keys = Keys::new(&settings.redis_prefix, &instance);
     let buffer = settings.redis_buffer as usize;
@@ -442,6 +472,7 @@ pub fn start(
         next_heartbeat: Instant::now(),
         ever_connected: false,
         echoes_lost: false,
+        last_connect_error: None,
     };
     let thread = std::thread::Builder::new()
         .name("chatd-redis".into())
@@ -612,6 +643,9 @@ struct RedisThread {
     /// A connection was lost and the cores were not told yet
     /// ([`Event::EchoesLost`]).
     echoes_lost: bool,
+    /// The last failed connection attempt's error, logged once until it
+    /// changes or a connection succeeds.
+    last_connect_error: Option<String>,
 }
 
 /// Sends an event to a core, waiting while its queue is full.
@@ -818,6 +852,7 @@ impl RedisThread {
         match self.try_connect().await {
             Ok(()) => {
                 self.backoff.succeeded();
+                self.last_connect_error = None;
                 self.health.redis.set(State::Up);
                 if self.ever_connected {
                     RedisMetrics::inc(&self.metrics.reconnects);
@@ -827,7 +862,13 @@ impl RedisThread {
             }
             Err(e) => {
                 self.conn = None;
-                self.lose(&e.to_string());
+                let text = e.to_string();
+                // Once per distinct error (a wrong CA, a refused port), not per retry.
+                if self.last_connect_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "Redis unavailable; retrying with backoff");
+                    self.last_connect_error = Some(text.clone());
+                }
+                self.lose(&text);
             }
         }
     }

@@ -450,3 +450,93 @@ pub fn stop(server: &mut Server) {
         "clean exit after SIGTERM"
     );
 }
+
+/// A private certificate authority and one server certificate it signed,
+/// made with the `openssl` command in a temporary directory (removed on
+/// drop), for the backends' TLS tests.
+pub struct Pki {
+    /// The directory holding every file.
+    pub dir: std::path::PathBuf,
+}
+
+impl Pki {
+    /// A CA and a server certificate (EC P-256) for `sans` (e.g.
+    /// `"IP:127.0.0.1"`); None (after `skip`) when `openssl` is missing.
+    pub fn make(sans: &str) -> Option<Pki> {
+        if Command::new("openssl")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            skip("the openssl command is not available");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("chatd-pki-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = Pki { dir };
+        std::fs::write(
+            pki.dir.join("server.ext"),
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n"
+            ),
+        )
+        .unwrap();
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        // A name of its own: another test CA is another issuer, not a bad signature.
+        let name = format!("chatd-test-ca-{:08x}", rand::random::<u32>());
+        pki.openssl(&format!(
+            "req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN={name} \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+        ));
+        pki.openssl(&format!(
+            "req {ec} -keyout server.key -out server.csr -subj /CN=chatd-test-server"
+        ));
+        pki.openssl(
+            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+             -out server.crt -days 2 -extfile server.ext",
+        );
+        Some(pki)
+    }
+
+    fn openssl(&self, args: &str) {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Path of a file in the directory (`ca.crt`, `server.crt`, `server.key`).
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every line of a stopped server's log (from [`Server::start_with_log`]):
+/// waits until the reader has seen the end of the log, at most `limit`.
+pub fn drain_log(log: &std::sync::mpsc::Receiver<String>, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => return lines,
+        }
+    }
+}

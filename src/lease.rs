@@ -21,9 +21,9 @@
 //!    from then on *holds back* the user's messages ([`LocalLease::route`]
 //!    → [`Route::Held`]) until the owner answers.
 //! 2. The owner answers every `UserOnline` from a core that neither holds
-//!    the log nor has it on the way ([`Placement::online`]): a grant with
-//!    the log when all of the user's connections are on C and the owner
-//!    has the log, a denial otherwise. Any message C forwarded before its
+//!    the log nor has it on the way: a grant with the log when this is the
+//!    user's only connection and the owner has the log
+//!    ([`answer_at_home`]), a denial otherwise ([`Placement::online`]). Any message C forwarded before its
 //!    `UserOnline` reached the owner first (FIFO) and was counted there.
 //! 3. Granted: C counts the held-back messages and every later one itself.
 //!    Denied: C forwards the held-back messages to the owner, in order.
@@ -91,13 +91,28 @@ pub enum Admit<T> {
     Full(T),
 }
 
-/// The owner's record of one user whose connections are live or whose log
-/// is away. Absent means: no connections, log at home.
+/// What the owner answers a `UserOnline` from `core` when the user's log is
+/// at home (no [`Placement`] record): a grant when this connection is the
+/// user's only one on the instance (`connections`, counted after it), a
+/// denial otherwise. None for a connection on the owner itself. A denial
+/// is always safe (the owner keeps counting); it only keeps the hop.
+pub fn answer_at_home(connections: u32, core: usize, owner: usize) -> Option<Answer> {
+    if core == owner {
+        return None;
+    }
+    Some(if connections == 1 {
+        Answer::Grant
+    } else {
+        Answer::Deny
+    })
+}
+
+/// The owner's record of one user whose log is away (lent, or on its way
+/// back). Absent means: the log is at home. Kept only while the log is
+/// away, so users whose log never leaves cost the owner nothing.
 #[derive(Debug)]
 pub struct Placement<T> {
-    /// Live connections per core (index = core).
-    conns: Box<[u32]>,
-    /// Where the log is.
+    /// Where the log is: `Out` or `Returning`, never `Home`.
     holder: Holder,
     /// Messages that arrived while the log was away, oldest first; counted
     /// when it returns. At most [`MAX_HELD`].
@@ -105,11 +120,10 @@ pub struct Placement<T> {
 }
 
 impl<T> Placement<T> {
-    /// A user with no connections yet, on an instance of `cores` cores.
-    pub fn new(cores: usize) -> Self {
+    /// The log was just lent to `core`.
+    pub fn lent(core: usize) -> Self {
         Self {
-            conns: vec![0; cores].into_boxed_slice(),
-            holder: Holder::Home,
+            holder: Holder::Out(core),
             queued: VecDeque::new(),
         }
     }
@@ -119,9 +133,9 @@ impl<T> Placement<T> {
         self.holder
     }
 
-    /// A connection of the user opened on `core`; `owner` is this core.
+    /// A connection of the user opened on `core` while the log is away;
+    /// `owner` is this core.
     pub fn online(&mut self, core: usize, owner: usize) -> Online {
-        self.conns[core] += 1;
         let mut out = Online::default();
         match self.holder {
             Holder::Out(c) | Holder::Returning(c) if c == core => return out,
@@ -131,38 +145,19 @@ impl<T> Placement<T> {
             }
             Holder::Returning(_) | Holder::Home => {}
         }
-        if core == owner {
-            return out;
+        if core != owner {
+            out.answer = Some(Answer::Deny);
         }
-        let alone = self
-            .conns
-            .iter()
-            .enumerate()
-            .all(|(i, n)| i == core || *n == 0);
-        out.answer = Some(if alone && self.holder == Holder::Home {
-            self.holder = Holder::Out(core);
-            Answer::Grant
-        } else {
-            Answer::Deny
-        });
         out
     }
 
-    /// A connection of the user on `core` closed. True when the record can
-    /// be dropped (no connections, log at home, nothing waiting).
-    pub fn offline(&mut self, core: usize) -> bool {
-        self.conns[core] = self.conns[core].saturating_sub(1);
-        self.is_idle()
-    }
-
     /// The log came back from the core it was lent to. Returns the
-    /// messages that waited for it, oldest first.
-    pub fn returned(&mut self) -> VecDeque<T> {
-        self.holder = Holder::Home;
-        std::mem::take(&mut self.queued)
+    /// messages that waited for it, oldest first; the record is then done.
+    pub fn returned(self) -> VecDeque<T> {
+        self.queued
     }
 
-    /// A message of the user reached the owner.
+    /// A message of the user reached the owner while the log is away.
     pub fn admit(&mut self, msg: T) -> Admit<T> {
         if self.holder == Holder::Home {
             return Admit::Now(msg);
@@ -172,11 +167,6 @@ impl<T> Placement<T> {
         }
         self.queued.push_back(msg);
         Admit::Queued
-    }
-
-    /// No connections, log at home, nothing waiting.
-    pub fn is_idle(&self) -> bool {
-        self.holder == Holder::Home && self.queued.is_empty() && self.conns.iter().all(|n| *n == 0)
     }
 }
 
@@ -330,70 +320,60 @@ mod tests {
     const OWNER: usize = 0;
 
     #[test]
-    fn a_user_alone_on_one_core_gets_the_log() {
-        let mut p: Placement<u32> = Placement::new(3);
-        let on = p.online(1, OWNER);
-        assert_eq!(on.answer, Some(Answer::Grant));
-        assert_eq!(on.revoke, None);
-        assert_eq!(p.holder(), Holder::Out(1));
-        // A second connection on the same core needs no answer.
+    fn the_only_connection_gets_the_log_any_other_a_denial() {
+        assert_eq!(answer_at_home(1, 1, OWNER), Some(Answer::Grant));
+        assert_eq!(answer_at_home(2, 1, OWNER), Some(Answer::Deny));
+        assert_eq!(
+            answer_at_home(1, OWNER, OWNER),
+            None,
+            "the owner counts itself"
+        );
+    }
+
+    #[test]
+    fn a_second_connection_on_the_holder_needs_no_answer() {
+        let mut p: Placement<u32> = Placement::lent(1);
         assert_eq!(p.online(1, OWNER), Online::default());
+        assert_eq!(p.holder(), Holder::Out(1));
     }
 
     #[test]
     fn a_second_core_revokes_and_is_denied() {
-        let mut p: Placement<u32> = Placement::new(3);
-        p.online(1, OWNER);
+        let mut p: Placement<u32> = Placement::lent(1);
         let on = p.online(2, OWNER);
         assert_eq!(on.revoke, Some(1));
         assert_eq!(on.answer, Some(Answer::Deny));
         assert_eq!(p.holder(), Holder::Returning(1));
-        // Core 2's forwarded messages wait for the log.
+        // A third core while it returns: denied, no second revoke.
+        assert_eq!(
+            p.online(3, OWNER),
+            Online {
+                answer: Some(Answer::Deny),
+                revoke: None
+            }
+        );
+        // Forwarded messages wait for the log.
         assert_eq!(p.admit(7), Admit::Queued);
         assert_eq!(p.admit(8), Admit::Queued);
         assert_eq!(p.returned(), VecDeque::from([7, 8]));
-        assert_eq!(p.holder(), Holder::Home);
-        assert_eq!(p.admit(9), Admit::Now(9));
     }
 
     #[test]
     fn a_connection_on_the_owner_revokes_without_an_answer() {
-        let mut p: Placement<u32> = Placement::new(2);
-        p.online(1, OWNER);
+        let mut p: Placement<u32> = Placement::lent(1);
         let on = p.online(OWNER, OWNER);
         assert_eq!(on.revoke, Some(1));
         assert_eq!(on.answer, None);
     }
 
     #[test]
-    fn a_user_on_two_cores_is_denied_until_one_is_left() {
-        let mut p: Placement<u32> = Placement::new(3);
-        assert_eq!(p.online(OWNER, OWNER), Online::default());
-        assert_eq!(p.online(1, OWNER).answer, Some(Answer::Deny));
-        assert!(!p.offline(OWNER));
-        // Only core 1 is left, but a lease is granted on a new connection only.
-        assert_eq!(p.holder(), Holder::Home);
-        assert_eq!(p.online(1, OWNER).answer, Some(Answer::Grant));
-    }
-
-    #[test]
     fn the_owner_queue_is_bounded() {
-        let mut p: Placement<usize> = Placement::new(2);
-        p.online(1, OWNER);
+        let mut p: Placement<usize> = Placement::lent(1);
         for i in 0..MAX_HELD {
             assert_eq!(p.admit(i), Admit::Queued);
         }
         assert_eq!(p.admit(MAX_HELD), Admit::Full(MAX_HELD));
         assert_eq!(p.returned().len(), MAX_HELD);
-    }
-
-    #[test]
-    fn idle_only_with_no_connections_and_the_log_home() {
-        let mut p: Placement<u32> = Placement::new(2);
-        p.online(1, OWNER);
-        assert!(!p.offline(1), "the log is still out");
-        p.returned();
-        assert!(p.is_idle());
     }
 
     #[test]

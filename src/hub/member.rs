@@ -19,6 +19,12 @@ use crate::protocol::{self, ErrorCode, MessageId};
 use crate::shard::{ConnId, FrameKind, JoinAnswer, Replay, ShardMsg};
 use crate::ws;
 
+/// How many members ahead a fan-out asks for a member's queue state to be
+/// loaded ([`Client::prefetch`]): far enough for the load to finish before
+/// the push reaches it (a push is a few hundred cycles), near enough that
+/// the line is not evicted meanwhile.
+const PREFETCH_AHEAD: usize = 4;
+
 impl Hub {
     /// Creates the session of a new connection whose initial room this core
     /// owns, sends `room_joined` (its first frame) and any recovered
@@ -124,7 +130,7 @@ impl Hub {
                 joined.push(room);
             }
         }
-        self.user_offline(user, joined, self.core, now);
+        self.user_offline(user, joined, now);
     }
 
     /// Joins `client` to `room`, or answers a repeated join again.
@@ -311,7 +317,10 @@ impl Hub {
         let mut delivered = 0;
         let mut dropped = 0;
         let mut compressed = 0;
-        for client in members {
+        for (i, client) in members.iter().enumerate() {
+            if let Some(ahead) = members.get(i + PREFETCH_AHEAD) {
+                ahead.prefetch();
+            }
             if Some(client.id) == exclude {
                 continue;
             }

@@ -275,9 +275,10 @@ pub struct Hub {
     /// Per-user message logs: of the users this core owns whose log is at
     /// home, and of the users whose log this core holds under a lease.
     limiter: RateLimiter,
-    /// User owner: where the log of each owned user with live connections
-    /// (or a log away) is, and the messages waiting for it to come home.
-    /// Bounded by the owned users with connections; removed when idle.
+    /// User owner: where the log of each owned user whose log is away is
+    /// (lent, or on its way back), and the messages waiting for it to come
+    /// home. Bounded by the owned users with connections; removed when the
+    /// log returns (absent: at home).
     placements: HashMap<Arc<str>, Placement<Box<Publish>>>,
     /// Member core: the lease state of each user with connections here
     /// whom another core owns (forwarding, awaiting an answer, holding
@@ -701,7 +702,7 @@ impl Hub {
                 frame,
                 exclude,
             } => self.typing_owner(room, user, frame, exclude, now),
-            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, from, now),
+            ShardMsg::UserOffline { user, rooms } => self.user_offline(user, rooms, now),
             ShardMsg::CloseUser { user, code, reason } => {
                 self.close_user_local(&user, code, reason)
             }

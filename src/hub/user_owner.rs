@@ -13,7 +13,9 @@ use bytes::Bytes;
 use super::{Hub, TOO_MANY_CONNECTIONS_CLOSE};
 use crate::broker::OfflineCheck;
 use crate::dedupe::{Begin, UserWindow};
-use crate::lease::{Admit, Answer as LeaseAnswer, Holder, Placement, Route, Settled};
+use crate::lease::{
+    answer_at_home, Admit, Answer as LeaseAnswer, Holder, Online, Placement, Route, Settled,
+};
 use crate::metrics::{CloseReason, Outcome};
 use crate::protocol::{self, ErrorCode, MessageId};
 use crate::ratelimit::Decision;
@@ -210,15 +212,17 @@ impl Hub {
 
     // ---- the rate-limit lease (crate::lease) ---------------------------
 
-    /// User owner: a connection of `user` opened on `core`: grant, deny or
-    /// revoke the lease of the user's log.
-    fn place_online(&mut self, user: &Arc<str>, core: usize) {
-        let cores = self.cores;
-        let placement = self
-            .placements
-            .entry(user.clone())
-            .or_insert_with(|| Placement::new(cores));
-        let online = placement.online(core, self.core);
+    /// User owner: a connection of `user` opened on `core` (the user now
+    /// has `connections` here): grant, deny or revoke the lease of the
+    /// user's log.
+    fn place_online(&mut self, user: &Arc<str>, core: usize, connections: u32) {
+        let online = match self.placements.get_mut(user) {
+            Some(placement) => placement.online(core, self.core),
+            None => Online {
+                answer: answer_at_home(connections, core, self.core),
+                revoke: None,
+            },
+        };
         if let Some(holder) = online.revoke {
             self.outbox
                 .send(holder, ShardMsg::LeaseRevoke { user: user.clone() });
@@ -227,6 +231,7 @@ impl Hub {
             Some(LeaseAnswer::Grant) => {
                 let log = self.limiter.take_log(user);
                 let window = self.dedupe.take_user(user);
+                self.placements.insert(user.clone(), Placement::lent(core));
                 self.metrics.leases_granted += 1;
                 let msg = ShardMsg::LeaseGrant {
                     user: user.clone(),
@@ -243,15 +248,6 @@ impl Hub {
         }
     }
 
-    /// User owner: a connection of `user` on `core` closed.
-    fn place_offline(&mut self, user: &Arc<str>, core: usize) {
-        if let Some(placement) = self.placements.get_mut(user) {
-            if placement.offline(core) {
-                self.placements.remove(user);
-            }
-        }
-    }
-
     /// User owner: the user's log came back; the messages that waited for
     /// it are counted now, in order.
     pub(super) fn lease_returned(
@@ -264,14 +260,10 @@ impl Hub {
     ) {
         self.limiter.put_log(&user, log);
         self.dedupe.put_user(window);
-        let Some(placement) = self.placements.get_mut(&user) else {
+        let Some(placement) = self.placements.remove(&user) else {
             return;
         };
-        let waiting = placement.returned();
-        if placement.is_idle() {
-            self.placements.remove(&user);
-        }
-        for p in waiting {
+        for p in placement.returned() {
             self.count_and_sequence(p, now, wall);
         }
     }
@@ -366,8 +358,9 @@ impl Hub {
             let msg = ShardMsg::UserOnline { user, room, conn };
             return self.outbox.send(owner, msg);
         }
-        self.place_online(&user, conn.core());
         let first = self.presence.set_online(&user);
+        let connections = self.presence.connections(&user);
+        self.place_online(&user, conn.core(), connections);
         if self.presence.connections(&user) > self.limits.max_connections_per_user {
             // Counted like any other, so its close undoes the count; closed
             // at once with a policy code the client can show.
@@ -387,14 +380,8 @@ impl Hub {
         }
     }
 
-    /// A connection of `user` on `core` closed; it was in `rooms`.
-    pub(super) fn user_offline(
-        &mut self,
-        user: Arc<str>,
-        rooms: Vec<Arc<str>>,
-        core: usize,
-        now: Instant,
-    ) {
+    /// A connection of `user` closed; it was in `rooms`.
+    pub(super) fn user_offline(&mut self, user: Arc<str>, rooms: Vec<Arc<str>>, now: Instant) {
         let owner = self.owner(&user);
         if owner != self.core {
             if let Some(lease) = self.leases.get_mut(&user) {
@@ -417,7 +404,6 @@ impl Hub {
                 .outbox
                 .send(owner, ShardMsg::UserOffline { user, rooms });
         }
-        self.place_offline(&user, core);
         if !self.presence.set_offline(&user) {
             return;
         }

@@ -92,9 +92,17 @@ pub struct Outbound {
     /// Frames in send order; each is a complete WebSocket frame, shared with
     /// every other recipient of the same broadcast.
     frames: VecDeque<Bytes>,
-    /// One flag per entry of `frames`: true for a replay frame (not counted
-    /// in `live_bytes`).
-    replayed: VecDeque<bool>,
+    /// Frames removed from the front of `frames` so far: with it a frame's
+    /// position in `frames` is a number that does not change as the front
+    /// moves.
+    popped: u64,
+    /// Positions (see `popped`) of the replay frames in `frames` (not
+    /// counted in `live_bytes`), oldest first. Kept apart from `frames`, and
+    /// empty outside a replay, so queueing a live frame writes one buffer:
+    /// at chat rates each push touches a queue no other push touched
+    /// recently, and a second buffer was a second cache miss per delivery
+    /// (`perf` on `loadgen fanout --rooms 100 --members 50`, BENCHMARKS.md).
+    replay_at: VecDeque<u64>,
     /// Bytes of `frames` plus the unsent part of the frame being written.
     bytes: usize,
     /// Live (non-replay) bytes waiting, in `frames` and in `backlog`: what
@@ -126,7 +134,8 @@ impl Outbound {
     pub fn new(max_bytes: usize, stall_timeout: Duration) -> Outbound {
         Outbound {
             frames: VecDeque::new(),
-            replayed: VecDeque::new(),
+            popped: 0,
+            replay_at: VecDeque::new(),
             bytes: 0,
             live_bytes: 0,
             backlog: VecDeque::new(),
@@ -206,8 +215,11 @@ impl Outbound {
             self.waiting_since = Some(now);
         }
         self.bytes += frame.len();
+        if replay {
+            self.replay_at
+                .push_back(self.popped + self.frames.len() as u64);
+        }
         self.frames.push_back(frame);
-        self.replayed.push_back(replay);
     }
 
     /// Moves frames from the backlog into the send queue while it is below
@@ -245,12 +257,16 @@ impl Outbound {
                 break;
             };
             let n = written.min(front.len());
-            if self.replayed.front() == Some(&false) {
+            let replay = self.replay_at.front() == Some(&self.popped);
+            if !replay {
                 self.live_bytes -= n.min(self.live_bytes);
             }
             if n == front.len() {
                 self.frames.pop_front();
-                self.replayed.pop_front();
+                self.popped += 1;
+                if replay {
+                    self.replay_at.pop_front();
+                }
                 self.front_started = false;
             } else {
                 let _ = front.split_to(n);
@@ -294,7 +310,7 @@ impl Outbound {
             None
         };
         self.frames = VecDeque::new();
-        self.replayed = VecDeque::new();
+        self.replay_at = VecDeque::new();
         self.drop_backlog();
         self.bytes = 0;
         self.live_bytes = 0;
@@ -302,7 +318,6 @@ impl Outbound {
         if let Some(tail) = tail {
             self.bytes = tail.len();
             self.frames.push_back(tail);
-            self.replayed.push_back(false);
         }
     }
 
@@ -324,7 +339,6 @@ impl Outbound {
     pub fn push_final(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
-        self.replayed.push_back(false);
     }
 
     /// True once closed.

@@ -398,72 +398,7 @@ fn bad_requests_get_400_with_a_clear_error() {
 
 // ---- with Postgres ------------------------------------------------------
 
-const SHARED_PG: &str = "127.0.0.1:5432";
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// Runs SQL through a throwaway current-thread runtime; every value as text.
-fn sql(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        let driver = tokio::spawn(conn);
-        let mut out = Vec::new();
-        for msg in client
-            .simple_query(query)
-            .await
-            .unwrap_or_else(|e| panic!("{query}: {e}"))
-        {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-                out.push(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(String::from))
-                        .collect(),
-                );
-            }
-        }
-        drop(client);
-        let _ = driver.await;
-        out
-    })
-}
-
-/// A database of the test's own on the shared server, dropped on drop.
-struct TestDb {
-    /// Its name.
-    name: String,
-    /// DATABASE_URL for it.
-    url: String,
-}
-
-impl TestDb {
-    fn create() -> Option<TestDb> {
-        let addr: SocketAddr = SHARED_PG.parse().unwrap();
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            common::skip("Postgres at 127.0.0.1:5432 is not available");
-            return None;
-        }
-        let name = format!("chatd_t_{:016x}", rand::random::<u64>());
-        sql(ADMIN_URL, &format!("CREATE DATABASE {name}"));
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        Some(TestDb { name, url })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
-            sql(
-                ADMIN_URL,
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            )
-        });
-    }
-}
+use common::{sql, TestDb};
 
 #[test]
 fn a_deleted_message_stays_gone_after_a_restart() {

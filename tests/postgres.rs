@@ -14,15 +14,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ids, poll, rooms_on_cores, send_all, stop, Client, Server};
+use common::{ids, poll, rooms_on_cores, send_all, sql, stop, Client, Server, TestDb};
 use serde_json::{json, Value};
-
-const SHARED_PG: &str = "127.0.0.1:5432";
 
 /// One test at a time: each starts servers (and one a Postgres cluster) on
 /// a two-core machine, and their timing assertions (the 1 s write bound)
@@ -41,87 +38,12 @@ fn available(ok: bool, what: &str) -> bool {
     ok
 }
 
-fn shared_pg_up() -> bool {
-    let addr: SocketAddr = SHARED_PG.parse().unwrap();
-    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-}
-
-/// Runs SQL through a throwaway current-thread runtime; every value as text.
-fn sql(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        let driver = tokio::spawn(conn);
-        let mut out = Vec::new();
-        for msg in client
-            .simple_query(query)
-            .await
-            .unwrap_or_else(|e| panic!("{query}: {e}"))
-        {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
-                out.push(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(String::from))
-                        .collect(),
-                );
-            }
-        }
-        drop(client);
-        let _ = driver.await;
-        out
-    })
-}
-
 /// First column of every row.
 fn column(url: &str, query: &str) -> Vec<String> {
     sql(url, query)
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect()
-}
-
-/// A database of the test's own on the shared server, dropped on drop.
-struct TestDb {
-    /// Its name.
-    name: String,
-    /// DATABASE_URL for it.
-    url: String,
-}
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-impl TestDb {
-    fn create() -> Option<TestDb> {
-        if !available(shared_pg_up(), "Postgres at 127.0.0.1:5432") {
-            return None;
-        }
-        let name = format!("chatd_t_{:016x}", rand::random::<u64>());
-        sql(ADMIN_URL, &format!("CREATE DATABASE {name}"));
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        Some(TestDb { name, url })
-    }
-
-    fn count(&self, table: &str) -> usize {
-        column(&self.url, &format!("SELECT count(*) FROM {table}"))[0]
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
-            sql(
-                ADMIN_URL,
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            )
-        });
-    }
 }
 
 /// Settings every server here gets: a rate limit that never refuses.

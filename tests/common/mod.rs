@@ -540,3 +540,90 @@ pub fn drain_log(log: &std::sync::mpsc::Receiver<String>, limit: Duration) -> Ve
         }
     }
 }
+
+// ---- Postgres on the shared server ------------------------------------------
+
+/// The shared Postgres server every machine runs.
+pub const SHARED_PG: &str = "127.0.0.1:5432";
+/// A URL with the rights to create and drop the tests' databases.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Whether the shared Postgres server accepts connections.
+pub fn shared_pg_up() -> bool {
+    let addr: SocketAddr = SHARED_PG.parse().unwrap();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// Runs SQL through a throwaway current-thread runtime; every value as text.
+pub fn sql(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let driver = tokio::spawn(conn);
+        let mut out = Vec::new();
+        for msg in client
+            .simple_query(query)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+        {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+                out.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(String::from))
+                        .collect(),
+                );
+            }
+        }
+        drop(client);
+        let _ = driver.await;
+        out
+    })
+}
+
+/// A database of the test's own on the shared server, dropped on drop.
+pub struct TestDb {
+    /// Its name.
+    pub name: String,
+    /// DATABASE_URL for it.
+    pub url: String,
+}
+
+impl TestDb {
+    /// A fresh database; None (after a `SKIP` line) when the shared server
+    /// is down.
+    pub fn create() -> Option<TestDb> {
+        if !shared_pg_up() {
+            skip("Postgres at 127.0.0.1:5432 is not available");
+            return None;
+        }
+        let name = format!("chatd_t_{:016x}", rand::random::<u64>());
+        sql(PG_ADMIN_URL, &format!("CREATE DATABASE {name}"));
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Some(TestDb { name, url })
+    }
+
+    /// Rows in `table`.
+    pub fn count(&self, table: &str) -> usize {
+        sql(&self.url, &format!("SELECT count(*) FROM {table}"))[0][0]
+            .clone()
+            .unwrap_or_default()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            sql(
+                PG_ADMIN_URL,
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            )
+        });
+    }
+}

@@ -51,11 +51,10 @@ use std::collections::VecDeque;
 /// `loadgen fanout` never came near it.
 pub const MAX_HELD: usize = 256;
 
-/// Where the owner's view says the user's log is.
+/// Where a user's log is while it is away from its owner (at home there
+/// is no [`Placement`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holder {
-    /// In the owner's own limiter.
-    Home,
     /// Granted to this core (possibly still on its way there).
     Out(usize),
     /// Revoked from this core; the owner waits for it to come back.
@@ -80,12 +79,10 @@ pub struct Online {
     pub revoke: Option<usize>,
 }
 
-/// What the owner does with a message of the user.
+/// What the owner does with a message of a user whose log is away.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit<T> {
-    /// The log is here: count it now.
-    Now(T),
-    /// The log is away; the message waits for it.
+    /// The message waits for the log.
     Queued,
     /// The log is away and [`MAX_HELD`] messages already wait.
     Full(T),
@@ -112,7 +109,7 @@ pub fn answer_at_home(connections: u32, core: usize, owner: usize) -> Option<Ans
 /// away, so users whose log never leaves cost the owner nothing.
 #[derive(Debug)]
 pub struct Placement<T> {
-    /// Where the log is: `Out` or `Returning`, never `Home`.
+    /// Where the log is.
     holder: Holder,
     /// Messages that arrived while the log was away, oldest first; counted
     /// when it returns. At most [`MAX_HELD`].
@@ -143,7 +140,7 @@ impl<T> Placement<T> {
                 self.holder = Holder::Returning(c);
                 out.revoke = Some(c);
             }
-            Holder::Returning(_) | Holder::Home => {}
+            Holder::Returning(_) => {}
         }
         if core != owner {
             out.answer = Some(Answer::Deny);
@@ -159,9 +156,6 @@ impl<T> Placement<T> {
 
     /// A message of the user reached the owner while the log is away.
     pub fn admit(&mut self, msg: T) -> Admit<T> {
-        if self.holder == Holder::Home {
-            return Admit::Now(msg);
-        }
         if self.queued.len() >= MAX_HELD {
             return Admit::Full(msg);
         }

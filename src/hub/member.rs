@@ -70,27 +70,12 @@ impl Hub {
         client
     }
 
-    /// [`Hub::open`] for a token whose `exp` (Unix seconds) is known:
-    /// with one, the connection is closed with 4001 once `exp` plus
-    /// TOKEN_EXPIRY_GRACE_MS passes, unless a `refresh` moves it. `wall` is
-    /// the wall clock at `now` (the deadline is kept as an `Instant`).
-    pub fn open_expiring(
-        &mut self,
-        identity: Identity,
-        exp: Option<u64>,
-        room: Arc<str>,
-        since: Option<MessageId>,
-        now: Instant,
-        wall: SystemTime,
-    ) -> Rc<Client> {
-        let client = self.open(identity, room, since, now);
-        self.set_token_expiry(client.id, exp, now, wall);
-        client
-    }
-
     /// Sets when connection `conn` (on this core) expires, from its
     /// token's `exp`: none when the token has no `exp` (or one beyond any
-    /// clock), else `exp` plus the grace, already due when that has passed.
+    /// clock), else `exp` plus the grace, already due when that has passed;
+    /// 4001 closes it then unless a `refresh` moves it. `wall` is the wall
+    /// clock at `now` (the deadline is kept as an `Instant`). Called right
+    /// after [`Hub::open_with`] for every upgrade.
     pub fn set_token_expiry(
         &mut self,
         conn: ConnId,

@@ -59,7 +59,6 @@ impl Hub {
             return self.count_and_sequence(p, now, wall);
         };
         match placement.admit(p) {
-            Admit::Now(p) => self.count_and_sequence(p, now, wall),
             Admit::Queued => {}
             Admit::Full(p) => self.refuse_held(p.conn, now),
         }

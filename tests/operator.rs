@@ -658,11 +658,15 @@ fn operator_actions_on_one_instance_reach_another() {
         None,
     );
     assert_eq!(status, 204);
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(format!("{}ban:eve", prefix.name))
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(exists, 0);
+    // The key is deleted by the Redis thread, after the 204: bounded wait.
+    let gone = common::poll(FRAME_TIMEOUT, || {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(format!("{}ban:eve", prefix.name))
+            .query(&mut con)
+            .unwrap();
+        (exists == 0).then_some(())
+    });
+    assert_eq!(gone, Some(()), "the ban key outlived the unban");
     let back = common::poll(FRAME_TIMEOUT, || {
         let url = format!(
             "ws://{}/ws?token={}&roomId=shared",
